@@ -1,0 +1,276 @@
+//! Command line and environment: every flag is also a `WABA_PROXY_*` variable, every value has
+//! a documented default, and [`Config`] is the validated result the rest of the proxy reads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+use crate::translate::Meta;
+
+pub const DEFAULT_UPSTREAM: &str = "https://waba-v2.360dialog.io";
+/// The last On-Premise release line; clients parse it as semver, leading `v` included.
+pub const DEFAULT_ONPREM_VERSION: &str = "v2.53.0";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "waba-onprem-proxy",
+    version,
+    about = "Speaks the WhatsApp On-Premise API to legacy integrations and the Cloud API upstream",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` is the default: its flags work without naming it.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Serve(ServeArgs),
+    /// Print what an On-Premise request (body on stdin) would send upstream, as JSON.
+    Translate(TranslateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TranslateArgs {
+    /// HTTP method of the On-Premise request, e.g. POST.
+    pub method: String,
+    /// On-Premise path, e.g. /v1/messages.
+    pub path: String,
+    /// The `meta.version` written into locally answered bodies.
+    #[arg(long, env = "WABA_PROXY_ONPREM_VERSION", default_value = DEFAULT_ONPREM_VERSION)]
+    pub onprem_version: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed when ready).
+    #[arg(long, env = "WABA_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Root of the Cloud API (the BSP's host); http:// is allowed for local mocks.
+    #[arg(long, env = "WABA_PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    pub upstream: String,
+    /// The `meta.version` the proxy answers with.
+    #[arg(long, env = "WABA_PROXY_ONPREM_VERSION", default_value = DEFAULT_ONPREM_VERSION)]
+    pub onprem_version: String,
+    /// Time allowed to open a TCP (and TLS) connection upstream, in milliseconds.
+    #[arg(long, env = "WABA_PROXY_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Deadline for a whole upstream exchange (redirects and body included), in milliseconds.
+    #[arg(long, env = "WABA_PROXY_UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_timeout_ms: u64,
+    /// Time a client has to send its request headers, in milliseconds.
+    #[arg(
+        long,
+        env = "WABA_PROXY_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send its request body, in milliseconds.
+    #[arg(
+        long,
+        env = "WABA_PROXY_BODY_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub body_read_timeout_ms: u64,
+    /// Largest JSON request body accepted, in bytes (larger: 413).
+    #[arg(long, env = "WABA_PROXY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest upstream JSON answer read, in bytes (after gzip decoding).
+    #[arg(long, env = "WABA_PROXY_MAX_UPSTREAM_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_upstream_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    #[arg(long, env = "WABA_PROXY_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamRoot,
+    pub meta: Meta,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_upstream_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Scheme, host and optional path prefix of the Cloud API root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRoot {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Without a trailing `/`; empty for a bare host.
+    pub base_path: String,
+}
+
+impl UpstreamRoot {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::Upstream {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("needs http:// or https://"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(bad("needs http:// or https://"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("needs a host"))?;
+        if uri.query().is_some() {
+            return Err(bad("must not carry a query"));
+        }
+        Ok(UpstreamRoot {
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Absolute URI of `path_and_query` (which starts with `/`) under this root.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.base_path))
+            .build()
+    }
+
+    /// Same scheme, host and port: the only redirects the proxy follows, since the client's
+    /// API key goes along with the request.
+    pub fn is_same_origin(&self, uri: &Uri) -> bool {
+        uri.scheme() == Some(&self.scheme) && uri.authority() == Some(&self.authority)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--upstream {url}: {reason}")]
+    Upstream { url: String, reason: String },
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let positive = |value: u64, flag: &'static str| {
+            if value == 0 {
+                Err(ConfigError::Zero { flag })
+            } else {
+                Ok(Duration::from_millis(value))
+            }
+        };
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "max-body-bytes",
+            });
+        }
+        if self.max_upstream_body_bytes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "max-upstream-body-bytes",
+            });
+        }
+        Ok(Config {
+            listen: self.listen,
+            upstream: UpstreamRoot::parse(&self.upstream)?,
+            meta: Meta::new(self.onprem_version.clone()),
+            connect_timeout: positive(self.connect_timeout_ms, "connect-timeout-ms")?,
+            upstream_timeout: positive(self.upstream_timeout_ms, "upstream-timeout-ms")?,
+            header_read_timeout: positive(self.header_read_timeout_ms, "header-read-timeout-ms")?,
+            body_read_timeout: positive(self.body_read_timeout_ms, "body-read-timeout-ms")?,
+            max_body_bytes: self.max_body_bytes,
+            max_upstream_body_bytes: self.max_upstream_body_bytes,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        })
+    }
+}
+
+impl Config {
+    /// Defaults, pointed at `upstream`: what tests and embedders start from.
+    pub fn with_upstream(upstream: &str) -> Result<Config, ConfigError> {
+        let cli =
+            Cli::try_parse_from(["waba-onprem-proxy", "--upstream", upstream]).map_err(|_| {
+                ConfigError::Upstream {
+                    url: upstream.to_owned(),
+                    reason: "not accepted".to_owned(),
+                }
+            })?;
+        cli.serve.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let cli = Cli::try_parse_from(["waba-onprem-proxy"]).unwrap();
+        assert!(cli.command.is_none());
+        let config = cli.serve.validate().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.upstream.authority.as_str(), "waba-v2.360dialog.io");
+        assert_eq!(config.meta.version, "v2.53.0");
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("not serve")
+        };
+        let config = args.validate().unwrap();
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(
+            config.upstream.join("/messages").unwrap().to_string(),
+            "http://127.0.0.1:9/messages"
+        );
+    }
+
+    #[test]
+    fn upstream_with_a_path_prefix_is_joined() {
+        let root = UpstreamRoot::parse("http://mock:1/prefix/").unwrap();
+        assert_eq!(
+            root.join("/media/1?a=b").unwrap().to_string(),
+            "http://mock:1/prefix/media/1?a=b"
+        );
+    }
+
+    #[test]
+    fn upstream_must_be_http_or_https() {
+        assert!(UpstreamRoot::parse("ftp://x").is_err());
+        assert!(UpstreamRoot::parse("waba-v2.360dialog.io").is_err());
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let cli = Cli::try_parse_from(["x", "--upstream-timeout-ms", "0"]).unwrap();
+        assert!(matches!(
+            cli.serve.validate(),
+            Err(ConfigError::Zero { .. })
+        ));
+    }
+}

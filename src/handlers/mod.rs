@@ -1,0 +1,171 @@
+//! One request, end to end: read the (limited) body -> translate -> upstream -> translate back.
+//! Every outcome, success or failure, leaves here as an On-Premise-shaped response carrying an
+//! `X-Request-Id`, and is logged once (without header values: they carry API keys).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::{ProxyError, Unreadable};
+use crate::routes::{route, Route};
+use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
+use crate::upstream::{forwarded_request_headers, Upstream};
+
+pub type ResponseBody = Full<Bytes>;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Config,
+    pub upstream: Upstream,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> AppState {
+        let upstream = Upstream::new(&config);
+        AppState { config, upstream }
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let request_id = request_id(request.headers());
+    let method = request.method().clone();
+    // Logged without the query: some On-Premise queries carry tokens.
+    let path = request.uri().path().to_owned();
+
+    let (status, body) = match serve(&state, request, &request_id).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            let onprem = error.to_onprem();
+            if onprem.status >= 500 {
+                warn!(request_id = %request_id, error = %error, "request failed");
+            } else {
+                info!(request_id = %request_id, error = %error, "request rejected");
+            }
+            (onprem.status, onprem.to_body(&state.config.meta))
+        }
+    };
+    info!(
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(json_response(status, &body, &request_id))
+}
+
+async fn serve(
+    state: &AppState,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<(u16, Value), ProxyError> {
+    let method = request.method().as_str().to_owned();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let route = route(&method, &path_and_query);
+    let (parts, body) = request.into_parts();
+    let body = read_body(&state.config, &parts.headers, body).await?;
+
+    let translated =
+        onprem_to_cloud_request(&route, &method, &path_and_query, &body, &state.config.meta)
+            .map_err(ProxyError::Rejected)?;
+    let cloud = match translated {
+        Translated::Local { status, body } => return Ok((status, body)),
+        Translated::Upstream(cloud) => cloud,
+    };
+
+    let mut headers = forwarded_request_headers(&parts.headers);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, id);
+    }
+    let body = cloud.body.as_ref().map(|b| Bytes::from(b.to_string()));
+    let method = Method::from_bytes(cloud.method.as_bytes()).unwrap_or(Method::POST);
+    let answer = state
+        .upstream
+        .exchange(method, &cloud.path, &headers, body)
+        .await?;
+    translate_answer(&route, answer.status, &answer.body, state)
+}
+
+fn translate_answer(
+    route: &Route,
+    status: StatusCode,
+    body: &[u8],
+    state: &AppState,
+) -> Result<(u16, Value), ProxyError> {
+    cloud_to_onprem_response(route, status.as_u16(), body, &state.config.meta)
+        .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))
+}
+
+/// Reads the whole body, refusing more than the configured limit (by `Content-Length` up
+/// front, and by counting for chunked bodies) and giving up after the body read timeout.
+async fn read_body(
+    config: &Config,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, ProxyError> {
+    let limit = config.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(config.body_read_timeout, collect).await {
+        Err(_) => Err(ProxyError::BodyTimeout {
+            after: config.body_read_timeout,
+        }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => match e.downcast::<hyper::Error>() {
+            Ok(e) => Err(ProxyError::BodyRead(*e)),
+            Err(_) => Err(ProxyError::BodyTooLarge { limit }),
+        },
+    }
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+fn json_response(status: u16, body: &Value, request_id: &str) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, id);
+    }
+    response
+}

@@ -1,0 +1,22 @@
+//! waba-onprem-proxy: lets an integration written for the WhatsApp Business **On-Premise** API
+//! keep working, unchanged, against the **Cloud** API (through a BSP such as 360dialog).
+//!
+//! # Layout
+//! - [`config`]: flags and `WABA_PROXY_*` variables -> validated [`config::Config`].
+//! - [`server`]: accept loop, header-read timeout, graceful shutdown.
+//! - [`routes`]: pure route table, (method, On-Premise path) -> [`routes::Route`].
+//! - [`handlers`]: one request end to end: limited body -> translate -> upstream -> back.
+//! - [`upstream`]: the Cloud API client (pooling, TLS, timeouts, redirects, gzip, headers).
+//! - [`error`]: [`error::ProxyError`] and the one function deciding its On-Premise status.
+//! - [`translate`]: the pure core, no I/O: `messages`, `templates` (hsm), `contacts`,
+//!   `errors`, and `request` (whole requests and answers, shared with the `translate` command).
+//! - [`cli`]: the `translate` subcommand.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod routes;
+pub mod server;
+pub mod translate;
+pub mod upstream;

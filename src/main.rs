@@ -1,0 +1,110 @@
+//! Binary entry point: parse flags, start logging, then serve or translate.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use waba_onprem_proxy::config::{Cli, Command, ServeArgs, TranslateArgs};
+use waba_onprem_proxy::translate::Meta;
+use waba_onprem_proxy::{cli, server};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match args.command {
+        Some(Command::Translate(t)) => translate(&t),
+        Some(Command::Serve(serve)) => run(&serve),
+        None => run(&args.serve),
+    }
+}
+
+fn run(args: &ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("waba-onprem-proxy: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("waba-onprem-proxy: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!(
+                    "waba-onprem-proxy: cannot listen on {}: {error}",
+                    config.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        eprintln!(
+            "waba-onprem-proxy listening on http://{address} (upstream {}://{})",
+            config.upstream.scheme, config.upstream.authority
+        );
+        server::run(listener, config, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn translate(args: &TranslateArgs) -> ExitCode {
+    let mut body = Vec::new();
+    if let Err(error) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("waba-onprem-proxy: cannot read stdin: {error}");
+        return ExitCode::FAILURE;
+    }
+    let (output, code) = cli::translate(
+        &args.method,
+        &args.path,
+        &body,
+        &Meta::new(args.onprem_version.clone()),
+    );
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{output}").is_err() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::from(code)
+}

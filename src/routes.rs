@@ -1,0 +1,113 @@
+//! The route table: (method, On-Premise path) -> [`Route`]. Pure; the one place that knows
+//! which On-Premise endpoints exist and what becomes of each.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
+
+/// What the proxy does with one On-Premise request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/messages` -> `POST /messages`.
+    SendMessage,
+    /// `PUT /v1/messages/{id}` -> `POST /messages` with `status: read`.
+    MarkRead { message_id: String },
+    /// `POST /v1/contacts`, answered locally.
+    Contacts,
+    /// `GET /v1/health`, answered locally.
+    Health,
+    /// Paths 360dialog serves in the same shape on both hosts (`/v1/configs/templates...`):
+    /// forwarded to the same path upstream.
+    PassThrough,
+    /// On-Premise endpoints with no Cloud counterpart (SPEC §10).
+    NotOnCloud,
+    /// Endpoints that do exist on Cloud but that this version of the proxy does not translate
+    /// yet; answered with a clear 501 rather than forwarded half-translated.
+    NotYetSupported,
+    /// Anything else.
+    NotFound,
+}
+
+/// Matches the path (query ignored, a trailing `/` tolerated) against the table.
+pub fn route(method: &str, path_and_query: &str) -> Route {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        ("POST", ["v1", "messages"]) => Route::SendMessage,
+        ("PUT", ["v1", "messages", id]) => Route::MarkRead {
+            message_id: decode_segment(id).into_owned(),
+        },
+        ("POST", ["v1", "contacts"]) => Route::Contacts,
+        ("GET", ["v1", "health"]) => Route::Health,
+        ("GET" | "POST" | "DELETE", ["v1", "configs", "templates", ..]) => Route::PassThrough,
+        (_, ["v1", "contacts", _, "block"]) => Route::NotOnCloud,
+        (_, ["v1", area, ..]) if NOT_ON_CLOUD.contains(area) => Route::NotOnCloud,
+        (_, ["v1", "settings", "backup" | "restore"]) => Route::NotOnCloud,
+        (_, ["v1", "media", ..])
+        | (_, ["v1", "settings", ..])
+        | (_, ["v1", "configs", "webhook"])
+        | (_, ["v1", "users", ..]) => Route::NotYetSupported,
+        _ => Route::NotFound,
+    }
+}
+
+/// First path segments whose whole subtree only existed on self-hosted On-Premise.
+const NOT_ON_CLOUD: [&str; 6] = [
+    "account",
+    "certificates",
+    "stats",
+    "services",
+    "groups",
+    "stickerpacks",
+];
+
+/// Message ids travel URL-encoded in paths (`wamid.HBgL...%3D`); Cloud wants them decoded.
+fn decode_segment(segment: &str) -> Cow<'_, str> {
+    percent_decode_str(segment).decode_utf8_lossy()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases = [
+            ("POST", "/v1/messages", Route::SendMessage),
+            ("POST", "/v1/messages/", Route::SendMessage),
+            ("GET", "/v1/messages", Route::NotFound),
+            (
+                "PUT",
+                "/v1/messages/wamid.HBg%3D%3D",
+                Route::MarkRead {
+                    message_id: "wamid.HBg==".into(),
+                },
+            ),
+            ("POST", "/v1/contacts", Route::Contacts),
+            ("GET", "/v1/health?x=1", Route::Health),
+            ("GET", "/v1/configs/templates?limit=5", Route::PassThrough),
+            ("DELETE", "/v1/configs/templates/hello", Route::PassThrough),
+            ("POST", "/v1/contacts/15551234567/block", Route::NotOnCloud),
+            ("GET", "/v1/stats/app", Route::NotOnCloud),
+            ("POST", "/v1/account", Route::NotOnCloud),
+            ("POST", "/v1/settings/backup", Route::NotOnCloud),
+            ("GET", "/v1/groups", Route::NotOnCloud),
+            ("POST", "/v1/media", Route::NotYetSupported),
+            (
+                "GET",
+                "/v1/settings/business/profile",
+                Route::NotYetSupported,
+            ),
+            ("GET", "/v2/messages", Route::NotFound),
+            ("GET", "/", Route::NotFound),
+            ("GET", "", Route::NotFound),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(route(method, path), expected, "{method} {path}");
+        }
+    }
+}

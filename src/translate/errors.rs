@@ -1,0 +1,277 @@
+//! Errors in On-Premise shape: Cloud's error bodies translated (SPEC §9), and the errors the
+//! proxy makes itself, all rendered as `{"errors":[{"code","title","details"}],"meta":{...}}`.
+//!
+//! Errors returned by the Cloud API are data, not proxy failures: they are translated here.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{Meta, TranslateError};
+
+/// One On-Premise error item plus the HTTP status On-Premise answered it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OnPremError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: i64,
+    pub title: String,
+    pub details: String,
+    /// The Cloud error code this one was mapped from, kept so nothing is lost in translation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_code: Option<i64>,
+}
+
+impl OnPremError {
+    /// An error with the On-Premise title for `code`.
+    pub fn new(status: u16, code: i64, details: impl Into<String>) -> Self {
+        OnPremError {
+            status,
+            code,
+            title: onprem_title(code).unwrap_or("Generic error").to_owned(),
+            details: details.into(),
+            cloud_code: None,
+        }
+    }
+
+    pub fn to_body(&self, meta: &Meta) -> Value {
+        json!({ "errors": [self], "meta": meta.to_value() })
+    }
+}
+
+/// The titles On-Premise gave its error codes.
+pub fn onprem_title(code: i64) -> Option<&'static str> {
+    Some(match code {
+        400 => "Media download error",
+        402 => "Business eligibility payment issue",
+        470 => "Re-engagement message",
+        471 => "Spam rate limit hit",
+        472 => "User's number is part of an experiment",
+        501 => "Unknown message type",
+        1000 => "Generic error",
+        1001 => "Message too long",
+        1005 => "Access denied",
+        1006 => "Resource not found",
+        1008 => "Required parameter is missing",
+        1009 => "Parameter value is not valid",
+        1011 => "Service not ready",
+        1013 => "User is not valid",
+        1014 => "Internal error",
+        1015 => "Too many requests",
+        1021 => "Bad user",
+        2000 => "Template Param Count Mismatch",
+        2001 => "Template Missing",
+        2005 => "Template Hydrated Text Too Long",
+        2007 => "Template Format Character Policy Violated",
+        2012 => "Template Parameter Format Mismatch",
+        _ => return None,
+    })
+}
+
+/// SPEC §9's table: Cloud code -> (On-Premise code, HTTP status). `None` keeps the Cloud code
+/// and the upstream status.
+fn map_cloud_code(cloud_code: i64) -> Option<(i64, u16)> {
+    Some(match cloud_code {
+        0 | 190 => (1005, 401),
+        3 | 10 | 200..=299 | 131005 => (1005, 403),
+        4 | 80007 | 130429 | 131056 => (1015, 429),
+        100 | 131009 => (1009, 400),
+        131008 => (1008, 400),
+        131000 => (1000, 500),
+        1 | 2 | 133010 => (1011, 503),
+        131021 => (1021, 400),
+        131026 => (1013, 400),
+        131047 => (470, 400),
+        131048 => (471, 400),
+        130472 => (472, 400),
+        131042 => (402, 400),
+        131051 => (501, 400),
+        131052 => (400, 400),
+        132000 => (2000, 400),
+        132001 => (2001, 404),
+        132005 => (2005, 400),
+        132007 => (2007, 400),
+        132012 => (2012, 400),
+        _ => return None,
+    })
+}
+
+/// The On-Premise code for an error that came without a Cloud code (360dialog's gateway,
+/// non-JSON or empty bodies), judged by the HTTP status alone.
+fn code_for_status(status: u16) -> i64 {
+    match status {
+        401 | 403 => 1005,
+        404 => 1006,
+        429 => 1015,
+        502..=504 => 1011,
+        _ => 1000,
+    }
+}
+
+/// A Cloud error answer (any non-2xx) -> the On-Premise error. The HTTP status comes from the
+/// answer, never from a status inside the body (360dialog's own example pairs HTTP 401 with
+/// `httpCode: 404`).
+pub fn cloud_to_onprem_error(status: u16, body: &[u8]) -> OnPremError {
+    let parsed = serde_json::from_slice::<Value>(body).ok();
+    match parsed {
+        Some(Value::Object(map)) => {
+            if let Some(Value::Object(graph)) = map.get("error") {
+                return graph_error(status, graph);
+            }
+            if let Some(Value::String(text)) = map.get("error") {
+                return OnPremError::new(status, code_for_status(status), text.clone());
+            }
+            if let Some(Value::Object(gateway)) = map.get("meta") {
+                let message = ["developerMessage", "developer_message", "message"]
+                    .iter()
+                    .find_map(|k| gateway.get(*k).and_then(Value::as_str));
+                if let Some(message) = message {
+                    return OnPremError::new(status, code_for_status(status), message);
+                }
+            }
+            if let Some(Value::Array(errors)) = map.get("errors") {
+                if let Some(first) = errors.first().and_then(Value::as_object) {
+                    return already_onprem(status, first);
+                }
+            }
+            OnPremError::new(
+                status,
+                code_for_status(status),
+                non_json_details(status, body),
+            )
+        }
+        _ => OnPremError::new(
+            status,
+            code_for_status(status),
+            non_json_details(status, body),
+        ),
+    }
+}
+
+fn graph_error(status: u16, graph: &serde_json::Map<String, Value>) -> OnPremError {
+    let cloud_code = graph.get("code").and_then(Value::as_i64);
+    let message = graph.get("message").and_then(Value::as_str).unwrap_or("");
+    let details = match graph.get("error_data") {
+        Some(Value::Object(data)) => data
+            .get("details")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        Some(Value::String(data)) => Some(data.clone()),
+        _ => None,
+    }
+    .unwrap_or_else(|| message.to_owned());
+
+    let (code, status) = match cloud_code.and_then(map_cloud_code) {
+        Some(mapped) => mapped,
+        None => (
+            cloud_code.unwrap_or_else(|| code_for_status(status)),
+            status,
+        ),
+    };
+    let title = onprem_title(code)
+        .map(str::to_owned)
+        .unwrap_or_else(|| strip_code_prefix(message).to_owned());
+    OnPremError {
+        status,
+        code,
+        title,
+        details,
+        cloud_code,
+    }
+}
+
+/// Some paths (e.g. `/v1/configs/templates`) answer in On-Premise shape already: keep it.
+fn already_onprem(status: u16, error: &serde_json::Map<String, Value>) -> OnPremError {
+    let code = error
+        .get("code")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| code_for_status(status));
+    let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
+    OnPremError {
+        status,
+        code,
+        title: text("title")
+            .or_else(|| onprem_title(code).map(str::to_owned))
+            .unwrap_or_else(|| "Generic error".into()),
+        details: text("details").unwrap_or_default(),
+        cloud_code: None,
+    }
+}
+
+/// Graph messages start with "(#131047) "; On-Premise titles never did.
+fn strip_code_prefix(message: &str) -> &str {
+    if let Some(rest) = message.strip_prefix("(#") {
+        if let Some((code, tail)) = rest.split_once(')') {
+            if code.chars().all(|c| c.is_ascii_digit()) {
+                return tail.trim_start();
+            }
+        }
+    }
+    message
+}
+
+fn non_json_details(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.is_empty() {
+        return format!("upstream answered HTTP {status} with an empty body");
+    }
+    let snippet: String = collapsed.chars().take(200).collect();
+    format!("upstream answered HTTP {status}: {snippet}")
+}
+
+/// A client-caused translation failure -> its On-Premise error (always HTTP 400).
+pub fn onprem_error_for(error: &TranslateError) -> OnPremError {
+    let code = match error {
+        TranslateError::InvalidJson(_)
+        | TranslateError::WrongType { .. }
+        | TranslateError::InvalidValue { .. } => 1009,
+        TranslateError::Missing { .. } => 1008,
+        TranslateError::MessageTooLong { .. } => 1001,
+        TranslateError::UnknownMessageType(_) => 501,
+    };
+    OnPremError::new(400, code, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mapped_cloud_code_has_an_onprem_title() {
+        for cloud in [
+            0, 190, 3, 10, 250, 131005, 4, 80007, 130429, 131056, 100, 131009, 131008,
+        ]
+        .into_iter()
+        .chain([
+            131000, 1, 2, 133010, 131021, 131026, 131047, 131048, 130472, 131042,
+        ])
+        .chain([131051, 131052, 132000, 132001, 132005, 132007, 132012])
+        {
+            let (code, _) = map_cloud_code(cloud).unwrap();
+            assert!(
+                onprem_title(code).is_some(),
+                "no title for {code} (cloud {cloud})"
+            );
+        }
+    }
+
+    #[test]
+    fn code_prefix_is_stripped_only_when_numeric() {
+        assert_eq!(
+            strip_code_prefix("(#131031) Account locked"),
+            "Account locked"
+        );
+        assert_eq!(strip_code_prefix("(#abc) x"), "(#abc) x");
+    }
+
+    #[test]
+    fn long_non_json_bodies_are_cut_to_200_chars() {
+        let body = "x".repeat(1000);
+        let err = cloud_to_onprem_error(502, body.as_bytes());
+        assert_eq!(
+            err.details.len(),
+            "upstream answered HTTP 502: ".len() + 200
+        );
+        assert_eq!(err.code, 1011);
+    }
+}

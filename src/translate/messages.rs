@@ -1,0 +1,219 @@
+//! `/v1/messages`: sends and mark-as-read, both directions.
+//!
+//! Unknown fields pass through untouched (Meta adds fields every quarter); only the fields that
+//! exist solely on On-Premise are removed or rewritten.
+
+use serde_json::{json, Map, Value};
+
+use super::templates::{onprem_hsm_to_cloud_template, onprem_to_cloud_template};
+use super::{as_object, join, required_str, Meta, TranslateError};
+
+/// Cloud's limit for `text.body`; On-Premise answered 1001 "Message too long" past it.
+pub const TEXT_BODY_MAX_CHARS: usize = 4096;
+
+/// Top-level fields that only On-Premise understood. `preview_url` and `hsm` are rewritten
+/// before removal; `render_mentions` has no Cloud equivalent (Cloud renders mentions itself).
+const ONPREM_ONLY_FIELDS: [&str; 3] = ["preview_url", "render_mentions", "hsm"];
+
+const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"];
+
+/// Types Cloud accepts as they are, which On-Premise also sent in the same shape.
+const PASS_THROUGH_TYPES: [&str; 4] = ["location", "contacts", "interactive", "reaction"];
+
+/// On-Premise send body -> Cloud `POST /messages` body.
+pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
+    let message = match body {
+        Value::Object(map) => map,
+        Value::Null => return Err(TranslateError::missing("to")),
+        _ => return Err(TranslateError::wrong_type("request body", "an object")),
+    };
+    required_str(message, "", "to")?;
+    let kind = required_str(message, "", "type")?;
+
+    let mut out = Map::with_capacity(message.len() + 2);
+    out.insert("messaging_product".into(), Value::from("whatsapp"));
+    out.insert("recipient_type".into(), Value::from("individual"));
+    for (key, value) in message {
+        if !ONPREM_ONLY_FIELDS.contains(&key.as_str()) {
+            out.insert(key.clone(), value.clone());
+        }
+    }
+    // A recipient_type of null means "not given": default it like an absent one.
+    if out.get("recipient_type").is_some_and(Value::is_null) {
+        out.insert("recipient_type".into(), Value::from("individual"));
+    }
+
+    match kind {
+        "text" => rewrite_text(message, &mut out)?,
+        "hsm" => {
+            let hsm = message
+                .get("hsm")
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| TranslateError::missing("hsm"))?;
+            out.insert("type".into(), Value::from("template"));
+            out.insert("template".into(), onprem_hsm_to_cloud_template(hsm)?);
+        }
+        "template" => {
+            let template = type_object(message, "template")?;
+            out.insert("template".into(), onprem_to_cloud_template(template)?);
+        }
+        media if MEDIA_TYPES.contains(&media) => {
+            let rewritten = rewrite_media(media, type_object(message, media)?)?;
+            out.insert(media.to_owned(), rewritten);
+        }
+        other if PASS_THROUGH_TYPES.contains(&other) => {
+            type_object(message, other)?;
+        }
+        other => return Err(TranslateError::UnknownMessageType(other.to_owned())),
+    }
+    Ok(Value::Object(out))
+}
+
+/// The object named by `type`, which every message must carry.
+fn type_object<'a>(
+    message: &'a Map<String, Value>,
+    kind: &str,
+) -> Result<&'a Value, TranslateError> {
+    message
+        .get(kind)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| TranslateError::missing(kind))
+}
+
+fn rewrite_text(
+    message: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), TranslateError> {
+    let mut text = as_object(type_object(message, "text")?, "text")?.clone();
+    let body = required_str(&text, "text", "body")?;
+    if body.chars().count() > TEXT_BODY_MAX_CHARS {
+        return Err(TranslateError::MessageTooLong {
+            path: "text.body".into(),
+            limit: TEXT_BODY_MAX_CHARS,
+        });
+    }
+    // On-Premise put preview_url beside `text`; Cloud wants it inside. One already inside wins.
+    match message.get("preview_url") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(preview)) => {
+            if text.get("preview_url").is_none_or(Value::is_null) {
+                text.insert("preview_url".into(), Value::Bool(*preview));
+            }
+        }
+        Some(_) => return Err(TranslateError::wrong_type("preview_url", "a boolean")),
+    }
+    out.insert("text".into(), Value::Object(text));
+    Ok(())
+}
+
+fn rewrite_media(kind: &str, media: &Value) -> Result<Value, TranslateError> {
+    let mut media = as_object(media, kind)?.clone();
+    for key in ["id", "link"] {
+        if let Some(v) = media.get(key) {
+            if !v.is_null() && !v.is_string() {
+                return Err(TranslateError::wrong_type(join(kind, key), "a string"));
+            }
+        }
+    }
+    let has = |key: &str| media.get(key).is_some_and(|v| !v.is_null());
+    if !has("id") && !has("link") {
+        return Err(TranslateError::missing(format!("{kind}.id or {kind}.link")));
+    }
+    // `provider` named On-Premise-side credentials for fetching `link`; Cloud fetches links
+    // itself, without credentials.
+    media.remove("provider");
+    // Cloud rejects a caption on audio and stickers; On-Premise ignored it.
+    if kind == "audio" || kind == "sticker" {
+        media.remove("caption");
+    }
+    Ok(Value::Object(media))
+}
+
+/// Cloud send answer -> On-Premise send answer (sent with HTTP 201 by the caller).
+/// Ids and `wa_id`s are kept exactly: later statuses and mark-as-read use them, and clients
+/// update their stored number when `wa_id` differs from what they sent.
+pub fn cloud_to_onprem_send_response(body: &Value, meta: &Meta) -> Result<Value, TranslateError> {
+    let answer = as_object(body, "response")?;
+    let mut out = answer.clone();
+    out.remove("messaging_product");
+    match out.get_mut("messages") {
+        Some(Value::Array(messages)) => {
+            for message in messages.iter_mut() {
+                if let Value::Object(message) = message {
+                    message.remove("message_status");
+                }
+            }
+        }
+        None | Some(Value::Null) => return Err(TranslateError::missing("messages")),
+        Some(_) => return Err(TranslateError::wrong_type("messages", "an array")),
+    }
+    out.insert("meta".into(), meta.to_value());
+    Ok(Value::Object(out))
+}
+
+/// `PUT /v1/messages/{id}` body -> Cloud `POST /messages` body. `message_id` is the already
+/// URL-decoded path segment.
+pub fn onprem_to_cloud_mark_read(message_id: &str, body: &Value) -> Result<Value, TranslateError> {
+    let body = match body {
+        Value::Null => return Err(TranslateError::missing("status")),
+        other => as_object(other, "request body")?,
+    };
+    let status = required_str(body, "", "status")?;
+    if status != "read" {
+        return Err(TranslateError::invalid(
+            "status",
+            format!("must be \"read\", got \"{status}\""),
+        ));
+    }
+    if message_id.is_empty() {
+        return Err(TranslateError::missing("message id in the path"));
+    }
+    Ok(json!({"messaging_product": "whatsapp", "status": "read", "message_id": message_id}))
+}
+
+/// Cloud `{"success":true}` -> On-Premise `{"meta":{...}}`.
+pub fn cloud_to_onprem_success(body: &Value, meta: &Meta) -> Result<Value, TranslateError> {
+    let answer = as_object(body, "response")?;
+    match answer.get("success") {
+        Some(Value::Bool(true)) => Ok(json!({ "meta": meta.to_value() })),
+        Some(Value::Bool(false)) => Err(TranslateError::invalid("success", "is false")),
+        _ => Err(TranslateError::missing("success")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_preview_url_already_inside_text_wins() {
+        let out = onprem_to_cloud_send(&json!({
+            "to": "1", "type": "text", "preview_url": true,
+            "text": {"body": "https://example.com", "preview_url": false}
+        }))
+        .unwrap();
+        assert_eq!(out["text"]["preview_url"], json!(false));
+        assert!(out.get("preview_url").is_none());
+    }
+
+    #[test]
+    fn text_body_at_the_limit_passes_and_one_more_char_is_too_long() {
+        let at_limit = "é".repeat(TEXT_BODY_MAX_CHARS);
+        let send = |body: &str| {
+            onprem_to_cloud_send(&json!({"to":"1","type":"text","text":{"body": body}}))
+        };
+        assert!(send(&at_limit).is_ok());
+        let over = format!("{at_limit}x");
+        assert!(matches!(
+            send(&over),
+            Err(TranslateError::MessageTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn mark_read_rejects_other_statuses() {
+        let err =
+            onprem_to_cloud_mark_read("wamid.1", &json!({"status": "delivered"})).unwrap_err();
+        assert!(matches!(err, TranslateError::InvalidValue { .. }));
+    }
+}

@@ -1,0 +1,154 @@
+//! Whole requests: a routed On-Premise request -> what goes upstream (or the local answer),
+//! and the upstream answer -> what the client gets. Shared by the server and the `translate`
+//! command so both always agree.
+
+use serde_json::{json, Value};
+
+use super::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
+use super::{contacts, messages, parse_body, Meta, TranslateError};
+use crate::routes::Route;
+
+/// What one On-Premise request becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Translated {
+    /// A call to the Cloud API.
+    Upstream(CloudRequest),
+    /// Answered by the proxy itself, no upstream call.
+    Local { status: u16, body: Value },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudRequest {
+    pub method: &'static str,
+    /// Path and query relative to the upstream root.
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+impl Translated {
+    /// The shape the `translate` command prints and the `requests` fixtures hold.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Translated::Upstream(req) => json!({
+                "method": req.method, "path": req.path, "body": req.body, "answered_locally": null
+            }),
+            Translated::Local { status, body } => json!({
+                "method": null, "path": null, "body": null,
+                "answered_locally": {"status": status, "body": body}
+            }),
+        }
+    }
+}
+
+/// On-Premise request -> Cloud request or local answer. `body` is the raw client body.
+pub fn onprem_to_cloud_request(
+    route: &Route,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    meta: &Meta,
+) -> Result<Translated, OnPremError> {
+    let client_error = |e: TranslateError| onprem_error_for(&e);
+    match route {
+        Route::SendMessage => {
+            let body = parse_body(body).map_err(client_error)?;
+            let cloud = messages::onprem_to_cloud_send(&body).map_err(client_error)?;
+            Ok(upstream("POST", "/messages".into(), Some(cloud)))
+        }
+        Route::MarkRead { message_id } => {
+            let body = parse_body(body).map_err(client_error)?;
+            let cloud =
+                messages::onprem_to_cloud_mark_read(message_id, &body).map_err(client_error)?;
+            Ok(upstream("POST", "/messages".into(), Some(cloud)))
+        }
+        Route::Contacts => {
+            let body = parse_body(body).map_err(client_error)?;
+            let answer = contacts::onprem_contacts_answer(&body, meta).map_err(client_error)?;
+            Ok(Translated::Local {
+                status: 200,
+                body: answer,
+            })
+        }
+        Route::Health => Ok(Translated::Local {
+            status: 200,
+            body: json!({"health": {"gateway_status": "connected"}, "meta": meta.to_value()}),
+        }),
+        Route::PassThrough => {
+            let body = parse_body(body).map_err(client_error)?;
+            let method = match method {
+                "GET" => "GET",
+                "POST" => "POST",
+                "DELETE" => "DELETE",
+                _ => return Err(not_found(method, path_and_query)),
+            };
+            Ok(upstream(
+                method,
+                path_and_query.to_owned(),
+                Some(body).filter(|b| !b.is_null()),
+            ))
+        }
+        Route::NotOnCloud => Err(OnPremError::new(
+            501,
+            1000,
+            format!(
+                "{} is not available after migration to Cloud API",
+                path_only(path_and_query)
+            ),
+        )),
+        Route::NotYetSupported => Err(OnPremError::new(
+            501,
+            1000,
+            format!(
+                "{method} {} is not supported by this version of waba-onprem-proxy yet",
+                path_only(path_and_query)
+            ),
+        )),
+        Route::NotFound => Err(not_found(method, path_and_query)),
+    }
+}
+
+fn upstream(method: &'static str, path: String, body: Option<Value>) -> Translated {
+    Translated::Upstream(CloudRequest { method, path, body })
+}
+
+fn path_only(path_and_query: &str) -> &str {
+    path_and_query.split('?').next().unwrap_or("")
+}
+
+fn not_found(method: &str, path_and_query: &str) -> OnPremError {
+    OnPremError::new(
+        404,
+        1006,
+        format!("no such endpoint: {method} {}", path_only(path_and_query)),
+    )
+}
+
+/// Cloud answer -> (status, On-Premise body). Cloud errors are translated, never failed on;
+/// `Err` means a success answer that could not be read (the caller answers 502).
+pub fn cloud_to_onprem_response(
+    route: &Route,
+    status: u16,
+    body: &[u8],
+    meta: &Meta,
+) -> Result<(u16, Value), TranslateError> {
+    if !(200..300).contains(&status) {
+        let error = cloud_to_onprem_error(status, body);
+        return Ok((error.status, error.to_body(meta)));
+    }
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::invalid("response", format!("is not JSON ({e})")))?;
+    match route {
+        // On-Premise answered 201 for a created message.
+        Route::SendMessage => Ok((201, messages::cloud_to_onprem_send_response(&parsed, meta)?)),
+        Route::MarkRead { .. } => Ok((200, messages::cloud_to_onprem_success(&parsed, meta)?)),
+        _ => Ok((status, add_meta(parsed, meta))),
+    }
+}
+
+/// Pass-through answers keep their shape; On-Premise clients still expect `meta` beside it.
+fn add_meta(mut body: Value, meta: &Meta) -> Value {
+    if let Value::Object(map) = &mut body {
+        map.entry("meta").or_insert_with(|| meta.to_value());
+    }
+    body
+}

@@ -1,0 +1,294 @@
+//! The Cloud API client: pooled HTTP(S) connections (rustls), URLs under the configured root,
+//! header hygiene, same-origin 308 redirects, gzip decoding, connect timeout and an overall
+//! deadline for every exchange.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flate2::read::GzDecoder;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Config, UpstreamRoot};
+use crate::error::{ProxyError, Unreadable};
+
+/// Redirect hops followed before the answer is taken as it is.
+const MAX_REDIRECTS: usize = 5;
+
+/// A decoded upstream answer.
+#[derive(Debug)]
+pub struct CloudAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    root: UpstreamRoot,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Upstream {
+            client,
+            root: config.upstream.clone(),
+            timeout: config.upstream_timeout,
+            max_body_bytes: config.max_upstream_body_bytes,
+        }
+    }
+
+    /// Sends one request and reads the whole (decoded) answer, all within the deadline.
+    /// `headers` are the end-to-end headers to send (see [`forwarded_request_headers`]).
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<CloudAnswer, ProxyError> {
+        let uri = self
+            .root
+            .join(path_and_query)
+            .map_err(ProxyError::Internal)?;
+        match tokio::time::timeout(self.timeout, self.follow(method, uri, headers, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                after: self.timeout,
+            }),
+        }
+    }
+
+    async fn follow(
+        &self,
+        method: Method,
+        mut uri: Uri,
+        headers: &HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<CloudAnswer, ProxyError> {
+        let mut hops = 0;
+        loop {
+            let mut request = Request::builder().method(method.clone()).uri(uri.clone());
+            if let Some(h) = request.headers_mut() {
+                h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+                h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+                if body.is_some() {
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+            }
+            let request = request
+                .body(Full::new(body.clone().unwrap_or_default()))
+                .map_err(ProxyError::Internal)?;
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    ProxyError::UpstreamConnect(e)
+                } else {
+                    ProxyError::UpstreamFailed(e)
+                }
+            })?;
+            let status = response.status();
+            // 307/308 keep method and body; Cloud answers 308 when a path moved.
+            if matches!(
+                status,
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+            ) {
+                if hops == MAX_REDIRECTS {
+                    return Err(unreadable(Unreadable::Redirect("too many redirects")));
+                }
+                uri = self.redirect_target(&uri, response.headers())?;
+                hops += 1;
+                continue;
+            }
+            let (parts, incoming) = response.into_parts();
+            let limited = Limited::new(incoming, self.max_body_bytes);
+            let raw = match limited.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return Err(unreadable(match e.downcast::<hyper::Error>() {
+                        Ok(e) => Unreadable::Body(*e),
+                        Err(_) => Unreadable::TooLarge {
+                            limit: self.max_body_bytes,
+                        },
+                    }))
+                }
+            };
+            let body = decode_body(&parts.headers, raw, self.max_body_bytes)?;
+            return Ok(CloudAnswer {
+                status,
+                headers: parts.headers,
+                body,
+            });
+        }
+    }
+
+    fn redirect_target(&self, current: &Uri, headers: &HeaderMap) -> Result<Uri, ProxyError> {
+        let location = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(unreadable(Unreadable::Redirect(
+                "no usable Location header",
+            )))?;
+        if location.starts_with('/') {
+            return Uri::builder()
+                .scheme(current.scheme_str().unwrap_or("https"))
+                .authority(current.authority().map(|a| a.as_str()).unwrap_or_default())
+                .path_and_query(location)
+                .build()
+                .map_err(|_| unreadable(Unreadable::Redirect("invalid Location header")));
+        }
+        let target: Uri = location
+            .parse()
+            .map_err(|_| unreadable(Unreadable::Redirect("invalid Location header")))?;
+        if self.root.is_same_origin(&target) {
+            Ok(target)
+        } else {
+            // The client's API key would travel along: never to another host.
+            Err(unreadable(Unreadable::Redirect(
+                "Location points to another host",
+            )))
+        }
+    }
+}
+
+fn unreadable(cause: Unreadable) -> ProxyError {
+    ProxyError::UpstreamUnreadable(cause)
+}
+
+/// Undoes `Content-Encoding: gzip`; the decoded size is bounded like the raw one.
+fn decode_body(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, ProxyError> {
+    let gzipped = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim().eq_ignore_ascii_case("gzip") || v.trim().eq_ignore_ascii_case("x-gzip")
+        });
+    if !gzipped || raw.is_empty() {
+        return Ok(raw);
+    }
+    let mut decoded = Vec::with_capacity(raw.len() * 4);
+    GzDecoder::new(&raw[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|e| unreadable(Unreadable::Gzip(e)))?;
+    if decoded.len() > limit {
+        return Err(unreadable(Unreadable::TooLarge { limit }));
+    }
+    Ok(Bytes::from(decoded))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1); a proxy must
+/// not forward them in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The client's headers as they go upstream: end-to-end ones only (the `D360-API-KEY` value
+/// untouched), minus those the proxy sets itself for the rewritten body.
+pub fn forwarded_request_headers(client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+        header::ACCEPT_ENCODING,
+        header::EXPECT,
+    ] {
+        headers.remove(name);
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("d360-api-key", HeaderValue::from_static("key"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["d360-api-key"]);
+    }
+
+    #[test]
+    fn forwarded_headers_keep_the_api_key_and_drop_what_the_proxy_sets() {
+        let mut h = HeaderMap::new();
+        h.insert("D360-Api-Key", HeaderValue::from_static("SeCrEt"));
+        h.insert("host", HeaderValue::from_static("proxy:8080"));
+        h.insert("content-length", HeaderValue::from_static("12"));
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        let out = forwarded_request_headers(&h);
+        assert_eq!(out.get("d360-api-key").unwrap(), "SeCrEt");
+        assert_eq!(out.get("x-custom").unwrap(), "kept");
+        assert!(out.get("host").is_none() && out.get("content-length").is_none());
+    }
+
+    #[test]
+    fn gzip_bodies_are_decoded_and_bounded() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&[b'a'; 1000]).unwrap();
+        let gz = Bytes::from(enc.finish().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("content-encoding", HeaderValue::from_static("gzip"));
+        assert_eq!(decode_body(&h, gz.clone(), 1000).unwrap().len(), 1000);
+        assert!(decode_body(&h, gz, 999).is_err());
+    }
+}
