@@ -1,0 +1,662 @@
+//! The real server on 127.0.0.1:0 against an in-process mock of waba-v2 that records what it
+//! received: every test asserts both what the client got and what went upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::mock_upstream::{closed_port_url, Behaviour, MockUpstream};
+use support::proxy::{send, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn graph_error(code: i64, message: &str, details: &str) -> Value {
+    json!({"error": {"message": message, "type": "OAuthException", "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details}, "fbtrace_id": "AbC"}})
+}
+
+// ---- 1. sends ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn text_send_goes_upstream_in_cloud_shape_with_the_api_key() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"15551234567","type":"text","preview_url":true,"render_mentions":true,
+            "text":{"body":"see https://example.com"},"x_future_field":{"a":1}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method, "POST");
+    assert_eq!(sent[0].path_and_query, "/messages");
+    assert_eq!(sent[0].header("d360-api-key"), Some(API_KEY));
+    assert_eq!(sent[0].header("content-type"), Some("application/json"));
+    assert_eq!(
+        sent[0].json(),
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "15551234567",
+               "type": "text", "text": {"body": "see https://example.com", "preview_url": true},
+               "x_future_field": {"a": 1}})
+    );
+}
+
+#[tokio::test]
+async fn hsm_send_reaches_upstream_as_a_template() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let hsm = json!({"to": "15551234567", "type": "hsm", "hsm": {
+        "namespace": "ns", "element_name": "order_ready",
+        "language": {"policy": "deterministic", "code": "en"},
+        "localizable_params": [
+            {"default": "Ann"},
+            {"default": "$10.50", "currency": {"currency_code": "USD", "amount_1000": 10500}},
+            {"date_time": {"unix_epoch": {"timestamp": 1485470276}}}]}});
+    let answer = send_json(&proxy, "POST", "/v1/messages", &hsm.to_string()).await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(
+        mock.requests()[0].json()["template"],
+        json!({"name": "order_ready", "language": {"code": "en"}, "components": [{"type": "body", "parameters": [
+            {"type": "text", "text": "Ann"},
+            {"type": "currency", "currency": {"fallback_value": "$10.50", "code": "USD", "amount_1000": 10500}},
+            {"type": "date_time", "date_time": {"fallback_value": "2017-01-26 22:37 UTC"}}]}]})
+    );
+    assert_eq!(mock.requests()[0].json()["type"], "template");
+}
+
+#[tokio::test]
+async fn media_by_link_drops_provider_and_audio_caption() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let body = r#"{"to":"1","type":"audio","audio":{"link":"https://cdn.example/a.ogg","caption":"x","provider":{"name":"p"}}}"#;
+    assert_eq!(
+        send_json(&proxy, "POST", "/v1/messages", body).await.status,
+        201
+    );
+    assert_eq!(
+        mock.requests()[0].json()["audio"],
+        json!({"link": "https://cdn.example/a.ogg"})
+    );
+}
+
+// ---- 2. send response ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn send_response_is_201_with_ids_and_wa_id_exactly_as_upstream_gave_them() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Json {
+        status: 200,
+        body: json!({"messaging_product": "whatsapp",
+            "contacts": [{"input": "+55 11 91234-5678", "wa_id": "551112345678"}],
+            "messages": [{"id": "wamid.HBgNNTUxMTkxMjM0NTY3OBUCABEYEjQ=", "message_status": "accepted"}]}),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"+55 11 91234-5678","type":"text","text":{"body":"oi"}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(
+        answer.json(),
+        json!({"contacts": [{"input": "+55 11 91234-5678", "wa_id": "551112345678"}],
+               "messages": [{"id": "wamid.HBgNNTUxMTkxMjM0NTY3OBUCABEYEjQ="}],
+               "meta": {"api_status": "stable", "version": "v2.53.0"}})
+    );
+    assert_eq!(answer.headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn configured_onprem_version_is_what_meta_says() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy_with(&mock.url(), |c| c.meta.version = "v2.41.2".into()).await;
+    let answer = send_json(&proxy, "GET", "/v1/health", "").await;
+    assert_eq!(answer.json()["meta"]["version"], "v2.41.2");
+}
+
+// ---- 3. mark as read -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn mark_as_read_posts_the_decoded_id_and_answers_meta_only() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "PUT",
+        "/v1/messages/wamid.HBgLMTU1NTEy%3D%3D",
+        r#"{"status":"read"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        answer.json(),
+        json!({"meta": {"api_status": "stable", "version": "v2.53.0"}})
+    );
+    let sent = mock.requests();
+    assert_eq!(sent[0].path_and_query, "/messages");
+    assert_eq!(
+        sent[0].json(),
+        json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.HBgLMTU1NTEy=="})
+    );
+}
+
+#[tokio::test]
+async fn mark_as_read_with_another_status_is_1009_and_never_reaches_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "PUT",
+        "/v1/messages/wamid.X",
+        r#"{"status":"delivered"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.onprem_error_code(), 1009);
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn old_message_read_rejection_131009_comes_back_as_1009() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Json {
+        status: 400,
+        body: graph_error(
+            131009,
+            "(#131009) Parameter value is not valid",
+            "Message is older than 30 days",
+        ),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "PUT",
+        "/v1/messages/wamid.OLD",
+        r#"{"status":"read"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 400);
+    let body = answer.json();
+    assert_eq!(body["errors"][0]["code"], 1009);
+    assert_eq!(body["errors"][0]["cloud_code"], 131009);
+    assert_eq!(
+        body["errors"][0]["details"],
+        "Message is older than 30 days"
+    );
+}
+
+// ---- 4. local answers ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn contacts_and_health_are_answered_without_calling_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let contacts = send_json(
+        &proxy,
+        "POST",
+        "/v1/contacts",
+        r#"{"blocking":"wait","contacts":["+1 (555) 123-4567"],"force_check":true}"#,
+    )
+    .await;
+    assert_eq!(contacts.status, 200);
+    assert_eq!(
+        contacts.json()["contacts"],
+        json!([{"input": "+1 (555) 123-4567", "status": "valid", "wa_id": "15551234567"}])
+    );
+    let health = send_json(&proxy, "GET", "/v1/health", "").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(
+        health.json()["health"],
+        json!({"gateway_status": "connected"})
+    );
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn contacts_without_contacts_is_1008() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(&proxy, "POST", "/v1/contacts", r#"{"contacts":[]}"#).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 1008));
+}
+
+// ---- 5. Cloud error shapes -----------------------------------------------------------------
+
+async fn error_through_proxy(behaviour: Behaviour) -> (u16, Value) {
+    let mock = MockUpstream::start().await;
+    mock.push(behaviour);
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    (answer.status, answer.json())
+}
+
+#[tokio::test]
+async fn graph_re_engagement_error_becomes_470_with_cloud_code_kept() {
+    let (status, body) = error_through_proxy(Behaviour::Json {
+        status: 400,
+        body: graph_error(
+            131047,
+            "(#131047) Re-engagement message",
+            "More than 24 hours have passed",
+        ),
+    })
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"],
+        json!([{"code": 470, "title": "Re-engagement message", "details": "More than 24 hours have passed",
+                "cloud_code": 131047}])
+    );
+}
+
+#[tokio::test]
+async fn gateway_text_error_with_401_becomes_access_denied() {
+    let (status, body) = error_through_proxy(Behaviour::Json {
+        status: 401,
+        body: json!({"error": "Invalid api key"}),
+    })
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["errors"][0]["code"], 1005);
+    assert_eq!(body["errors"][0]["details"], "Invalid api key");
+}
+
+#[tokio::test]
+async fn gateway_meta_error_takes_the_status_from_http_not_from_the_body() {
+    let (status, body) = error_through_proxy(Behaviour::Json {
+        status: 401,
+        body: json!({"meta": {"httpCode": 404, "developerMessage": "Api key invalid", "success": false}}),
+    })
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["errors"][0]["code"], 1005);
+    assert_eq!(body["errors"][0]["details"], "Api key invalid");
+}
+
+#[tokio::test]
+async fn html_and_empty_error_bodies_become_onprem_errors() {
+    let (status, body) = error_through_proxy(Behaviour::Respond {
+        status: 502,
+        headers: vec![("content-type".into(), "text/html".into())],
+        body: Bytes::from_static(b"<html><body>\n  Bad   gateway\n</body></html>"),
+    })
+    .await;
+    assert_eq!(status, 502);
+    assert_eq!(body["errors"][0]["code"], 1011);
+    assert_eq!(
+        body["errors"][0]["details"],
+        "upstream answered HTTP 502: <html><body> Bad gateway </body></html>"
+    );
+
+    let (status, body) = error_through_proxy(Behaviour::Respond {
+        status: 500,
+        headers: vec![],
+        body: Bytes::new(),
+    })
+    .await;
+    assert_eq!(status, 500);
+    assert_eq!(body["errors"][0]["code"], 1000);
+}
+
+// ---- 6. proxy-made errors ------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_requests_get_onprem_errors_and_never_reach_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let cases = [
+        (r#"{"to":"1","type":"text","text":{"body":"#, 400, 1009),
+        (
+            r#"{"to":15551234567,"type":"text","text":{"body":"x"}}"#,
+            400,
+            1009,
+        ),
+        (r#"{"type":"text","text":{"body":"x"}}"#, 400, 1008),
+        (r#"{"to":"1","text":{"body":"x"}}"#, 400, 1008),
+        (r#"{"to":"1","type":"image"}"#, 400, 1008),
+        (r#"{"to":"1","type":"hologram","hologram":{}}"#, 400, 501),
+        (r#"[1,2]"#, 400, 1009),
+        ("", 400, 1008),
+    ];
+    for (body, status, code) in cases {
+        let answer = send_json(&proxy, "POST", "/v1/messages", body).await;
+        assert_eq!(
+            (answer.status, answer.onprem_error_code()),
+            (status, code),
+            "{body}"
+        );
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_on_premise_only_routes_are_501() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let unknown = send_json(&proxy, "GET", "/v1/nothing/here", "").await;
+    assert_eq!((unknown.status, unknown.onprem_error_code()), (404, 1006));
+    assert!(unknown.json()["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/nothing/here"));
+    let outside = send_json(&proxy, "GET", "/favicon.ico", "").await;
+    assert_eq!(outside.status, 404);
+    for path in [
+        "/v1/account",
+        "/v1/stats/app",
+        "/v1/contacts/15551234567/block",
+        "/v1/settings/backup",
+    ] {
+        let answer = send_json(&proxy, "POST", path, "{}").await;
+        assert_eq!(answer.status, 501, "{path}");
+        assert!(answer.json()["errors"][0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("not available after migration"));
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_whether_declared_or_chunked() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy_with(&mock.url(), |c| c.max_body_bytes = 1024).await;
+    let big = format!(
+        r#"{{"to":"1","type":"text","text":{{"body":"{}"}}}}"#,
+        "a".repeat(2000)
+    );
+    let answer = send_json(&proxy, "POST", "/v1/messages", &big).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (413, 1009));
+
+    // Chunked: no Content-Length, so the limit is enforced while reading.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let chunk = "a".repeat(2000);
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"code\":1009"), "{response}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_refusing_connections_is_503_service_not_ready() {
+    let proxy = spawn_proxy(&closed_port_url().await).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (503, 1011));
+}
+
+#[tokio::test]
+async fn stalled_upstream_is_504_after_the_deadline() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behaviour::Stall);
+    let proxy = spawn_proxy_with(&mock.url(), |c| {
+        c.upstream_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
+}
+
+#[tokio::test]
+async fn garbage_and_resets_from_upstream_are_502() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Respond {
+        status: 200,
+        headers: vec![],
+        body: Bytes::from_static(b"\x00\x01 not json at all"),
+    });
+    mock.push(Behaviour::Json {
+        status: 200,
+        body: json!({"unexpected": true}),
+    });
+    mock.push(Behaviour::CloseWithoutAnswer);
+    let proxy = spawn_proxy(&mock.url()).await;
+    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    for _ in 0..3 {
+        let answer = send_json(&proxy, "POST", "/v1/messages", body).await;
+        assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
+    }
+}
+
+// ---- 7. headers ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn api_key_in_any_case_passes_untouched_and_hop_by_hop_headers_do_not() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        &[
+            ("D360-Api-Key", "MiXeD-Case-Value_123"),
+            ("connection", "keep-alive, x-hop-only"),
+            ("x-hop-only", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "trailers"),
+            ("x-end-to-end", "kept"),
+        ],
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 201);
+    let sent = &mock.requests()[0];
+    assert_eq!(sent.header("d360-api-key"), Some("MiXeD-Case-Value_123"));
+    assert_eq!(sent.header("x-end-to-end"), Some("kept"));
+    for hop in ["x-hop-only", "keep-alive", "proxy-authorization", "te"] {
+        assert!(sent.header(hop).is_none(), "{hop} was forwarded");
+    }
+}
+
+#[tokio::test]
+async fn upstream_hop_by_hop_headers_never_reach_the_client() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Respond {
+        status: 200,
+        headers: vec![
+            ("keep-alive".into(), "timeout=99".into()),
+            ("proxy-authenticate".into(), "Basic".into()),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body: Bytes::from_static(br#"{"messages":[{"id":"wamid.A"}]}"#),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 201);
+    assert!(answer.headers.get("keep-alive").is_none());
+    assert!(answer.headers.get("proxy-authenticate").is_none());
+}
+
+#[tokio::test]
+async fn gzipped_upstream_answers_are_decoded_before_translation() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::GzipJson {
+        status: 200,
+        body: json!({"messaging_product": "whatsapp", "contacts": [{"input": "1", "wa_id": "1"}],
+                     "messages": [{"id": "wamid.GZ"}]}),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(answer.json()["messages"][0]["id"], "wamid.GZ");
+    assert_eq!(mock.requests()[0].header("accept-encoding"), Some("gzip"));
+}
+
+#[tokio::test]
+async fn same_host_308_is_followed_with_method_body_and_key() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Redirect308("/moved/messages".into()));
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].method, "POST");
+    assert_eq!(sent[1].path_and_query, "/moved/messages");
+    assert_eq!(sent[1].json(), sent[0].json());
+    assert_eq!(sent[1].header("d360-api-key"), Some(API_KEY));
+    // The mock answers 404 for unknown paths: what matters is that it was asked.
+    assert_eq!(answer.status, 404);
+}
+
+#[tokio::test]
+async fn redirect_to_another_host_is_not_followed() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Redirect308(
+        "http://evil.example/messages".into(),
+    ));
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_or_generated_on_every_answer() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let echoed = send(
+        &proxy,
+        "GET",
+        "/v1/health",
+        &[("x-request-id", "client-abc-1")],
+        "",
+    )
+    .await;
+    assert_eq!(echoed.headers["x-request-id"], "client-abc-1");
+    let generated = send(&proxy, "GET", "/v1/nope", &[], "").await;
+    let id = generated.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    let forwarded = send(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        &[("x-request-id", "trace-42"), ("d360-api-key", "k")],
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(forwarded.headers["x-request-id"], "trace-42");
+    assert_eq!(mock.requests()[0].header("x-request-id"), Some("trace-42"));
+}
+
+// ---- 8. foundations ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn half_sent_request_headers_are_cut_off_by_the_header_read_timeout() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy_with(&mock.url(), |c| {
+        c.header_read_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // Without an armed timer hyper would wait forever; the outer timeout turns that into a failure.
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection still open after the header read timeout"
+    );
+    // Closed by the timeout, not by anything quicker (a misconfigured server drops at once).
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behaviour::WaitForRelease);
+    let mut proxy = spawn_proxy(&mock.url()).await;
+    let addr = proxy.addr;
+    let proxy_url = proxy.url("");
+    let in_flight = tokio::spawn({
+        let proxy_ref = support::proxy::TestProxyRef::new(addr);
+        async move { proxy_ref.send_text().await }
+    });
+    mock.wait_for_requests(1).await;
+    proxy.shutdown();
+    // The listener closes once shutdown starts; the in-flight request still completes.
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if TcpStream::connect(addr).await.is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "{proxy_url} still accepting after shutdown"
+    );
+    mock.release();
+    let status = in_flight.await.unwrap();
+    assert_eq!(status, 201);
+    tokio::time::timeout(Duration::from_secs(5), proxy.server)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,154 @@
+//! Spawns the real proxy server on 127.0.0.1:0 in-process and talks to it over real HTTP.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use waba_onprem_proxy::config::Config;
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub server: JoinHandle<()>,
+}
+
+/// Defaults pointed at `upstream`, adjusted by `tune` (timeouts, limits).
+pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) -> TestProxy {
+    let mut config = Config::with_upstream(upstream).expect("config");
+    tune(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(waba_onprem_proxy::server::run(listener, config, async {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        addr,
+        shutdown: Some(tx),
+        server,
+    }
+}
+
+pub async fn spawn_proxy(upstream: &str) -> TestProxy {
+    spawn_proxy_with(upstream, |_| {}).await
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts graceful shutdown; `server` finishes once drained.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// What the client saw.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "proxy answered non-JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The first On-Premise error's code, asserting the envelope shape on the way.
+    pub fn onprem_error_code(&self) -> i64 {
+        let body = self.json();
+        assert_eq!(body["meta"]["api_status"], "stable", "no meta in {body}");
+        let error = &body["errors"][0];
+        assert!(error["title"].is_string(), "no title in {body}");
+        assert!(error["details"].is_string(), "no details in {body}");
+        error["code"].as_i64().expect("numeric code")
+    }
+}
+
+/// Sends one request with the given headers (the API key among them, as clients do).
+pub async fn send(
+    proxy: &TestProxy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let response = client.request(request).await.expect("proxy answered");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub const API_KEY: &str = "TEST-KEY-d360-0123456789abcdef";
+
+/// `send` with the usual client headers.
+pub async fn send_json(proxy: &TestProxy, method: &str, path: &str, body: &str) -> Answer {
+    send(
+        proxy,
+        method,
+        path,
+        &[
+            ("D360-API-KEY", API_KEY),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+/// A handle that can send from another task while the test owns the [`TestProxy`].
+pub struct TestProxyRef {
+    addr: SocketAddr,
+}
+
+impl TestProxyRef {
+    pub fn new(addr: SocketAddr) -> Self {
+        TestProxyRef { addr }
+    }
+
+    /// Sends a minimal text message and returns the status.
+    pub async fn send_text(&self) -> u16 {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = Request::post(format!("http://{}/v1/messages", self.addr))
+            .header("d360-api-key", API_KEY)
+            .body(Full::new(Bytes::from_static(
+                br#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+            )))
+            .expect("request");
+        client
+            .request(request)
+            .await
+            .expect("answer")
+            .status()
+            .as_u16()
+    }
+}
