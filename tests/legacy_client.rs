@@ -1,0 +1,294 @@
+//! A legacy On-Premise client, end to end, against the real binary: configured only through
+//! `WABA_PROXY_*` variables, started with `--listen 127.0.0.1:0`, it prints its real address,
+//! serves the calls an On-Premise integration makes every day, logs without ever writing the
+//! API key, and exits cleanly on SIGTERM. Also the `translate` command.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::mock_upstream::MockUpstream;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_waba-onprem-proxy");
+const KEY: &str = "LEGACY-SECRET-KEY-7f3a9c";
+
+struct RunningProxy {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+async fn start_binary(upstream: &str) -> RunningProxy {
+    let mut child = Command::new(BIN)
+        .env("WABA_PROXY_LISTEN", "127.0.0.1:0")
+        .env("WABA_PROXY_UPSTREAM", upstream)
+        .env("WABA_PROXY_ONPREM_VERSION", "v2.49.3")
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let base = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stderr.lock().unwrap().push_str(&line);
+            stderr.lock().unwrap().push('\n');
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("no ready line; stderr:\n{}", stderr.lock().unwrap());
+    })
+    .await
+    .expect("ready line within 10 s");
+    let sink = stderr.clone();
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    RunningProxy {
+        child,
+        base,
+        stderr,
+        drain,
+    }
+}
+
+async fn call(base: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("D360-API-KEY", KEY)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn legacy_client_session_through_the_binary() {
+    let mock = MockUpstream::start().await;
+    let mut proxy = start_binary(&mock.url()).await;
+    assert!(
+        proxy.base.starts_with("http://127.0.0.1:") && !proxy.base.ends_with(":0"),
+        "{}",
+        proxy.base
+    );
+    let meta = json!({"api_status": "stable", "version": "v2.49.3"});
+
+    let (status, text) = call(&proxy.base, "POST", "/v1/messages",
+        json!({"to": "15551234567", "type": "text", "preview_url": true, "text": {"body": "Hi https://a.example"}})).await;
+    assert_eq!(status, 201);
+    assert_eq!(text["meta"], meta);
+    let wamid = text["messages"][0]["id"].as_str().unwrap().to_owned();
+
+    let (status, hsm) = call(
+        &proxy.base,
+        "POST",
+        "/v1/messages",
+        json!({"to": "15551234567", "type": "hsm",
+        "hsm": {"namespace": "ns", "element_name": "welcome", "fallback_lc": "pt_BR",
+                "localizable_params": [{"default": "Ana"}]}}),
+    )
+    .await;
+    assert_eq!(
+        (status, hsm["messages"].as_array().map(Vec::len)),
+        (201, Some(1))
+    );
+
+    let (status, _) = call(&proxy.base, "POST", "/v1/messages", json!({"to": "15551234567", "type": "template",
+        "template": {"namespace": "ns", "name": "shipping", "language": {"policy": "deterministic", "code": "en"},
+            "components": [{"type": "button", "sub_type": "quick_reply", "index": 0,
+                            "parameters": [{"type": "payload", "payload": "yes"}]}]}})).await;
+    assert_eq!(status, 201);
+
+    let (status, _) = call(&proxy.base, "POST", "/v1/messages", json!({"to": "15551234567", "type": "image",
+        "image": {"link": "https://cdn.example/p.jpg", "caption": "Your order", "provider": {"name": "cdn"}}})).await;
+    assert_eq!(status, 201);
+
+    let (status, read) = call(
+        &proxy.base,
+        "PUT",
+        &format!("/v1/messages/{wamid}"),
+        json!({"status": "read"}),
+    )
+    .await;
+    assert_eq!((status, read), (200, json!({"meta": meta})));
+
+    let (status, contacts) = call(
+        &proxy.base,
+        "POST",
+        "/v1/contacts",
+        json!({"blocking": "wait", "contacts": ["+1 555 123 4567"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, contacts["contacts"][0]["wa_id"].clone()),
+        (200, json!("15551234567"))
+    );
+
+    let (status, health) = call(&proxy.base, "GET", "/v1/health", Value::Null).await;
+    assert_eq!(
+        (status, health["health"]["gateway_status"].clone()),
+        (200, json!("connected"))
+    );
+
+    // What upstream saw: five valid Cloud requests, none carrying On-Premise-only fields.
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 5);
+    for request in &sent {
+        assert_eq!(
+            (request.method.as_str(), request.path_and_query.as_str()),
+            ("POST", "/messages")
+        );
+        assert_eq!(request.header("d360-api-key"), Some(KEY));
+        let body = request.json();
+        assert_eq!(body["messaging_product"], "whatsapp");
+        for onprem_only in ["preview_url", "hsm", "render_mentions"] {
+            assert!(
+                body.get(onprem_only).is_none(),
+                "{onprem_only} sent upstream: {body}"
+            );
+        }
+    }
+    assert_eq!(sent[0].json()["text"]["preview_url"], true);
+    assert_eq!(
+        sent[1].json()["template"],
+        json!({"name": "welcome", "language": {"code": "pt_BR"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]})
+    );
+    assert_eq!(sent[2].json()["template"]["components"][0]["index"], "0");
+    assert!(sent[2].json()["template"].get("namespace").is_none());
+    assert_eq!(
+        sent[3].json()["image"],
+        json!({"link": "https://cdn.example/p.jpg", "caption": "Your order"})
+    );
+    assert_eq!(
+        sent[4].json(),
+        json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid})
+    );
+
+    // SIGTERM: a clean, prompt exit.
+    let pid = proxy.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let _ = proxy.drain.await;
+
+    let logs = proxy.stderr.lock().unwrap().clone();
+    assert!(logs.contains("request"), "no request log lines:\n{logs}");
+    assert!(
+        !logs.contains(KEY),
+        "the API key leaked into the logs:\n{logs}"
+    );
+}
+
+async fn translate(method: &str, path: &str, stdin: &str) -> (Value, i32) {
+    let mut child = Command::new(BIN)
+        .args(["translate", method, path])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .await
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "one JSON object on one line: {stdout}"
+    );
+    (
+        serde_json::from_str(&stdout).unwrap(),
+        output.status.code().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn translate_command_prints_the_upstream_request() {
+    let (out, code) = translate(
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(out["method"], "POST");
+    assert_eq!(out["path"], "/messages");
+    assert_eq!(out["body"]["messaging_product"], "whatsapp");
+
+    let (out, code) = translate("PUT", "/v1/messages/wamid.A%3D", r#"{"status":"read"}"#).await;
+    assert_eq!(
+        (code, out["body"]["message_id"].clone()),
+        (0, json!("wamid.A="))
+    );
+
+    let (out, code) = translate("GET", "/v1/configs/templates?limit=2", "").await;
+    assert_eq!(
+        (code, out["path"].clone(), out["body"].clone()),
+        (0, json!("/v1/configs/templates?limit=2"), Value::Null)
+    );
+}
+
+#[tokio::test]
+async fn translate_command_exits_2_with_an_onprem_error_on_bad_input() {
+    let (out, code) = translate("POST", "/v1/messages", "{not json").await;
+    assert_eq!(code, 2);
+    assert_eq!(out["errors"][0]["code"], 1009);
+    assert_eq!(out["meta"]["version"], "v2.53.0");
+
+    let (out, code) = translate("GET", "/v1/unknown", "").await;
+    assert_eq!((code, out["errors"][0]["code"].clone()), (2, json!(1006)));
+}
+
+#[tokio::test]
+async fn an_invalid_upstream_is_refused_at_start_with_a_clear_message() {
+    let output = Command::new(BIN)
+        .args(["--upstream", "ftp://example.com", "--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--upstream ftp://example.com"), "{stderr}");
+}
