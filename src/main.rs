@@ -1,6 +1,6 @@
 //! Binary entry point: parse flags, start logging, then serve or translate.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -26,6 +26,7 @@ fn run(args: &ServeArgs) -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match args.validate() {
         Ok(config) => config,

@@ -51,7 +51,7 @@ pub async fn handle(
         Ok(answer) => answer,
         Err(error) => {
             let onprem = error.to_onprem();
-            if onprem.status >= 500 {
+            if !matches!(error, ProxyError::Rejected(_)) {
                 warn!(request_id = %request_id, error = %error, "request failed");
             } else {
                 info!(request_id = %request_id, error = %error, "request rejected");
