@@ -27,7 +27,11 @@ async fn main() {
         }
         let requests = mock.requests();
         for request in &requests[seen..] {
-            let key = if request.header("d360-api-key").is_some() { "present" } else { "missing" };
+            let key = if request.header("d360-api-key").is_some() {
+                "present"
+            } else {
+                "missing"
+            };
             println!(
                 "{} {} (D360-API-KEY {key})\n  {}",
                 request.method,
