@@ -2,6 +2,7 @@
 //! a documented default, and [`Config`] is the validated result the rest of the proxy reads.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -85,6 +86,12 @@ pub struct ServeArgs {
     /// Largest upstream JSON answer read, in bytes (after gzip decoding).
     #[arg(long, env = "WABA_PROXY_MAX_UPSTREAM_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_upstream_body_bytes: usize,
+    /// Deadline for one media transfer (upload, download or provider fetch), in milliseconds.
+    #[arg(long, env = "WABA_PROXY_MEDIA_TIMEOUT_MS", default_value_t = 600_000)]
+    pub media_timeout_ms: u64,
+    /// Where the proxy keeps state (media providers, settings), created when first needed.
+    #[arg(long, env = "WABA_PROXY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "WABA_PROXY_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
@@ -102,6 +109,8 @@ pub struct Config {
     pub body_read_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_upstream_body_bytes: usize,
+    pub media_timeout: Duration,
+    pub data_dir: PathBuf,
     pub shutdown_grace: Duration,
 }
 
@@ -195,6 +204,8 @@ impl ServeArgs {
             body_read_timeout: positive(self.body_read_timeout_ms, "body-read-timeout-ms")?,
             max_body_bytes: self.max_body_bytes,
             max_upstream_body_bytes: self.max_upstream_body_bytes,
+            media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
+            data_dir: self.data_dir.clone(),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }

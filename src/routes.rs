@@ -12,6 +12,14 @@ pub enum Route {
     SendMessage,
     /// `PUT /v1/messages/{id}` -> `POST /messages` with `status: read`.
     MarkRead { message_id: String },
+    /// `POST /v1/media` (raw bytes) -> `POST /media` (multipart), streamed.
+    UploadMedia,
+    /// `GET /v1/media/{id}` -> `GET /{id}`, then the bytes from the returned url, streamed.
+    DownloadMedia { media_id: String },
+    /// `DELETE /v1/media/{id}` -> `DELETE /{id}`.
+    DeleteMedia { media_id: String },
+    /// `/v1/settings/application/media/providers[/{name}]`: stored by the proxy per API key.
+    MediaProviders { name: Option<String> },
     /// `POST /v1/contacts`, answered locally.
     Contacts,
     /// `GET /v1/health`, answered locally.
@@ -41,6 +49,21 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         ("PUT", ["v1", "messages", id]) => Route::MarkRead {
             message_id: decode_segment(id).into_owned(),
         },
+        ("POST", ["v1", "media"]) => Route::UploadMedia,
+        ("GET", ["v1", "media", id]) => Route::DownloadMedia {
+            media_id: decode_segment(id).into_owned(),
+        },
+        ("DELETE", ["v1", "media", id]) => Route::DeleteMedia {
+            media_id: decode_segment(id).into_owned(),
+        },
+        ("GET" | "POST" | "DELETE", ["v1", "settings", "application", "media", "providers"]) => {
+            Route::MediaProviders { name: None }
+        }
+        ("DELETE", ["v1", "settings", "application", "media", "providers", name]) => {
+            Route::MediaProviders {
+                name: Some(decode_segment(name).into_owned()),
+            }
+        }
         ("POST", ["v1", "contacts"]) => Route::Contacts,
         ("GET", ["v1", "health"]) => Route::Health,
         ("GET" | "POST" | "DELETE", ["v1", "configs", "templates", ..]) => Route::PassThrough,
@@ -96,7 +119,29 @@ mod tests {
             ("POST", "/v1/account", Route::NotOnCloud),
             ("POST", "/v1/settings/backup", Route::NotOnCloud),
             ("GET", "/v1/groups", Route::NotOnCloud),
-            ("POST", "/v1/media", Route::NotYetSupported),
+            ("POST", "/v1/media", Route::UploadMedia),
+            (
+                "GET",
+                "/v1/media/1037543291543636",
+                Route::DownloadMedia {
+                    media_id: "1037543291543636".into(),
+                },
+            ),
+            (
+                "DELETE",
+                "/v1/media/42",
+                Route::DeleteMedia {
+                    media_id: "42".into(),
+                },
+            ),
+            ("PUT", "/v1/media", Route::NotYetSupported),
+            (
+                "DELETE",
+                "/v1/settings/application/media/providers/cdn",
+                Route::MediaProviders {
+                    name: Some("cdn".into()),
+                },
+            ),
             (
                 "GET",
                 "/v1/settings/business/profile",

@@ -9,12 +9,14 @@ use bytes::Bytes;
 use flate2::read::GzDecoder;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::body::{full, ProxyBody};
 use crate::config::{Config, UpstreamRoot};
 use crate::error::{ProxyError, Unreadable};
 
@@ -30,7 +32,7 @@ pub struct CloudAnswer {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     root: UpstreamRoot,
     timeout: Duration,
     max_body_bytes: usize,
@@ -100,15 +102,9 @@ impl Upstream {
                 }
             }
             let request = request
-                .body(Full::new(body.clone().unwrap_or_default()))
+                .body(full(body.clone().unwrap_or_default()))
                 .map_err(ProxyError::Internal)?;
-            let response = self.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::UpstreamConnect(e)
-                } else {
-                    ProxyError::UpstreamFailed(e)
-                }
-            })?;
+            let response = self.client.request(request).await.map_err(client_error)?;
             let status = response.status();
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
             if matches!(
@@ -122,26 +118,56 @@ impl Upstream {
                 hops += 1;
                 continue;
             }
-            let (parts, incoming) = response.into_parts();
-            let limited = Limited::new(incoming, self.max_body_bytes);
-            let raw = match limited.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    return Err(unreadable(match e.downcast::<hyper::Error>() {
-                        Ok(e) => Unreadable::Body(*e),
-                        Err(_) => Unreadable::TooLarge {
-                            limit: self.max_body_bytes,
-                        },
-                    }))
-                }
-            };
-            let body = decode_body(&parts.headers, raw, self.max_body_bytes)?;
-            return Ok(CloudAnswer {
-                status,
-                headers: parts.headers,
-                body,
-            });
+            return self.read_answer(response).await;
         }
+    }
+
+    /// Sends a request whose body streams (media), returning as soon as the answer's head
+    /// arrives. No redirects: a streamed body cannot be sent twice. The caller bounds time.
+    pub async fn open(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        let uri = self
+            .root
+            .join(path_and_query)
+            .map_err(ProxyError::Internal)?;
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(h) = request.headers_mut() {
+            *h = headers;
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        let request = request.body(body).map_err(ProxyError::Internal)?;
+        self.client.request(request).await.map_err(client_error)
+    }
+
+    /// Reads a whole (JSON) answer, bounded in size and gzip-decoded.
+    pub async fn read_answer(
+        &self,
+        response: http::Response<Incoming>,
+    ) -> Result<CloudAnswer, ProxyError> {
+        let (parts, incoming) = response.into_parts();
+        let limited = Limited::new(incoming, self.max_body_bytes);
+        let raw = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return Err(unreadable(match e.downcast::<hyper::Error>() {
+                    Ok(e) => Unreadable::Body(*e),
+                    Err(_) => Unreadable::TooLarge {
+                        limit: self.max_body_bytes,
+                    },
+                }))
+            }
+        };
+        let body = decode_body(&parts.headers, raw, self.max_body_bytes)?;
+        Ok(CloudAnswer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 
     fn redirect_target(&self, current: &Uri, headers: &HeaderMap) -> Result<Uri, ProxyError> {
@@ -170,6 +196,14 @@ impl Upstream {
                 "Location points to another host",
             )))
         }
+    }
+}
+
+fn client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    if e.is_connect() {
+        ProxyError::UpstreamConnect(e)
+    } else {
+        ProxyError::UpstreamFailed(e)
     }
 }
 

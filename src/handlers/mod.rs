@@ -1,6 +1,8 @@
 //! One request, end to end: read the (limited) body -> translate -> upstream -> translate back.
 //! Every outcome, success or failure, leaves here as an On-Premise-shaped response carrying an
-//! `X-Request-Id`, and is logged once (without header values: they carry API keys).
+//! `X-Request-Id`, and is logged once (without header values or queries: they carry secrets).
+
+mod media;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,19 +10,19 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::error::{ProxyError, Unreadable};
 use crate::routes::{route, Route};
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
 use crate::upstream::{forwarded_request_headers, Upstream};
-
-pub type ResponseBody = Full<Bytes>;
 
 /// What every request handler shares.
 pub struct AppState {
@@ -35,46 +37,55 @@ impl AppState {
     }
 }
 
+/// A handler's answer: JSON built from the translation, or a streamed response (media).
+enum Reply {
+    Json(u16, Value),
+    Stream(Response<ProxyBody>),
+}
+
 const REQUEST_ID: &str = "x-request-id";
 
 pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let method = request.method().clone();
-    // Logged without the query: some On-Premise queries carry tokens.
     let path = request.uri().path().to_owned();
 
-    let (status, body) = match serve(&state, request, &request_id).await {
-        Ok(answer) => answer,
+    let mut response = match serve(&state, request, &request_id).await {
+        Ok(Reply::Json(status, body)) => json_response(status, &body),
+        Ok(Reply::Stream(response)) => response,
         Err(error) => {
             let onprem = error.to_onprem();
-            if !matches!(error, ProxyError::Rejected(_)) {
-                warn!(request_id = %request_id, error = %error, "request failed");
-            } else {
+            if matches!(error, ProxyError::Rejected(_)) {
                 info!(request_id = %request_id, error = %error, "request rejected");
+            } else {
+                warn!(request_id = %request_id, error = %error, "request failed");
             }
-            (onprem.status, onprem.to_body(&state.config.meta))
+            json_response(onprem.status, &onprem.to_body(&state.config.meta))
         }
     };
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
     info!(
         request_id = %request_id,
         method = %method,
         path = %path,
-        status,
+        status = response.status().as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    Ok(json_response(status, &body, &request_id))
+    Ok(response)
 }
 
 async fn serve(
     state: &AppState,
     request: Request<Incoming>,
     request_id: &str,
-) -> Result<(u16, Value), ProxyError> {
+) -> Result<Reply, ProxyError> {
     let method = request.method().as_str().to_owned();
     let path_and_query = request
         .uri()
@@ -83,20 +94,24 @@ async fn serve(
         .unwrap_or_else(|| "/".to_owned());
     let route = route(&method, &path_and_query);
     let (parts, body) = request.into_parts();
-    let body = read_body(&state.config, &parts.headers, body).await?;
+    let headers = upstream_headers(&parts, request_id);
 
+    match &route {
+        Route::UploadMedia => return media::upload(state, &parts, headers, body).await,
+        Route::DownloadMedia { media_id } => {
+            return media::download(state, media_id, headers).await
+        }
+        _ => {}
+    }
+
+    let body = read_body(&state.config, &parts.headers, body).await?;
     let translated =
         onprem_to_cloud_request(&route, &method, &path_and_query, &body, &state.config.meta)
             .map_err(ProxyError::Rejected)?;
     let cloud = match translated {
-        Translated::Local { status, body } => return Ok((status, body)),
+        Translated::Local { status, body } => return Ok(Reply::Json(status, body)),
         Translated::Upstream(cloud) => cloud,
     };
-
-    let mut headers = forwarded_request_headers(&parts.headers);
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID, id);
-    }
     let body = cloud.body.as_ref().map(|b| Bytes::from(b.to_string()));
     let method = Method::from_bytes(cloud.method.as_bytes()).unwrap_or(Method::POST);
     let answer = state
@@ -106,14 +121,24 @@ async fn serve(
     translate_answer(&route, answer.status, &answer.body, state)
 }
 
+/// The client's end-to-end headers plus our request id, as sent upstream.
+fn upstream_headers(parts: &Parts, request_id: &str) -> HeaderMap {
+    let mut headers = forwarded_request_headers(&parts.headers);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, id);
+    }
+    headers
+}
+
 fn translate_answer(
     route: &Route,
     status: StatusCode,
     body: &[u8],
     state: &AppState,
-) -> Result<(u16, Value), ProxyError> {
-    cloud_to_onprem_response(route, status.as_u16(), body, &state.config.meta)
-        .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))
+) -> Result<Reply, ProxyError> {
+    let (status, body) = cloud_to_onprem_response(route, status.as_u16(), body, &state.config.meta)
+        .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))?;
+    Ok(Reply::Json(status, body))
 }
 
 /// Reads the whole body, refusing more than the configured limit (by `Content-Length` up
@@ -124,11 +149,7 @@ async fn read_body(
     body: Incoming,
 ) -> Result<Bytes, ProxyError> {
     let limit = config.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let collect = Limited::new(body, limit).collect();
@@ -144,6 +165,13 @@ async fn read_body(
     }
 }
 
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// The client's `X-Request-Id` when it is a sane token, else a fresh one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -154,18 +182,14 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-fn json_response(status: u16, body: &Value, request_id: &str) -> Response<ResponseBody> {
+fn json_response(status: u16, body: &Value) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID, id);
-    }
     response
 }

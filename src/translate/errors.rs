@@ -19,6 +19,9 @@ pub struct OnPremError {
     /// The Cloud error code this one was mapped from, kept so nothing is lost in translation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_code: Option<i64>,
+    /// Cloud's `error_subcode`; read for decisions (unknown media id), not sent to clients.
+    #[serde(skip)]
+    pub cloud_subcode: Option<i64>,
 }
 
 impl OnPremError {
@@ -30,6 +33,7 @@ impl OnPremError {
             title: onprem_title(code).unwrap_or("Generic error").to_owned(),
             details: details.into(),
             cloud_code: None,
+            cloud_subcode: None,
         }
     }
 
@@ -176,6 +180,7 @@ fn graph_error(status: u16, graph: &serde_json::Map<String, Value>) -> OnPremErr
         title,
         details,
         cloud_code,
+        cloud_subcode: graph.get("error_subcode").and_then(Value::as_i64),
     }
 }
 
@@ -194,6 +199,7 @@ fn already_onprem(status: u16, error: &serde_json::Map<String, Value>) -> OnPrem
             .unwrap_or_else(|| "Generic error".into()),
         details: text("details").unwrap_or_default(),
         cloud_code: None,
+        cloud_subcode: None,
     }
 }
 
@@ -219,7 +225,7 @@ fn non_json_details(status: u16, body: &[u8]) -> String {
     format!("upstream answered HTTP {status}: {snippet}")
 }
 
-/// A client-caused translation failure -> its On-Premise error (always HTTP 400).
+/// A client-caused translation failure -> its On-Premise error (HTTP 400; 413 for sizes).
 pub fn onprem_error_for(error: &TranslateError) -> OnPremError {
     let code = match error {
         TranslateError::InvalidJson(_)
@@ -228,6 +234,7 @@ pub fn onprem_error_for(error: &TranslateError) -> OnPremError {
         TranslateError::Missing { .. } => 1008,
         TranslateError::MessageTooLong { .. } => 1001,
         TranslateError::UnknownMessageType(_) => 501,
+        TranslateError::TooLarge { .. } => return OnPremError::new(413, 1009, error.to_string()),
     };
     OnPremError::new(400, code, error.to_string())
 }

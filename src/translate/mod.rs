@@ -6,6 +6,7 @@
 
 pub mod contacts;
 pub mod errors;
+pub mod media;
 pub mod messages;
 pub mod request;
 pub mod templates;
@@ -48,6 +49,8 @@ pub enum TranslateError {
     InvalidValue { path: String, reason: String },
     #[error("{path} is longer than {limit} characters")]
     MessageTooLong { path: String, limit: usize },
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge { what: String, limit: u64 },
     #[error("unknown message type {0}; supported: {SUPPORTED_TYPES}")]
     UnknownMessageType(String),
 }

@@ -2,10 +2,11 @@
 //! and the upstream answer -> what the client gets. Shared by the server and the `translate`
 //! command so both always agree.
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use super::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
-use super::{contacts, messages, parse_body, Meta, TranslateError};
+use super::{contacts, media, messages, parse_body, Meta, TranslateError};
 use crate::routes::Route;
 
 /// What one On-Premise request becomes.
@@ -69,6 +70,22 @@ pub fn onprem_to_cloud_request(
                 body: answer,
             })
         }
+        Route::DeleteMedia { media_id } => Ok(upstream("DELETE", media_path(media_id), None)),
+        Route::UploadMedia | Route::DownloadMedia { .. } | Route::MediaProviders { .. } => {
+            // Streamed or stateful: the shell handles these itself; `translate` can only say
+            // where the first call goes.
+            match route {
+                Route::UploadMedia => Ok(upstream("POST", "/media".into(), None)),
+                Route::DownloadMedia { media_id } => {
+                    Ok(upstream("GET", media_path(media_id), None))
+                }
+                _ => Err(OnPremError::new(
+                    501,
+                    1000,
+                    "media providers are stored by the running proxy; nothing is sent upstream",
+                )),
+            }
+        }
         Route::Health => Ok(Translated::Local {
             status: 200,
             body: json!({"health": {"gateway_status": "connected"}, "meta": meta.to_value()}),
@@ -111,6 +128,19 @@ fn upstream(method: &'static str, path: String, body: Option<Value>) -> Translat
     Translated::Upstream(CloudRequest { method, path, body })
 }
 
+/// `/{id}` with the id percent-encoded: ids are digits from Cloud, but a client's typo must
+/// not turn into another path upstream.
+pub fn media_path(media_id: &str) -> String {
+    format!("/{}", utf8_percent_encode(media_id, PATH_SEGMENT))
+}
+
+/// Everything but RFC 3986 unreserved characters is encoded inside a path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn path_only(path_and_query: &str) -> &str {
     path_and_query.split('?').next().unwrap_or("")
 }
@@ -132,7 +162,17 @@ pub fn cloud_to_onprem_response(
     meta: &Meta,
 ) -> Result<(u16, Value), TranslateError> {
     if !(200..300).contains(&status) {
-        let error = cloud_to_onprem_error(status, body);
+        let mut error = cloud_to_onprem_error(status, body);
+        if matches!(
+            route,
+            Route::DownloadMedia { .. } | Route::DeleteMedia { .. }
+        ) && is_unknown_object(status, &error)
+        {
+            // On-Premise answered 404 for an unknown media id.
+            error.status = 404;
+            error.code = 1006;
+            error.title = "Resource not found".into();
+        }
         return Ok((error.status, error.to_body(meta)));
     }
     let parsed: Value = serde_json::from_slice(body)
@@ -140,9 +180,19 @@ pub fn cloud_to_onprem_response(
     match route {
         // On-Premise answered 201 for a created message.
         Route::SendMessage => Ok((201, messages::cloud_to_onprem_send_response(&parsed, meta)?)),
-        Route::MarkRead { .. } => Ok((200, messages::cloud_to_onprem_success(&parsed, meta)?)),
+        Route::MarkRead { .. } | Route::DeleteMedia { .. } => {
+            Ok((200, messages::cloud_to_onprem_success(&parsed, meta)?))
+        }
+        // A created media object, like a created message, was 201 on On-Premise.
+        Route::UploadMedia => Ok((201, media::cloud_to_onprem_upload_response(&parsed, meta)?)),
         _ => Ok((status, add_meta(parsed, meta))),
     }
+}
+
+/// Cloud says "no such object" as HTTP 404, or as Graph code 100 with subcode 33
+/// ("Unsupported get request. Object with ID ... does not exist").
+fn is_unknown_object(status: u16, error: &OnPremError) -> bool {
+    status == 404 || (error.cloud_code == Some(100) && error.cloud_subcode == Some(33))
 }
 
 /// Pass-through answers keep their shape; On-Premise clients still expect `meta` beside it.

@@ -1,0 +1,149 @@
+//! Media: uploads streamed into Cloud's multipart form, downloads streamed from the url Cloud
+//! hands out. Bodies flow through; neither is ever collected. Nothing is retried: 360dialog
+//! blocks the media endpoint for an hour after 5 failures.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::{timeout_at, Instant};
+
+use super::{content_length, translate_answer, Reply};
+use crate::body::{empty, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
+use crate::error::{ProxyError, Unreadable};
+use crate::handlers::AppState;
+use crate::routes::Route;
+use crate::translate::errors::{onprem_error_for, OnPremError};
+use crate::translate::media::{
+    check_upload_size, cloud_media_info, multipart_upload_framing, upload_kind,
+};
+use crate::translate::request::media_path;
+use crate::translate::TranslateError;
+
+/// `POST /v1/media`: the raw body becomes the `file` part of Cloud's multipart upload.
+pub(super) async fn upload(
+    state: &AppState,
+    parts: &Parts,
+    mut headers: HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ProxyError> {
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let kind = upload_kind(content_type).map_err(rejected)?;
+    let declared = content_length(&parts.headers);
+    if let Some(length) = declared {
+        check_upload_size(&kind, length).map_err(rejected)?;
+    }
+
+    let boundary = format!("waba-onprem-proxy-{}", uuid::Uuid::new_v4().simple());
+    let framing = multipart_upload_framing(&kind, &boundary);
+    let outcome = UploadOutcome::default();
+    let multipart = MultipartUpload::new(
+        Bytes::from(framing.head),
+        body,
+        Bytes::from(framing.tail),
+        kind.limit,
+        declared,
+        outcome.clone(),
+    );
+    if let Ok(value) = HeaderValue::from_str(&framing.content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+
+    let deadline = Instant::now() + state.config.media_timeout;
+    let exchange = async {
+        let response = state
+            .upstream
+            .open(Method::POST, "/media", headers, multipart.boxed_unsync())
+            .await?;
+        state.upstream.read_answer(response).await
+    };
+    let result = timeout_at(deadline, exchange).await;
+    // Checked first: whatever upstream said, a cut-off upload is not a success.
+    match outcome.failure() {
+        Some(UploadFailure::TooLarge { limit }) => {
+            return Err(rejected(TranslateError::TooLarge {
+                what: format!("{} media", kind.mime),
+                limit,
+            }))
+        }
+        Some(UploadFailure::Incomplete) => {
+            return Err(ProxyError::Rejected(OnPremError::new(
+                400,
+                1009,
+                "the upload ended before all of its bytes arrived",
+            )))
+        }
+        None => {}
+    }
+    let answer = result.map_err(|_| ProxyError::UpstreamTimeout {
+        after: state.config.media_timeout,
+    })??;
+    translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
+}
+
+/// `GET /v1/media/{id}`: look the id up, then stream the bytes from the url Cloud returns,
+/// re-rooted on the upstream (path and query byte for byte: the query is a signed secret).
+pub(super) async fn download(
+    state: &AppState,
+    media_id: &str,
+    headers: HeaderMap,
+) -> Result<Reply, ProxyError> {
+    let route = Route::DownloadMedia {
+        media_id: media_id.to_owned(),
+    };
+    let lookup = state
+        .upstream
+        .exchange(Method::GET, &media_path(media_id), &headers, None)
+        .await?;
+    if !lookup.status.is_success() {
+        return translate_answer(&route, lookup.status, &lookup.body, state);
+    }
+    let info = serde_json::from_slice(&lookup.body)
+        .map_err(|e| TranslateError::invalid("media lookup", format!("is not JSON ({e})")))
+        .and_then(|v| cloud_media_info(&v))
+        .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))?;
+
+    let deadline = Instant::now() + state.config.media_timeout;
+    let fetch = state
+        .upstream
+        .open(Method::GET, &info.path_and_query, headers, empty());
+    let response =
+        timeout_at(deadline, fetch)
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout {
+                after: state.config.media_timeout,
+            })??;
+    if !response.status().is_success() {
+        let answer = state.upstream.read_answer(response).await?;
+        return translate_answer(&route, answer.status, &answer.body, state);
+    }
+
+    let gzip = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    // A gzip Content-Length counts compressed bytes; the client gets decoded ones.
+    let promised = if gzip {
+        info.file_size
+    } else {
+        content_length(response.headers()).or(info.file_size)
+    };
+    let body = MediaDownload::new(response.into_body(), gzip, promised, deadline);
+    let mut reply = Response::new(body.boxed_unsync());
+    *reply.status_mut() = StatusCode::OK;
+    let reply_headers = reply.headers_mut();
+    if let Ok(mime) = HeaderValue::from_str(&info.mime_type) {
+        reply_headers.insert(header::CONTENT_TYPE, mime);
+    }
+    if let Some(length) = promised {
+        reply_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Ok(Reply::Stream(reply))
+}

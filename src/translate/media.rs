@@ -1,0 +1,222 @@
+//! Media, the pure half: which uploads Cloud accepts and how large, the multipart framing of
+//! an upload, the two-step download's metadata, and the answers' On-Premise shapes.
+
+use serde_json::{json, Value};
+
+use super::{as_object, required_str, Meta, TranslateError};
+
+const MIB: u64 = 1024 * 1024;
+/// Cloud accepts nothing larger, whatever the type.
+pub const MAX_MEDIA_BYTES: u64 = 100 * MIB;
+
+/// One accepted upload type: Cloud's per-type size limit and the extension we give the
+/// synthesized file name (Cloud wants a file name on the `file` part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaKind {
+    pub mime: &'static str,
+    pub limit: u64,
+    pub extension: &'static str,
+}
+
+/// Cloud's supported media types and limits. Stickers (webp) get the animated limit, 500 KB:
+/// a static sticker over 100 KB is refused by Cloud itself.
+const KINDS: [MediaKind; 18] = [
+    kind("image/jpeg", 5 * MIB, "jpg"),
+    kind("image/png", 5 * MIB, "png"),
+    kind("image/webp", 500 * 1024, "webp"),
+    kind("audio/aac", 16 * MIB, "aac"),
+    kind("audio/amr", 16 * MIB, "amr"),
+    kind("audio/mpeg", 16 * MIB, "mp3"),
+    kind("audio/mp4", 16 * MIB, "m4a"),
+    kind("audio/ogg", 16 * MIB, "ogg"),
+    kind("video/mp4", 16 * MIB, "mp4"),
+    kind("video/3gpp", 16 * MIB, "3gp"),
+    kind("text/plain", MAX_MEDIA_BYTES, "txt"),
+    kind("application/pdf", MAX_MEDIA_BYTES, "pdf"),
+    kind("application/msword", MAX_MEDIA_BYTES, "doc"),
+    kind("application/vnd.ms-excel", MAX_MEDIA_BYTES, "xls"),
+    kind("application/vnd.ms-powerpoint", MAX_MEDIA_BYTES, "ppt"),
+    kind(
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        MAX_MEDIA_BYTES,
+        "docx",
+    ),
+    kind(
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        MAX_MEDIA_BYTES,
+        "xlsx",
+    ),
+    kind(
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        MAX_MEDIA_BYTES,
+        "pptx",
+    ),
+];
+
+const fn kind(mime: &'static str, limit: u64, extension: &'static str) -> MediaKind {
+    MediaKind {
+        mime,
+        limit,
+        extension,
+    }
+}
+
+/// The kind for a `Content-Type` header value (parameters such as `codecs=opus` ignored).
+pub fn upload_kind(content_type: Option<&str>) -> Result<MediaKind, TranslateError> {
+    let Some(content_type) = content_type.filter(|c| !c.trim().is_empty()) else {
+        return Err(TranslateError::invalid(
+            "Content-Type",
+            format!("is required for media uploads; supported: {}", supported()),
+        ));
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    KINDS
+        .iter()
+        .find(|k| k.mime.eq_ignore_ascii_case(essence))
+        .copied()
+        .ok_or_else(|| {
+            TranslateError::invalid(
+                "Content-Type",
+                format!(
+                    "{essence} is not a supported media type; supported: {}",
+                    supported()
+                ),
+            )
+        })
+}
+
+fn supported() -> String {
+    KINDS.iter().map(|k| k.mime).collect::<Vec<_>>().join(", ")
+}
+
+/// Refuses a body over the kind's limit (or over Cloud's absolute maximum).
+pub fn check_upload_size(kind: &MediaKind, length: u64) -> Result<(), TranslateError> {
+    if length > kind.limit {
+        return Err(TranslateError::TooLarge {
+            what: format!("{} media", kind.mime),
+            limit: kind.limit,
+        });
+    }
+    Ok(())
+}
+
+/// The fixed parts around the file bytes in Cloud's multipart upload. The file streams
+/// between `head` and `tail`, so the total length is known whenever the client's is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartFraming {
+    pub content_type: String,
+    pub head: String,
+    pub tail: String,
+}
+
+/// `boundary` must not occur in the file; callers pass a fresh random token.
+pub fn multipart_upload_framing(kind: &MediaKind, boundary: &str) -> MultipartFraming {
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"messaging_product\"\r\n\r\nwhatsapp\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\n{mime}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.{ext}\"\r\n\
+         Content-Type: {mime}\r\n\r\n",
+        mime = kind.mime,
+        ext = kind.extension,
+    );
+    MultipartFraming {
+        content_type: format!("multipart/form-data; boundary={boundary}"),
+        head,
+        tail: format!("\r\n--{boundary}--\r\n"),
+    }
+}
+
+/// Cloud `{"id"}` -> On-Premise `{"media":[{"id"}],"meta"}` (answered with 201).
+pub fn cloud_to_onprem_upload_response(body: &Value, meta: &Meta) -> Result<Value, TranslateError> {
+    let id = required_str(as_object(body, "response")?, "", "id")?;
+    Ok(json!({"media": [{"id": id}], "meta": meta.to_value()}))
+}
+
+/// What step one of a download (`GET /{id}`) tells us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudMediaInfo {
+    /// Path and query of the media url, byte for byte: the query is a signed secret.
+    pub path_and_query: String,
+    pub mime_type: String,
+    pub file_size: Option<u64>,
+}
+
+/// Reads `{url, mime_type, sha256, file_size, id}`. The url's scheme and host
+/// (`https://lookaside.fbsbx.com`) are replaced by the upstream root, so only its path and
+/// query are kept.
+pub fn cloud_media_info(body: &Value) -> Result<CloudMediaInfo, TranslateError> {
+    let info = as_object(body, "response")?;
+    let url = required_str(info, "", "url")?;
+    let after_scheme = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| TranslateError::invalid("url", "is not an absolute URL"))?;
+    let path_and_query = match after_scheme.find(['/', '?']) {
+        Some(i) if after_scheme[i..].starts_with('/') => after_scheme[i..].to_owned(),
+        Some(i) => format!("/{}", &after_scheme[i..]),
+        None => "/".to_owned(),
+    };
+    let mime_type = required_str(info, "", "mime_type")?.to_owned();
+    let file_size = match info.get("file_size") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    };
+    Ok(CloudMediaInfo {
+        path_and_query,
+        mime_type,
+        file_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_parameters_are_ignored_and_case_does_not_matter() {
+        assert_eq!(
+            upload_kind(Some("audio/OGG; codecs=opus")).unwrap().mime,
+            "audio/ogg"
+        );
+        assert!(upload_kind(Some("application/x-msdownload")).is_err());
+        assert!(upload_kind(None).is_err());
+    }
+
+    #[test]
+    fn limits_follow_cloud() {
+        let jpeg = upload_kind(Some("image/jpeg")).unwrap();
+        assert!(check_upload_size(&jpeg, 5 * MIB).is_ok());
+        assert!(check_upload_size(&jpeg, 5 * MIB + 1).is_err());
+        let pdf = upload_kind(Some("application/pdf")).unwrap();
+        assert!(check_upload_size(&pdf, MAX_MEDIA_BYTES + 1).is_err());
+    }
+
+    #[test]
+    fn media_url_keeps_path_and_query_byte_for_byte() {
+        let info = cloud_media_info(&json!({
+            "url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1&ext=2&hash=ATs%2Fx%3D&x=a=b",
+            "mime_type": "image/jpeg", "file_size": 10, "id": "1"
+        }))
+        .unwrap();
+        assert_eq!(
+            info.path_and_query,
+            "/whatsapp_business/attachments/?mid=1&ext=2&hash=ATs%2Fx%3D&x=a=b"
+        );
+        assert_eq!(info.file_size, Some(10));
+    }
+
+    #[test]
+    fn framing_names_every_part() {
+        let kind = upload_kind(Some("image/png")).unwrap();
+        let framing = multipart_upload_framing(&kind, "B0UND");
+        assert!(framing
+            .head
+            .contains("name=\"messaging_product\"\r\n\r\nwhatsapp\r\n"));
+        assert!(framing.head.contains("name=\"type\"\r\n\r\nimage/png\r\n"));
+        assert!(framing
+            .head
+            .ends_with("filename=\"upload.png\"\r\nContent-Type: image/png\r\n\r\n"));
+        assert_eq!(framing.tail, "\r\n--B0UND--\r\n");
+    }
+}
