@@ -19,15 +19,29 @@ pub const DEFAULT_ONPREM_VERSION: &str = "v2.53.0";
 #[command(
     name = "waba-onprem-proxy",
     version,
-    about = "Speaks the WhatsApp On-Premise API to legacy integrations and the Cloud API upstream",
-    args_conflicts_with_subcommands = true
+    about = "Speaks the WhatsApp On-Premise API to legacy integrations and the Cloud API upstream"
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// `serve` is the default: its flags work without naming it.
-    #[command(flatten)]
-    pub serve: ServeArgs,
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line; with no subcommand named, `serve` is meant (so `--listen x`
+    /// alone works). Serve's flags and variables are only read when serving, so a stray
+    /// `WABA_PROXY_*` value cannot break `translate`.
+    pub fn parse_with_default<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::Error> {
+        let mut args: Vec<String> = args.into_iter().collect();
+        let named = args.get(1).map(String::as_str);
+        let is_subcommand_or_help = matches!(
+            named,
+            Some("serve" | "translate" | "help" | "--help" | "-h" | "--version" | "-V")
+        );
+        if !is_subcommand_or_help {
+            args.insert(1.min(args.len()), "serve".to_owned());
+        }
+        Cli::try_parse_from(args)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +155,12 @@ impl UpstreamRoot {
             .authority()
             .cloned()
             .ok_or_else(|| bad("needs a host"))?;
+        if authority.as_str().contains('@') {
+            // Credentials here would be logged and never used: 360dialog authenticates by header.
+            return Err(bad(
+                "must not carry user:password@ (the API key travels as a header)",
+            ));
+        }
         if uri.query().is_some() {
             return Err(bad("must not carry a query"));
         }
@@ -214,14 +234,16 @@ impl ServeArgs {
 impl Config {
     /// Defaults, pointed at `upstream`: what tests and embedders start from.
     pub fn with_upstream(upstream: &str) -> Result<Config, ConfigError> {
-        let cli =
-            Cli::try_parse_from(["waba-onprem-proxy", "--upstream", upstream]).map_err(|_| {
-                ConfigError::Upstream {
-                    url: upstream.to_owned(),
-                    reason: "not accepted".to_owned(),
-                }
-            })?;
-        cli.serve.validate()
+        let args = ["waba-onprem-proxy", "serve", "--upstream", upstream].map(str::to_owned);
+        match Cli::parse_with_default(args) {
+            Ok(Cli {
+                command: Command::Serve(serve),
+            }) => serve.validate(),
+            _ => Err(ConfigError::Upstream {
+                url: upstream.to_owned(),
+                reason: "not accepted".to_owned(),
+            }),
+        }
     }
 }
 
@@ -229,36 +251,51 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Cli {
+        Cli::parse_with_default(args.iter().map(|a| a.to_string())).unwrap()
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        match parse(args).command {
+            Command::Serve(serve) => serve,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
     #[test]
     fn defaults_need_no_configuration() {
-        let cli = Cli::try_parse_from(["waba-onprem-proxy"]).unwrap();
-        assert!(cli.command.is_none());
-        let config = cli.serve.validate().unwrap();
+        let config = serve(&["waba-onprem-proxy"]).validate().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.upstream.authority.as_str(), "waba-v2.360dialog.io");
         assert_eq!(config.meta.version, "v2.53.0");
     }
 
     #[test]
-    fn serve_subcommand_takes_the_same_flags() {
-        let cli = Cli::try_parse_from([
-            "x",
-            "serve",
+    fn serve_is_the_default_and_takes_the_same_flags_when_named() {
+        let flags = [
             "--listen",
             "127.0.0.1:0",
             "--upstream",
             "http://127.0.0.1:9",
-        ])
-        .unwrap();
-        let Some(Command::Serve(args)) = cli.command else {
-            panic!("not serve")
-        };
-        let config = args.validate().unwrap();
+        ];
+        let named = serve(&[&["x", "serve"][..], &flags[..]].concat())
+            .validate()
+            .unwrap();
+        let config = serve(&[&["x"][..], &flags[..]].concat())
+            .validate()
+            .unwrap();
+        assert_eq!(named.listen, config.listen);
         assert_eq!(config.listen.port(), 0);
         assert_eq!(
             config.upstream.join("/messages").unwrap().to_string(),
             "http://127.0.0.1:9/messages"
         );
+    }
+
+    #[test]
+    fn translate_is_its_own_subcommand() {
+        let cli = parse(&["x", "translate", "POST", "/v1/messages"]);
+        assert!(matches!(cli.command, Command::Translate(_)));
     }
 
     #[test]
@@ -274,14 +311,12 @@ mod tests {
     fn upstream_must_be_http_or_https() {
         assert!(UpstreamRoot::parse("ftp://x").is_err());
         assert!(UpstreamRoot::parse("waba-v2.360dialog.io").is_err());
+        assert!(UpstreamRoot::parse("https://user:pw@waba-v2.360dialog.io").is_err());
     }
 
     #[test]
     fn zero_timeouts_are_refused() {
-        let cli = Cli::try_parse_from(["x", "--upstream-timeout-ms", "0"]).unwrap();
-        assert!(matches!(
-            cli.serve.validate(),
-            Err(ConfigError::Zero { .. })
-        ));
+        let args = serve(&["x", "--upstream-timeout-ms", "0"]);
+        assert!(matches!(args.validate(), Err(ConfigError::Zero { .. })));
     }
 }

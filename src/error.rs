@@ -29,6 +29,12 @@ pub enum ProxyError {
     UpstreamTimeout { after: Duration },
     #[error("upstream reply unreadable: {0}")]
     UpstreamUnreadable(#[source] Unreadable),
+    /// A media provider's host could not give us the media a send links to.
+    #[error("media provider fetch failed: {0}")]
+    MediaFetch(#[source] MediaFetch),
+    /// The data directory could not be read or written.
+    #[error("storage failed: {0}")]
+    Storage(#[source] std::io::Error),
     /// Our bug: a request we built was invalid.
     #[error("internal error: {0}")]
     Internal(#[source] http::Error),
@@ -47,6 +53,17 @@ pub enum Unreadable {
     Shape(#[source] TranslateError),
     #[error("redirect not followed: {0}")]
     Redirect(&'static str),
+}
+
+/// Why fetching a provider link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaFetch {
+    #[error("the media host answered HTTP {0}")]
+    Status(u16),
+    #[error("the media host could not be reached: {0}")]
+    Transport(#[source] hyper_util::client::legacy::Error),
+    #[error("the media host did not answer in time")]
+    Timeout,
 }
 
 impl ProxyError {
@@ -92,6 +109,17 @@ impl ProxyError {
                 1000,
                 format!("upstream reply could not be read: {cause}"),
             ),
+            // On-Premise reported links it could not fetch as 400 "Media download error".
+            ProxyError::MediaFetch(cause) => OnPremError::new(
+                400,
+                400,
+                format!("the media link could not be fetched with its provider: {cause}"),
+            ),
+            ProxyError::Storage(_) => OnPremError::new(
+                500,
+                1014,
+                "the proxy could not read or write its data directory",
+            ),
             ProxyError::Internal(_) => OnPremError::new(500, 1014, "internal error in the proxy"),
         }
     }
@@ -133,9 +161,20 @@ mod tests {
             status(ProxyError::UpstreamUnreadable(redirect)),
             (502, 1000)
         );
+        assert_eq!(
+            status(ProxyError::MediaFetch(MediaFetch::Status(404))),
+            (400, 400)
+        );
+        assert_eq!(
+            status(ProxyError::MediaFetch(MediaFetch::Timeout)),
+            (400, 400)
+        );
+        let io = std::io::Error::other("disk full");
+        assert_eq!(status(ProxyError::Storage(io)), (500, 1014));
         let internal = http::Request::builder().uri("\n").body(()).unwrap_err();
         assert_eq!(status(ProxyError::Internal(internal)), (500, 1014));
     }
-    // BodyRead, UpstreamConnect and UpstreamFailed wrap errors only hyper can make; their
-    // statuses are pinned by the integration tests (client abort, refused port, reset).
+    // UpstreamConnect and UpstreamFailed wrap errors only hyper can make; their statuses are
+    // pinned by the integration tests (refused port, reset). BodyRead is a client that went
+    // away mid-body: nobody is left to read its 400.
 }

@@ -19,5 +19,6 @@ pub mod error;
 pub mod handlers;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod translate;
 pub mod upstream;

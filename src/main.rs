@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -12,11 +11,13 @@ use waba_onprem_proxy::translate::Meta;
 use waba_onprem_proxy::{cli, server};
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = match Cli::parse_with_default(std::env::args()) {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
     match args.command {
-        Some(Command::Translate(t)) => translate(&t),
-        Some(Command::Serve(serve)) => run(&serve),
-        None => run(&args.serve),
+        Command::Translate(t) => translate(&t),
+        Command::Serve(serve) => run(&serve),
     }
 }
 

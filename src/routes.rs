@@ -32,6 +32,8 @@ pub enum Route {
     /// Endpoints that do exist on Cloud but that this version of the proxy does not translate
     /// yet; answered with a clear 501 rather than forwarded half-translated.
     NotYetSupported,
+    /// A path segment that is not valid UTF-8 once percent-decoded (ids never are).
+    InvalidSegment,
     /// Anything else.
     NotFound,
 }
@@ -44,6 +46,19 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    if segments
+        .iter()
+        .any(|s| percent_decode_str(s).decode_utf8().is_err())
+    {
+        return Route::InvalidSegment;
+    }
+    // `..` would let a pass-through path climb to any upstream endpoint with the client's key.
+    if segments
+        .iter()
+        .any(|s| matches!(decode_segment(s).as_ref(), "." | ".."))
+    {
+        return Route::NotFound;
+    }
     match (method, segments.as_slice()) {
         ("POST", ["v1", "messages"]) => Route::SendMessage,
         ("PUT", ["v1", "messages", id]) => Route::MarkRead {
@@ -150,6 +165,13 @@ mod tests {
             ("GET", "/v2/messages", Route::NotFound),
             ("GET", "/", Route::NotFound),
             ("GET", "", Route::NotFound),
+            (
+                "GET",
+                "/v1/configs/templates/../../messages",
+                Route::NotFound,
+            ),
+            ("PUT", "/v1/messages/%FF%FE", Route::InvalidSegment),
+            ("GET", "/v1/configs/templates/%2e%2E/x", Route::NotFound),
         ];
         for (method, path, expected) in cases {
             assert_eq!(route(method, path), expected, "{method} {path}");

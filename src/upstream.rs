@@ -144,6 +144,22 @@ impl Upstream {
         self.client.request(request).await.map_err(client_error)
     }
 
+    /// A GET to any host (a client's media link), through the same pool and TLS settings.
+    pub async fn fetch(
+        &self,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        let mut request = Request::builder().method(Method::GET).uri(uri);
+        if let Some(h) = request.headers_mut() {
+            *h = headers;
+        }
+        let request = request
+            .body(crate::body::empty())
+            .map_err(ProxyError::Internal)?;
+        self.client.request(request).await.map_err(client_error)
+    }
+
     /// Reads a whole (JSON) answer, bounded in size and gzip-decoded.
     pub async fn read_answer(
         &self,
@@ -262,7 +278,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The client's headers as they go upstream: end-to-end ones only (the `D360-API-KEY` value
-/// untouched), minus those the proxy sets itself for the rewritten body.
+/// untouched), minus those describing the client's body, which the proxy rewrites.
 pub fn forwarded_request_headers(client: &HeaderMap) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
@@ -271,7 +287,10 @@ pub fn forwarded_request_headers(client: &HeaderMap) -> HeaderMap {
         header::CONTENT_LENGTH,
         header::CONTENT_TYPE,
         header::ACCEPT_ENCODING,
+        header::CONTENT_ENCODING,
         header::EXPECT,
+        HeaderName::from_static("digest"),
+        HeaderName::from_static("content-md5"),
     ] {
         headers.remove(name);
     }

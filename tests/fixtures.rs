@@ -91,6 +91,26 @@ fn error_value(status: u16, body: Value) -> Value {
     json!({"status": status, "body": body})
 }
 
+/// The areas this file runs. A folder that is not one of them would never run: that fails.
+const AREAS: [&str; 3] = ["messages", "requests", "responses"];
+
+#[test]
+fn every_fixture_folder_is_an_area_that_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for entry in fs::read_dir(&root).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert!(
+            entry.path().is_dir(),
+            "fixtures/{name}: only area folders belong here"
+        );
+        assert!(
+            AREAS.contains(&name.as_str()),
+            "fixtures/{name} is not run by tests/fixtures.rs"
+        );
+    }
+}
+
 #[test]
 fn messages_fixtures_translate_sends_to_cloud() {
     let mut failures = Vec::new();

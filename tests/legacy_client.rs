@@ -128,8 +128,14 @@ async fn legacy_client_session_through_the_binary() {
                             "parameters": [{"type": "payload", "payload": "yes"}]}]}})).await;
     assert_eq!(status, 201);
 
-    let (status, _) = call(&proxy.base, "POST", "/v1/messages", json!({"to": "15551234567", "type": "image",
-        "image": {"link": "https://cdn.example/p.jpg", "caption": "Your order", "provider": {"name": "cdn"}}})).await;
+    let (status, _) = call(
+        &proxy.base,
+        "POST",
+        "/v1/messages",
+        json!({"to": "15551234567", "type": "image",
+        "image": {"link": "https://cdn.example/p.jpg", "caption": "Your order"}}),
+    )
+    .await;
     assert_eq!(status, 201);
 
     let (status, read) = call(

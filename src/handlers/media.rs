@@ -5,28 +5,29 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{timeout_at, Instant};
 
 use super::{content_length, translate_answer, Reply};
 use crate::body::{empty, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
-use crate::error::{ProxyError, Unreadable};
+use crate::error::{MediaFetch, ProxyError, Unreadable};
 use crate::handlers::AppState;
 use crate::routes::Route;
 use crate::translate::errors::{onprem_error_for, OnPremError};
 use crate::translate::media::{
-    check_upload_size, cloud_media_info, multipart_upload_framing, upload_kind,
+    check_upload_size, cloud_media_info, multipart_upload_framing, upload_kind, MediaKind,
 };
 use crate::translate::request::media_path;
 use crate::translate::TranslateError;
+use crate::upstream::CloudAnswer;
 
 /// `POST /v1/media`: the raw body becomes the `file` part of Cloud's multipart upload.
 pub(super) async fn upload(
     state: &AppState,
     parts: &Parts,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ProxyError> {
     let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
@@ -40,12 +41,28 @@ pub(super) async fn upload(
         check_upload_size(&kind, length).map_err(rejected)?;
     }
 
+    let deadline = Instant::now() + state.config.media_timeout;
+    let answer = stream_to_cloud(state, &kind, declared, body, headers, deadline).await?;
+    translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
+}
+
+/// Streams `file` into Cloud's multipart upload and reads Cloud's answer. A file that turns
+/// out too large or incomplete is an error even if Cloud already answered.
+async fn stream_to_cloud(
+    state: &AppState,
+    kind: &MediaKind,
+    declared: Option<u64>,
+    file: Incoming,
+    mut headers: HeaderMap,
+    deadline: Instant,
+) -> Result<CloudAnswer, ProxyError> {
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
     let boundary = format!("waba-onprem-proxy-{}", uuid::Uuid::new_v4().simple());
-    let framing = multipart_upload_framing(&kind, &boundary);
+    let framing = multipart_upload_framing(kind, &boundary);
     let outcome = UploadOutcome::default();
     let multipart = MultipartUpload::new(
         Bytes::from(framing.head),
-        body,
+        file,
         Bytes::from(framing.tail),
         kind.limit,
         declared,
@@ -54,8 +71,6 @@ pub(super) async fn upload(
     if let Ok(value) = HeaderValue::from_str(&framing.content_type) {
         headers.insert(header::CONTENT_TYPE, value);
     }
-
-    let deadline = Instant::now() + state.config.media_timeout;
     let exchange = async {
         let response = state
             .upstream
@@ -81,10 +96,73 @@ pub(super) async fn upload(
         }
         None => {}
     }
-    let answer = result.map_err(|_| ProxyError::UpstreamTimeout {
+    result.map_err(|_| ProxyError::UpstreamTimeout {
         after: state.config.media_timeout,
-    })??;
-    translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
+    })?
+}
+
+/// What became of a provider link.
+pub(super) enum Uploaded {
+    Id(String),
+    /// Cloud refused the upload: its error, translated, is the answer to the send.
+    Refused(Reply),
+}
+
+/// Fetches a client's media link (with its provider's credentials) and streams it into a
+/// Cloud upload, under the same limits as a client upload.
+pub(super) async fn fetch_and_upload(
+    state: &AppState,
+    link: Uri,
+    fetch_headers: HeaderMap,
+    client_headers: HeaderMap,
+) -> Result<Uploaded, ProxyError> {
+    let deadline = Instant::now() + state.config.media_timeout;
+    let fetched = timeout_at(deadline, state.upstream.fetch(link, fetch_headers))
+        .await
+        .map_err(|_| ProxyError::MediaFetch(MediaFetch::Timeout))?
+        .map_err(|e| match e {
+            ProxyError::UpstreamConnect(e) | ProxyError::UpstreamFailed(e) => {
+                ProxyError::MediaFetch(MediaFetch::Transport(e))
+            }
+            other => other,
+        })?;
+    if !fetched.status().is_success() {
+        return Err(ProxyError::MediaFetch(MediaFetch::Status(
+            fetched.status().as_u16(),
+        )));
+    }
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    let content_type = fetched
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let kind = upload_kind(content_type).map_err(rejected)?;
+    let declared = content_length(fetched.headers());
+    if let Some(length) = declared {
+        check_upload_size(&kind, length).map_err(rejected)?;
+    }
+    let mut headers = client_headers;
+    headers.remove(header::CONTENT_TYPE);
+    let answer = stream_to_cloud(
+        state,
+        &kind,
+        declared,
+        fetched.into_body(),
+        headers,
+        deadline,
+    )
+    .await?;
+    if !answer.status.is_success() {
+        return translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
+            .map(Uploaded::Refused);
+    }
+    let id = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+        .ok_or_else(|| {
+            ProxyError::UpstreamUnreadable(Unreadable::Shape(TranslateError::missing("id")))
+        })?;
+    Ok(Uploaded::Id(id))
 }
 
 /// `GET /v1/media/{id}`: look the id up, then stream the bytes from the url Cloud returns,

@@ -3,6 +3,7 @@
 //! `X-Request-Id`, and is logged once (without header values or queries: they carry secrets).
 
 mod media;
+mod providers;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::error::{ProxyError, Unreadable};
 use crate::routes::{route, Route};
+use crate::store::Store;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
 use crate::upstream::{forwarded_request_headers, Upstream};
 
@@ -28,12 +30,18 @@ use crate::upstream::{forwarded_request_headers, Upstream};
 pub struct AppState {
     pub config: Config,
     pub upstream: Upstream,
+    pub store: Store,
 }
 
 impl AppState {
     pub fn new(config: Config) -> AppState {
         let upstream = Upstream::new(&config);
-        AppState { config, upstream }
+        let store = Store::new(config.data_dir.clone());
+        AppState {
+            config,
+            upstream,
+            store,
+        }
     }
 }
 
@@ -59,10 +67,12 @@ pub async fn handle(
         Ok(Reply::Stream(response)) => response,
         Err(error) => {
             let onprem = error.to_onprem();
+            // Details can quote client input: escaped, so no one can forge log lines.
+            let logged = error.to_string().escape_debug().to_string();
             if matches!(error, ProxyError::Rejected(_)) {
-                info!(request_id = %request_id, error = %error, "request rejected");
+                info!(request_id = %request_id, error = %logged, "request rejected");
             } else {
-                warn!(request_id = %request_id, error = %error, "request failed");
+                warn!(request_id = %request_id, error = %logged, "request failed");
             }
             json_response(onprem.status, &onprem.to_body(&state.config.meta))
         }
@@ -104,7 +114,22 @@ async fn serve(
         _ => {}
     }
 
-    let body = read_body(&state.config, &parts.headers, body).await?;
+    let mut body = read_body(&state.config, &parts.headers, body).await?;
+    match &route {
+        Route::MediaProviders { name } => {
+            return providers::manage(state, &method, name.as_deref(), &parts.headers, &body).await
+        }
+        Route::SendMessage => {
+            if let Ok(message) = crate::translate::parse_body(&body) {
+                match providers::resolve_provider_link(state, &parts.headers, &message).await? {
+                    None => {}
+                    Some(Ok(by_id)) => body = Bytes::from(by_id.to_string()),
+                    Some(Err(refused)) => return Ok(refused),
+                }
+            }
+        }
+        _ => {}
+    }
     let translated =
         onprem_to_cloud_request(&route, &method, &path_and_query, &body, &state.config.meta)
             .map_err(ProxyError::Rejected)?;

@@ -233,7 +233,6 @@ pub fn onprem_error_for(error: &TranslateError) -> OnPremError {
         | TranslateError::InvalidValue { .. } => 1009,
         TranslateError::Missing { .. } => 1008,
         TranslateError::MessageTooLong { .. } => 1001,
-        TranslateError::UnknownMessageType(_) => 501,
         TranslateError::TooLarge { .. } => return OnPremError::new(413, 1009, error.to_string()),
     };
     OnPremError::new(400, code, error.to_string())

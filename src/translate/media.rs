@@ -169,6 +169,129 @@ pub fn cloud_media_info(body: &Value) -> Result<CloudMediaInfo, TranslateError> 
     })
 }
 
+/// Media providers: On-Premise let clients register credentials for the hosts their media
+/// links point at (`[{"name","type":"www","config":{"basic":{..}}|{"bearer":..}}]`). Cloud
+/// fetches links without credentials, so the proxy keeps them and fetches such links itself.
+pub fn onprem_media_providers(body: &Value) -> Result<Vec<Value>, TranslateError> {
+    let providers = match body {
+        Value::Array(providers) => providers,
+        // Some clients wrap the list as On-Premise's GET answered it.
+        Value::Object(map) => match map.get("media").and_then(|m| m.get("providers")) {
+            Some(Value::Array(providers)) => providers,
+            _ => {
+                return Err(TranslateError::wrong_type(
+                    "request body",
+                    "an array of providers",
+                ))
+            }
+        },
+        Value::Null => return Err(TranslateError::missing("providers")),
+        _ => {
+            return Err(TranslateError::wrong_type(
+                "request body",
+                "an array of providers",
+            ))
+        }
+    };
+    if providers.is_empty() {
+        return Err(TranslateError::missing("providers"));
+    }
+    providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| validate_provider(p, &format!("providers[{i}]")))
+        .collect()
+}
+
+fn validate_provider(provider: &Value, path: &str) -> Result<Value, TranslateError> {
+    let map = as_object(provider, path)?;
+    let name = required_str(map, path, "name")?;
+    if name.is_empty() {
+        return Err(TranslateError::invalid(
+            format!("{path}.name"),
+            "must not be empty",
+        ));
+    }
+    let kind = super::optional_str(map, path, "type")?.unwrap_or("www");
+    if kind != "www" {
+        return Err(TranslateError::invalid(
+            format!("{path}.type"),
+            format!("must be \"www\", got \"{kind}\""),
+        ));
+    }
+    let config_path = format!("{path}.config");
+    let config = match map.get("config") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(config) => {
+            let config = as_object(config, &config_path)?;
+            if let Some(basic) = config.get("basic").filter(|b| !b.is_null()) {
+                let basic_path = format!("{config_path}.basic");
+                let basic = as_object(basic, &basic_path)?;
+                required_str(basic, &basic_path, "username")?;
+                required_str(basic, &basic_path, "password")?;
+            }
+            if config.get("bearer").is_some_and(|b| !b.is_null()) {
+                required_str(config, &config_path, "bearer")?;
+            }
+            Value::Object(config.clone())
+        }
+    };
+    Ok(json!({"name": name, "type": kind, "config": config}))
+}
+
+/// Stored providers updated by name with `incoming` (On-Premise's POST added or replaced).
+pub fn merge_media_providers(stored: &[Value], incoming: Vec<Value>) -> Vec<Value> {
+    let mut merged: Vec<Value> = stored
+        .iter()
+        .filter(|s| !incoming.iter().any(|i| i["name"] == s["name"]))
+        .cloned()
+        .collect();
+    merged.extend(incoming);
+    merged
+}
+
+/// On-Premise's GET answer for the stored providers.
+pub fn onprem_media_providers_answer(stored: &[Value], meta: &Meta) -> Value {
+    json!({"settings": {"application": {"media": {"providers": stored}}}, "meta": meta.to_value()})
+}
+
+/// A send whose media is a `link` with a named `provider`: (type, link, provider name).
+pub fn provider_link(message: &Value) -> Option<(&str, &str, &str)> {
+    let kind = message.get("type")?.as_str()?;
+    if !["image", "video", "document", "audio", "sticker"].contains(&kind) {
+        return None;
+    }
+    let media = message.get(kind)?;
+    let link = media.get("link")?.as_str()?;
+    let provider = media.get("provider")?.get("name")?.as_str()?;
+    Some((kind, link, provider))
+}
+
+/// The `Authorization` header value a provider's config asks for, if any.
+pub fn provider_authorization(provider: &Value) -> Option<String> {
+    use base64::Engine as _;
+    let config = provider.get("config")?;
+    if let Some(token) = config.get("bearer").and_then(Value::as_str) {
+        return Some(format!("Bearer {token}"));
+    }
+    let basic = config.get("basic")?;
+    let user = basic.get("username")?.as_str()?;
+    let password = basic.get("password")?.as_str()?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    Some(format!("Basic {encoded}"))
+}
+
+/// The send rewritten to use the id of the media the proxy uploaded in its place.
+pub fn send_by_uploaded_id(message: &Value, kind: &str, media_id: &str) -> Value {
+    let mut message = message.clone();
+    if let Some(Value::Object(media)) = message.get_mut(kind) {
+        media.remove("link");
+        media.remove("provider");
+        media.insert("id".into(), Value::from(media_id));
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,6 @@ const ONPREM_ONLY_FIELDS: [&str; 3] = ["preview_url", "render_mentions", "hsm"];
 
 const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"];
 
-/// Types Cloud accepts as they are, which On-Premise also sent in the same shape.
-const PASS_THROUGH_TYPES: [&str; 4] = ["location", "contacts", "interactive", "reaction"];
-
 /// On-Premise send body -> Cloud `POST /messages` body.
 pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
     let message = match body {
@@ -61,10 +58,14 @@ pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
             let rewritten = rewrite_media(media, type_object(message, media)?)?;
             out.insert(media.to_owned(), rewritten);
         }
-        other if PASS_THROUGH_TYPES.contains(&other) => {
+        // location, contacts, interactive, reaction and anything Cloud-only: unchanged. A type
+        // Cloud does not know comes back from it as 131051, answered as On-Premise's 501.
+        other => {
+            if other.is_empty() {
+                return Err(TranslateError::invalid("type", "must not be empty"));
+            }
             type_object(message, other)?;
         }
-        other => return Err(TranslateError::UnknownMessageType(other.to_owned())),
     }
     Ok(Value::Object(out))
 }

@@ -51,13 +51,7 @@ pub enum TranslateError {
     MessageTooLong { path: String, limit: usize },
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: String, limit: u64 },
-    #[error("unknown message type {0}; supported: {SUPPORTED_TYPES}")]
-    UnknownMessageType(String),
 }
-
-/// The message types the proxy knows how to send (On-Premise names plus Cloud-only ones).
-pub const SUPPORTED_TYPES: &str =
-    "text, image, video, document, audio, sticker, location, contacts, interactive, reaction, template, hsm";
 
 impl TranslateError {
     pub fn missing(path: impl Into<String>) -> Self {

@@ -27,11 +27,12 @@ pub struct CloudRequest {
 }
 
 impl Translated {
-    /// The shape the `translate` command prints and the `requests` fixtures hold.
+    /// The shape the `translate` command prints and the `requests` fixtures hold:
+    /// `{"method","path","body"}`; a local answer has those null plus `answered_locally`.
     pub fn to_value(&self) -> Value {
         match self {
             Translated::Upstream(req) => json!({
-                "method": req.method, "path": req.path, "body": req.body, "answered_locally": null
+                "method": req.method, "path": req.path, "body": req.body
             }),
             Translated::Local { status, body } => json!({
                 "method": null, "path": null, "body": null,
@@ -120,6 +121,11 @@ pub fn onprem_to_cloud_request(
                 path_only(path_and_query)
             ),
         )),
+        Route::InvalidSegment => Err(OnPremError::new(
+            400,
+            1009,
+            "a path segment is not valid UTF-8 after percent-decoding",
+        )),
         Route::NotFound => Err(not_found(method, path_and_query)),
     }
 }
@@ -161,6 +167,18 @@ pub fn cloud_to_onprem_response(
     body: &[u8],
     meta: &Meta,
 ) -> Result<(u16, Value), TranslateError> {
+    if (300..400).contains(&status) {
+        return Err(TranslateError::invalid(
+            "response",
+            format!("is a redirect (HTTP {status}) the proxy does not follow"),
+        ));
+    }
+    if matches!(route, Route::PassThrough)
+        && (200..300).contains(&status)
+        && body.iter().all(u8::is_ascii_whitespace)
+    {
+        return Ok((200, json!({ "meta": meta.to_value() })));
+    }
     if !(200..300).contains(&status) {
         let mut error = cloud_to_onprem_error(status, body);
         if matches!(

@@ -167,8 +167,10 @@ fn rewrite_parameter(parameter: &mut Value, path: &str) -> Result<(), TranslateE
         }
         Some("currency") => {
             let currency_path = join(path, "currency");
-            let Some(Value::Object(currency)) = parameter.get_mut("currency") else {
-                return Err(TranslateError::missing(currency_path));
+            let currency = match parameter.get_mut("currency") {
+                Some(Value::Object(currency)) => currency,
+                None | Some(Value::Null) => return Err(TranslateError::missing(currency_path)),
+                Some(_) => return Err(TranslateError::wrong_type(currency_path, "an object")),
             };
             let has_fallback =
                 matches!(currency.get("fallback_value"), Some(Value::String(s)) if !s.is_empty());
@@ -229,10 +231,27 @@ pub fn render_date_time(date_time: &Value, path: &str) -> Result<String, Transla
         }
         None => (date_time, path.to_owned()),
     };
+    // Out-of-range parts would reach the end user verbatim in the rendered text.
     let part = |key: &str| -> Result<Option<i64>, TranslateError> {
+        let (low, high) = match key {
+            "year" => (0, 9999),
+            "month" => (1, 12),
+            "day_of_month" => (1, 31),
+            "hour" => (0, 23),
+            _ => (0, 59),
+        };
         match parts.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(_) => required_i64(parts, &parts_path, key).map(Some),
+            Some(_) => {
+                let value = required_i64(parts, &parts_path, key)?;
+                if !(low..=high).contains(&value) {
+                    return Err(TranslateError::invalid(
+                        join(&parts_path, key),
+                        format!("must be between {low} and {high}, got {value}"),
+                    ));
+                }
+                Ok(Some(value))
+            }
         }
     };
     let date: Vec<String> = [
@@ -298,6 +317,18 @@ mod tests {
     fn component_without_hour_renders_the_date_only() {
         let v = json!({"component": {"year": 2026, "month": 3, "day_of_month": 7}});
         assert_eq!(render_date_time(&v, "p").unwrap(), "2026-03-07");
+    }
+
+    #[test]
+    fn out_of_range_parts_are_rejected() {
+        let v = json!({"component": {"year": 2020, "month": 13, "day_of_month": 1}});
+        let err = render_date_time(&v, "p").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.component.month must be between 1 and 12, got 13"
+        );
+        let v = json!({"hour": 24, "minute": 0});
+        assert!(render_date_time(&v, "p").is_err());
     }
 
     #[test]

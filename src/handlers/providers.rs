@@ -1,0 +1,171 @@
+//! Media providers: stored per API key (`/v1/settings/application/media/providers`), and used
+//! when a send names one: the proxy fetches the link with the provider's credentials, uploads
+//! the bytes to Cloud and sends the message by id.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Uri;
+use serde_json::Value;
+
+use super::media::{fetch_and_upload, Uploaded};
+use super::Reply;
+use crate::error::ProxyError;
+use crate::handlers::AppState;
+use crate::translate::errors::{onprem_error_for, OnPremError};
+use crate::translate::media::{
+    merge_media_providers, onprem_media_providers, onprem_media_providers_answer,
+    provider_authorization, provider_link, send_by_uploaded_id,
+};
+use crate::translate::{parse_body, TranslateError};
+
+const DOCUMENT: &str = "media_providers";
+
+/// The client's API key: what its stored documents are filed under.
+pub(super) fn api_key(headers: &HeaderMap) -> Result<&str, ProxyError> {
+    headers
+        .get("d360-api-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ProxyError::Rejected(OnPremError::new(
+                401,
+                1005,
+                "the D360-API-KEY header is required",
+            ))
+        })
+}
+
+fn stored(document: Option<Value>) -> Vec<Value> {
+    match document {
+        Some(Value::Array(providers)) => providers,
+        _ => Vec::new(),
+    }
+}
+
+/// GET lists, POST adds or replaces by name, DELETE `/{name}` removes one.
+pub(super) async fn manage(
+    state: &AppState,
+    method: &str,
+    name: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reply, ProxyError> {
+    let key = api_key(headers)?;
+    let meta = &state.config.meta;
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    match (method, name) {
+        ("GET", None) => {
+            let providers = stored(
+                state
+                    .store
+                    .load(DOCUMENT, key)
+                    .await
+                    .map_err(ProxyError::Storage)?,
+            );
+            Ok(Reply::Json(
+                200,
+                onprem_media_providers_answer(&providers, meta),
+            ))
+        }
+        ("POST", None) => {
+            let incoming =
+                onprem_media_providers(&parse_body(body).map_err(rejected)?).map_err(rejected)?;
+            state
+                .store
+                .update(DOCUMENT, key, move |current| {
+                    Value::Array(merge_media_providers(&stored(current), incoming))
+                })
+                .await
+                .map_err(ProxyError::Storage)?;
+            Ok(Reply::Json(
+                200,
+                serde_json::json!({"meta": meta.to_value()}),
+            ))
+        }
+        ("DELETE", Some(name)) => {
+            let current = stored(
+                state
+                    .store
+                    .load(DOCUMENT, key)
+                    .await
+                    .map_err(ProxyError::Storage)?,
+            );
+            if !current.iter().any(|p| p["name"] == name) {
+                return Err(ProxyError::Rejected(OnPremError::new(
+                    404,
+                    1006,
+                    format!("no media provider named {name}"),
+                )));
+            }
+            let name = name.to_owned();
+            state
+                .store
+                .update(DOCUMENT, key, move |current| {
+                    Value::Array(
+                        stored(current)
+                            .into_iter()
+                            .filter(|p| p["name"] != name.as_str())
+                            .collect(),
+                    )
+                })
+                .await
+                .map_err(ProxyError::Storage)?;
+            Ok(Reply::Json(
+                200,
+                serde_json::json!({"meta": meta.to_value()}),
+            ))
+        }
+        _ => Err(ProxyError::Rejected(OnPremError::new(
+            404,
+            1006,
+            format!("no such endpoint: {method} /v1/settings/application/media/providers"),
+        ))),
+    }
+}
+
+/// For a send whose media is a provider link: fetch, upload, and return the send rewritten to
+/// use the uploaded id. Other sends come back as `None` (nothing to do).
+pub(super) async fn resolve_provider_link(
+    state: &AppState,
+    headers: &HeaderMap,
+    message: &Value,
+) -> Result<Option<Result<Value, Reply>>, ProxyError> {
+    let Some((kind, link, provider_name)) = provider_link(message) else {
+        return Ok(None);
+    };
+    let key = api_key(headers)?;
+    let providers = stored(
+        state
+            .store
+            .load(DOCUMENT, key)
+            .await
+            .map_err(ProxyError::Storage)?,
+    );
+    let Some(provider) = providers.iter().find(|p| p["name"] == provider_name) else {
+        return Err(ProxyError::Rejected(OnPremError::new(
+            400,
+            1009,
+            format!("{kind}.provider.name: no media provider named {provider_name} is configured"),
+        )));
+    };
+    let uri: Uri = link
+        .parse()
+        .ok()
+        .filter(|u: &Uri| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        .ok_or_else(|| {
+            ProxyError::Rejected(OnPremError::new(
+                400,
+                1009,
+                format!("{kind}.link is not an http(s) URL"),
+            ))
+        })?;
+    let mut fetch_headers = HeaderMap::new();
+    if let Some(value) =
+        provider_authorization(provider).and_then(|a| HeaderValue::from_str(&a).ok())
+    {
+        fetch_headers.insert(header::AUTHORIZATION, value);
+    }
+    match fetch_and_upload(state, uri, fetch_headers, headers.clone()).await? {
+        Uploaded::Id(id) => Ok(Some(Ok(send_by_uploaded_id(message, kind, &id)))),
+        Uploaded::Refused(reply) => Ok(Some(Err(reply))),
+    }
+}
