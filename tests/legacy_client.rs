@@ -32,6 +32,10 @@ async fn start_binary(upstream: &str) -> RunningProxy {
         .env("WABA_PROXY_UPSTREAM", upstream)
         .env("WABA_PROXY_ONPREM_VERSION", "v2.49.3")
         .env("RUST_LOG", "trace")
+        .env(
+            "WABA_PROXY_DATA_DIR",
+            std::env::temp_dir().join(format!("waba-legacy-{}", std::process::id())),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -89,6 +93,25 @@ async fn call(base: &str, method: &str, path: &str, body: Value) -> (u16, Value)
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn raw_call(base: &str, method: &str, path: &str) -> (u16, bytes::Bytes) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("D360-API-KEY", KEY)
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
 }
 
 #[tokio::test]
@@ -165,8 +188,21 @@ async fn legacy_client_session_through_the_binary() {
         (200, json!("connected"))
     );
 
+    // An inbound media id: the bytes come back; the signed url's query stays out of the logs.
+    mock.add_media(
+        "990011",
+        "image/png",
+        bytes::Bytes::from_static(b"\x89PNG fake"),
+    );
+    let (status, _) = raw_call(&proxy.base, "GET", "/v1/media/990011").await;
+    assert_eq!(status, 200);
+
     // What upstream saw: five valid Cloud requests, none carrying On-Premise-only fields.
-    let sent = mock.requests();
+    let sent: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query == "/messages")
+        .collect();
     assert_eq!(sent.len(), 5);
     for request in &sent {
         assert_eq!(
@@ -219,6 +255,10 @@ async fn legacy_client_session_through_the_binary() {
     assert!(
         !logs.contains(KEY),
         "the API key leaked into the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains("hash=ATs"),
+        "the media url's query leaked into the logs:\n{logs}"
     );
 }
 

@@ -71,6 +71,9 @@ async fn stream_to_cloud(
     if let Ok(value) = HeaderValue::from_str(&framing.content_type) {
         headers.insert(header::CONTENT_TYPE, value);
     }
+    // The length is the body's own (exact size hint) or chunked; never a stale header.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
     let exchange = async {
         let response = state
             .upstream

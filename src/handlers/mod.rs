@@ -121,7 +121,9 @@ async fn serve(
         }
         Route::SendMessage => {
             if let Ok(message) = crate::translate::parse_body(&body) {
-                match providers::resolve_provider_link(state, &parts.headers, &message).await? {
+                match providers::resolve_provider_link(state, &parts.headers, &headers, &message)
+                    .await?
+                {
                     None => {}
                     Some(Ok(by_id)) => body = Bytes::from(by_id.to_string()),
                     Some(Err(refused)) => return Ok(refused),

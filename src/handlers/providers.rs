@@ -127,6 +127,7 @@ pub(super) async fn manage(
 pub(super) async fn resolve_provider_link(
     state: &AppState,
     headers: &HeaderMap,
+    upstream_headers: &HeaderMap,
     message: &Value,
 ) -> Result<Option<Result<Value, Reply>>, ProxyError> {
     let Some((kind, link, provider_name)) = provider_link(message) else {
@@ -164,7 +165,7 @@ pub(super) async fn resolve_provider_link(
     {
         fetch_headers.insert(header::AUTHORIZATION, value);
     }
-    match fetch_and_upload(state, uri, fetch_headers, headers.clone()).await? {
+    match fetch_and_upload(state, uri, fetch_headers, upstream_headers.clone()).await? {
         Uploaded::Id(id) => Ok(Some(Ok(send_by_uploaded_id(message, kind, &id)))),
         Uploaded::Refused(reply) => Ok(Some(Err(reply))),
     }

@@ -22,6 +22,9 @@ pub struct TestProxy {
 /// Defaults pointed at `upstream`, adjusted by `tune` (timeouts, limits).
 pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) -> TestProxy {
     let mut config = Config::with_upstream(upstream).expect("config");
+    // Each proxy gets its own data directory: tests must not share (or litter) state.
+    config.data_dir =
+        std::env::temp_dir().join(format!("waba-proxy-test-{}", uuid::Uuid::new_v4()));
     tune(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -109,6 +112,32 @@ pub async fn send(
 }
 
 pub const API_KEY: &str = "TEST-KEY-d360-0123456789abcdef";
+
+/// Sends raw bytes with the given headers, as media clients do.
+pub async fn send_bytes(
+    proxy: &TestProxy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Full::new(body)).expect("request"))
+        .await
+        .expect("proxy answered");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
 
 /// `send` with the usual client headers.
 pub async fn send_json(proxy: &TestProxy, method: &str, path: &str, body: &str) -> Answer {

@@ -1,0 +1,462 @@
+//! Media through the running proxy: streamed multipart uploads, two-step streamed downloads,
+//! deletes and provider links, against the in-process waba-v2 mock (which parses the multipart
+//! body it receives).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use support::mock_upstream::{Behaviour, MockUpstream};
+use support::proxy::{send, send_bytes, send_json, spawn_proxy, TestProxy, API_KEY};
+
+/// Deterministic, incompressible-looking bytes.
+fn payload(len: usize) -> Bytes {
+    let mut state: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+async fn upload(proxy: &TestProxy, mime: &str, body: Bytes) -> support::proxy::Answer {
+    send_bytes(
+        proxy,
+        "POST",
+        "/v1/media",
+        &[("D360-API-KEY", API_KEY), ("content-type", mime)],
+        body,
+    )
+    .await
+}
+
+/// Sends `chunks` with chunked transfer encoding (no Content-Length), as streaming clients do.
+async fn upload_chunked(
+    proxy: &TestProxy,
+    mime: &str,
+    chunks: Vec<Bytes>,
+) -> (u16, serde_json::Value) {
+    let stream = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(c))),
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<StreamBody<_>>();
+    let request = http::Request::post(proxy.url("/v1/media"))
+        .header("D360-API-KEY", API_KEY)
+        .header("content-type", mime)
+        .body(StreamBody::new(stream))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn upload_becomes_cloud_multipart_with_exact_length_and_answers_201() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let image = payload(300_000);
+    let answer = upload(&proxy, "image/jpeg", image.clone()).await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    let id = answer.json()["media"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(answer.json()["meta"]["version"], "v2.53.0");
+
+    let sent = &mock.requests()[0];
+    assert_eq!(
+        (sent.method.as_str(), sent.path_and_query.as_str()),
+        ("POST", "/media")
+    );
+    assert_eq!(sent.header("d360-api-key"), Some(API_KEY));
+    assert!(
+        !sent.chunked,
+        "a client Content-Length must give upstream an exact length"
+    );
+    assert_eq!(sent.declared_length, Some(sent.body.len() as u64));
+    assert_eq!(sent.part("messaging_product").unwrap().data, "whatsapp");
+    assert_eq!(sent.part("type").unwrap().data, "image/jpeg");
+    let file = sent.part("file").unwrap();
+    assert_eq!(file.filename.as_deref(), Some("upload.jpg"));
+    assert_eq!(file.content_type.as_deref(), Some("image/jpeg"));
+    assert_eq!(mock.media(&id).unwrap(), ("image/jpeg".to_owned(), image));
+}
+
+#[tokio::test]
+async fn a_multi_megabyte_chunked_document_arrives_byte_for_byte() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let document = payload(6 * 1024 * 1024 + 17);
+    let chunks = document
+        .chunks(100_000)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let (status, body) = upload_chunked(&proxy, "application/pdf", chunks).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["media"][0]["id"].as_str().unwrap();
+    let (mime, stored) = mock.media(id).unwrap();
+    assert_eq!(mime, "application/pdf");
+    assert_eq!(sha256(&stored), sha256(&document));
+    assert!(mock.requests()[0].chunked, "unknown length travels chunked");
+}
+
+#[tokio::test]
+async fn uploads_without_a_usable_type_or_over_the_limit_never_reach_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let missing = send_bytes(
+        &proxy,
+        "POST",
+        "/v1/media",
+        &[("D360-API-KEY", API_KEY)],
+        payload(10),
+    )
+    .await;
+    assert_eq!((missing.status, missing.onprem_error_code()), (400, 1009));
+    let unsupported = upload(&proxy, "application/x-msdownload", payload(10)).await;
+    assert_eq!(
+        (unsupported.status, unsupported.onprem_error_code()),
+        (400, 1009)
+    );
+    assert!(unsupported.json()["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("image/jpeg"));
+    let too_big = upload(&proxy, "image/png", payload(5 * 1024 * 1024 + 1)).await;
+    assert_eq!((too_big.status, too_big.onprem_error_code()), (413, 1009));
+    assert!(too_big.json()["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("5242880"));
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_chunked_upload_that_outgrows_its_limit_is_cut_off_with_413() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let sticker = payload(600 * 1024);
+    let chunks = sticker
+        .chunks(64 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let (status, body) = upload_chunked(&proxy, "image/webp", chunks).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["errors"][0]["code"], 1009);
+    // Whatever upstream got was cut short: nothing of it was stored as media.
+    for request in mock.requests() {
+        assert!(request.body.len() < sticker.len());
+    }
+}
+
+#[tokio::test]
+async fn download_streams_the_bytes_from_the_rerooted_url_with_type_and_length() {
+    let mock = MockUpstream::start().await;
+    let image = payload(3 * 1024 * 1024 + 5);
+    mock.add_media("1037543291543636", "image/jpeg", image.clone());
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send(
+        &proxy,
+        "GET",
+        "/v1/media/1037543291543636",
+        &[("D360-API-KEY", API_KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers["content-type"], "image/jpeg");
+    assert_eq!(
+        answer.headers["content-length"],
+        image.len().to_string().as_str()
+    );
+    assert_eq!(sha256(&answer.body), sha256(&image));
+
+    let sent = mock.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].path_and_query, "/1037543291543636");
+    let lookaside = MockUpstream::media_url("1037543291543636");
+    let expected = &lookaside[lookaside.find("/whatsapp_business").unwrap()..];
+    assert_eq!(
+        sent[1].path_and_query, expected,
+        "path and query must be kept byte for byte"
+    );
+    assert!(expected.contains("%2F") && expected.contains("x=a=b"));
+    assert_eq!(sent[1].header("d360-api-key"), Some(API_KEY));
+}
+
+fn lookup(id: &str, mime: &str, size: usize) -> Behaviour {
+    Behaviour::Json {
+        status: 200,
+        body: json!({"messaging_product": "whatsapp", "url": MockUpstream::media_url(id),
+                     "mime_type": mime, "sha256": "x", "file_size": size, "id": id}),
+    }
+}
+
+#[tokio::test]
+async fn gzip_encoded_and_chunked_media_are_decoded_with_the_metadata_length() {
+    let mock = MockUpstream::start().await;
+    let audio = Bytes::from(vec![b'a'; 200_000]);
+    mock.push(lookup("77", "audio/ogg", audio.len()));
+    mock.push(Behaviour::GzipBytes {
+        status: 200,
+        headers: vec![("content-type".into(), "audio/ogg".into())],
+        body: audio.clone(),
+    });
+    mock.push(lookup("78", "audio/ogg", audio.len()));
+    mock.push(Behaviour::BytesChunked {
+        status: 200,
+        headers: vec![],
+        body: audio.clone(),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    for id in ["77", "78"] {
+        let answer = send(
+            &proxy,
+            "GET",
+            &format!("/v1/media/{id}"),
+            &[("D360-API-KEY", API_KEY)],
+            "",
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers["content-length"], "200000");
+        assert_eq!(answer.body, audio);
+    }
+}
+
+#[tokio::test]
+async fn unknown_media_is_404_and_a_blocked_media_endpoint_429_neither_retried() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let unknown = send(
+        &proxy,
+        "GET",
+        "/v1/media/999",
+        &[("D360-API-KEY", API_KEY)],
+        "",
+    )
+    .await;
+    assert_eq!((unknown.status, unknown.onprem_error_code()), (404, 1006));
+    assert_eq!(mock.requests().len(), 1);
+
+    mock.push(Behaviour::Json {
+        status: 429,
+        body: json!({"error": {"message": "(#4) Application request limit reached", "code": 4, "fbtrace_id": "x"}}),
+    });
+    let blocked = send(
+        &proxy,
+        "GET",
+        "/v1/media/1",
+        &[("D360-API-KEY", API_KEY)],
+        "",
+    )
+    .await;
+    assert_eq!((blocked.status, blocked.onprem_error_code()), (429, 1015));
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn upstream_dying_mid_download_is_an_error_not_a_short_200() {
+    let mock = MockUpstream::start().await;
+    mock.push(lookup("55", "video/mp4", 1_000_000));
+    mock.push(Behaviour::ResetMidBody {
+        status: 200,
+        headers: vec![("content-type".into(), "video/mp4".into())],
+        declared_len: 1_000_000,
+        send: payload(100_000),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let request = http::Request::get(proxy.url("/v1/media/55"))
+        .header("D360-API-KEY", API_KEY)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "a truncated body must not end cleanly"
+    );
+}
+
+#[tokio::test]
+async fn delete_media_answers_meta() {
+    let mock = MockUpstream::start().await;
+    mock.add_media("4242", "image/png", payload(10));
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(&proxy, "DELETE", "/v1/media/4242", "").await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        answer.json(),
+        json!({"meta": {"api_status": "stable", "version": "v2.53.0"}})
+    );
+    assert_eq!(mock.requests()[0].method, "DELETE");
+    assert_eq!(mock.requests()[0].path_and_query, "/4242");
+    assert!(mock.media("4242").is_none());
+}
+
+#[tokio::test]
+async fn provider_links_are_fetched_with_credentials_uploaded_and_sent_by_id() {
+    let mock = MockUpstream::start().await;
+    let media_host = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let providers = json!([
+        {"name": "cdn-basic", "type": "www", "config": {"basic": {"username": "ann", "password": "s3cret"}}},
+        {"name": "cdn-bearer", "type": "www", "config": {"bearer": "tok-123"}}
+    ]);
+    let stored = send_json(
+        &proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers.to_string(),
+    )
+    .await;
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    let listed = send_json(
+        &proxy,
+        "GET",
+        "/v1/settings/application/media/providers",
+        "",
+    )
+    .await;
+    assert_eq!(
+        listed.json()["settings"]["application"]["media"]["providers"],
+        providers
+    );
+
+    let photo = payload(50_000);
+    for (provider, authorization) in [
+        ("cdn-basic", "Basic YW5uOnMzY3JldA=="),
+        ("cdn-bearer", "Bearer tok-123"),
+    ] {
+        media_host.push(Behaviour::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), "image/jpeg".into())],
+            body: photo.clone(),
+        });
+        let send = json!({"to": "15551234567", "type": "image",
+            "image": {"link": format!("{}/p.jpg?sig=a%2Fb", media_host.url()), "caption": "hi", "provider": {"name": provider}}});
+        let answer = send_json(&proxy, "POST", "/v1/messages", &send.to_string()).await;
+        assert_eq!(answer.status, 201, "{:?}", answer.body);
+        let fetched = media_host.requests().pop().unwrap();
+        assert_eq!(fetched.path_and_query, "/p.jpg?sig=a%2Fb");
+        assert_eq!(fetched.header("authorization"), Some(authorization));
+        assert!(
+            fetched.header("d360-api-key").is_none(),
+            "the API key must not go to the media host"
+        );
+    }
+    let sent = mock.requests();
+    let uploads: Vec<_> = sent
+        .iter()
+        .filter(|r| r.path_and_query == "/media")
+        .collect();
+    let messages: Vec<_> = sent
+        .iter()
+        .filter(|r| r.path_and_query == "/messages")
+        .collect();
+    assert_eq!((uploads.len(), messages.len()), (2, 2));
+    for message in messages {
+        let image = &message.json()["image"];
+        let id = image["id"].as_str().unwrap();
+        assert_eq!(image.get("link"), None);
+        assert_eq!(image.get("provider"), None);
+        assert_eq!(image["caption"], "hi");
+        assert_eq!(mock.media(id).unwrap().1, photo);
+    }
+
+    let deleted = send_json(
+        &proxy,
+        "DELETE",
+        "/v1/settings/application/media/providers/cdn-basic",
+        "",
+    )
+    .await;
+    assert_eq!(deleted.status, 200);
+    let listed = send_json(
+        &proxy,
+        "GET",
+        "/v1/settings/application/media/providers",
+        "",
+    )
+    .await;
+    assert_eq!(
+        listed.json()["settings"]["application"]["media"]["providers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unknown_provider_is_1009_and_providers_are_kept_per_api_key() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let providers = json!([{"name": "cdn", "type": "www", "config": {"bearer": "t"}}]).to_string();
+    assert_eq!(
+        send_json(
+            &proxy,
+            "POST",
+            "/v1/settings/application/media/providers",
+            &providers
+        )
+        .await
+        .status,
+        200
+    );
+    let other_key = send(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        &[("D360-API-KEY", "another-channel")],
+        r#"{"to":"1","type":"image","image":{"link":"https://x.example/a.jpg","provider":{"name":"cdn"}}}"#,
+    )
+    .await;
+    assert_eq!(
+        (other_key.status, other_key.onprem_error_code()),
+        (400, 1009)
+    );
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_provider_host_that_fails_is_a_media_download_error() {
+    let mock = MockUpstream::start().await;
+    let media_host = MockUpstream::start().await;
+    media_host.push(Behaviour::Respond {
+        status: 403,
+        headers: vec![],
+        body: Bytes::new(),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
+    send_json(
+        &proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers,
+    )
+    .await;
+    let send = json!({"to": "1", "type": "document", "document": {"link": format!("{}/f.pdf", media_host.url()), "provider": {"name": "cdn"}}});
+    let answer = send_json(&proxy, "POST", "/v1/messages", &send.to_string()).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 400));
+    assert!(
+        mock.requests().is_empty(),
+        "nothing may be sent when the media could not be fetched"
+    );
+}
