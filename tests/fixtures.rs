@@ -7,6 +7,8 @@
 //!   `<case>.error.json` (`{"status","body"}` answered to the client);
 //! - `requests/<case>.onprem.json` (`{"method","path","body"}`) -> `<case>.cloud.json` (what the
 //!   `translate` command prints) or `<case>.error.json`;
+//! - `media_providers/<case>.onprem.json` (a providers POST body) -> `<case>.stored.json` (what
+//!   the proxy keeps) or `<case>.error.json`;
 //! - `responses/<case>.cloud.json` (`{"route","status","body"|"body_text"}`) ->
 //!   `<case>.onprem.json` (`{"status","body"}`).
 
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 use waba_onprem_proxy::error::{ProxyError, Unreadable};
 use waba_onprem_proxy::routes::{route, Route};
 use waba_onprem_proxy::translate::errors::onprem_error_for;
+use waba_onprem_proxy::translate::media::onprem_media_providers;
 use waba_onprem_proxy::translate::messages::onprem_to_cloud_send;
 use waba_onprem_proxy::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request};
 use waba_onprem_proxy::translate::Meta;
@@ -92,7 +95,7 @@ fn error_value(status: u16, body: Value) -> Value {
 }
 
 /// The areas this file runs. A folder that is not one of them would never run: that fails.
-const AREAS: [&str; 3] = ["messages", "requests", "responses"];
+const AREAS: [&str; 4] = ["media_providers", "messages", "requests", "responses"];
 
 #[test]
 fn every_fixture_folder_is_an_area_that_runs() {
@@ -216,6 +219,13 @@ fn responses_fixtures_translate_cloud_answers_back() {
                 message_id: "wamid.fixture".into(),
             },
             Some("pass_through") => Route::PassThrough,
+            Some("upload_media") => Route::UploadMedia,
+            Some("download_media") => Route::DownloadMedia {
+                media_id: "999".into(),
+            },
+            Some("delete_media") => Route::DeleteMedia {
+                media_id: "999".into(),
+            },
             other => panic!("fixtures/responses/{case}: unknown route {other:?}"),
         };
         let status = input["status"].as_u64().expect("status") as u16;
@@ -235,4 +245,40 @@ fn responses_fixtures_translate_cloud_answers_back() {
         check(&mut failures, &file, &read(&file), &actual);
     }
     finish("responses", cases.len(), failures);
+}
+
+#[test]
+fn media_providers_fixtures_validate_what_clients_register() {
+    let mut failures = Vec::new();
+    let cases = cases("media_providers");
+    for (case, sides) in &cases {
+        let input = read(&path("media_providers", case, "onprem"));
+        let (side, actual) = match onprem_media_providers(&input) {
+            Ok(stored) => ("stored", Value::Array(stored)),
+            Err(e) => {
+                let error = onprem_error_for(&e);
+                ("error", error_value(error.status, error.to_body(&meta())))
+            }
+        };
+        let expected_side = match sides
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["onprem", "stored"] => "stored",
+            ["error", "onprem"] => "error",
+            other => panic!("fixtures/media_providers/{case}: orphan or extra files {other:?}"),
+        };
+        let file = path("media_providers", case, expected_side);
+        if side != expected_side {
+            failures.push(format!(
+                "{}: expected {expected_side}, got {side}: {actual}",
+                file.display()
+            ));
+            continue;
+        }
+        check(&mut failures, &file, &read(&file), &actual);
+    }
+    finish("media_providers", cases.len(), failures);
 }
