@@ -37,7 +37,10 @@ impl Body for Generated {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -54,7 +57,9 @@ impl Body for Generated {
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
-    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     response
 }
 
@@ -79,9 +84,14 @@ async fn answer(request: Request<Incoming>) -> Result<Reply, Infallible> {
         }
         ("GET", ["bytes", n]) => match n.parse::<u64>() {
             Ok(n) => {
-                let body = Generated { chunk: Bytes::from(vec![0x5a; 64 * 1024]), remaining: n };
+                let body = Generated {
+                    chunk: Bytes::from(vec![0x5a; 64 * 1024]),
+                    remaining: n,
+                };
                 let mut response = Response::new(body.boxed_unsync());
-                response.headers_mut().insert("content-type", "application/pdf".parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/pdf".parse().unwrap());
                 response
             }
             Err(_) => json(StatusCode::NOT_FOUND, "{}"),
@@ -92,17 +102,24 @@ async fn answer(request: Request<Incoming>) -> Result<Reply, Infallible> {
                 r#"{{"messaging_product":"whatsapp","url":"https://lookaside.fbsbx.com/bytes/{n}?mid={n}&hash=ATs%2Fbench%3D","mime_type":"application/pdf","sha256":"x","file_size":{n},"id":"{n}"}}"#
             ),
         ),
-        _ => json(StatusCode::NOT_FOUND, r#"{"error":{"message":"Unknown path","code":2500}}"#),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"message":"Unknown path","code":2500}}"#,
+        ),
     })
 }
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let listener = TcpListener::bind(&addr).await.expect("bind");
     println!("listening on {}", listener.local_addr().unwrap());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
