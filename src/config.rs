@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Where the proxy keeps state (media providers, settings), created when first needed.
     #[arg(long, env = "WABA_PROXY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// JSON file mapping old API keys to new ones ("old": "new") and login users
+    /// ("user:<name>": {"password_sha256", "api_key"}); re-read on SIGHUP.
+    #[arg(long, env = "WABA_PROXY_KEY_MAP")]
+    pub key_map: Option<PathBuf>,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "WABA_PROXY_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
@@ -125,6 +129,7 @@ pub struct Config {
     pub max_upstream_body_bytes: usize,
     pub media_timeout: Duration,
     pub data_dir: PathBuf,
+    pub key_map: Option<PathBuf>,
     pub shutdown_grace: Duration,
 }
 
@@ -226,6 +231,7 @@ impl ServeArgs {
             max_upstream_body_bytes: self.max_upstream_body_bytes,
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
             data_dir: self.data_dir.clone(),
+            key_map: self.key_map.clone(),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }

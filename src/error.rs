@@ -51,6 +51,8 @@ pub enum Unreadable {
     Gzip(#[source] std::io::Error),
     #[error("{0}")]
     Shape(#[source] TranslateError),
+    #[error("answered HTTP {0}")]
+    Status(u16),
     #[error("redirect not followed: {0}")]
     Redirect(&'static str),
 }

@@ -12,6 +12,7 @@
 //!   `errors`, and `request` (whole requests and answers, shared with the `translate` command).
 //! - [`cli`]: the `translate` subcommand.
 
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;

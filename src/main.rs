@@ -2,11 +2,13 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use waba_onprem_proxy::config::{Cli, Command, ServeArgs, TranslateArgs};
+use waba_onprem_proxy::handlers::AppState;
 use waba_onprem_proxy::translate::Meta;
 use waba_onprem_proxy::{cli, server};
 
@@ -46,7 +48,15 @@ fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let state = match AppState::new(config) {
+        Ok(state) => Arc::new(state),
+        Err(error) => {
+            eprintln!("waba-onprem-proxy: {error}");
+            return ExitCode::from(2);
+        }
+    };
     runtime.block_on(async move {
+        let config = &state.config;
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -65,7 +75,7 @@ fn run(args: &ServeArgs) -> ExitCode {
             "waba-onprem-proxy listening on http://{address} (upstream {}://{})",
             config.upstream.scheme, config.upstream.authority
         );
-        server::run(listener, config, shutdown_signal()).await;
+        server::run(listener, state, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }

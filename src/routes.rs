@@ -20,6 +20,26 @@ pub enum Route {
     DeleteMedia { media_id: String },
     /// `/v1/settings/application/media/providers[/{name}]`: stored by the proxy per API key.
     MediaProviders { name: Option<String> },
+    /// `GET /v1/settings/business/profile` -> `GET /whatsapp_business_profile?fields=...`.
+    BusinessProfileGet,
+    /// `POST /v1/settings/business/profile` -> `POST /whatsapp_business_profile`.
+    BusinessProfilePost,
+    /// `GET /v1/settings/profile/about` -> `GET /whatsapp_business_profile?fields=about`.
+    AboutGet,
+    /// `PATCH /v1/settings/profile/about` -> `POST /whatsapp_business_profile {about}`.
+    AboutPatch,
+    /// `GET /v1/settings/profile/photo[?format=link]`: the link, or the image streamed.
+    PhotoGet { link: bool },
+    /// `POST /v1/settings/profile/photo` (raw jpeg/png) -> Cloud's three-step resumable upload.
+    PhotoPost,
+    /// `DELETE /v1/settings/profile/photo`: Cloud cannot remove a photo.
+    PhotoDelete,
+    /// `GET/PATCH/DELETE /v1/settings/application`: stored by the proxy per API key.
+    ApplicationSettings,
+    /// `POST /v1/users/login` (Basic auth) -> a token mapped to an API key.
+    Login,
+    /// `POST /v1/users/logout`.
+    Logout,
     /// `POST /v1/contacts`, answered locally.
     Contacts,
     /// `GET /v1/health`, answered locally.
@@ -79,6 +99,20 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
                 name: Some(decode_segment(name).into_owned()),
             }
         }
+        ("GET", ["v1", "settings", "business", "profile"]) => Route::BusinessProfileGet,
+        ("POST" | "PATCH", ["v1", "settings", "business", "profile"]) => Route::BusinessProfilePost,
+        ("GET", ["v1", "settings", "profile", "about"]) => Route::AboutGet,
+        ("PATCH" | "POST", ["v1", "settings", "profile", "about"]) => Route::AboutPatch,
+        ("GET", ["v1", "settings", "profile", "photo"]) => Route::PhotoGet {
+            link: query_has(path_and_query, "format", "link"),
+        },
+        ("POST", ["v1", "settings", "profile", "photo"]) => Route::PhotoPost,
+        ("DELETE", ["v1", "settings", "profile", "photo"]) => Route::PhotoDelete,
+        ("GET" | "PATCH" | "DELETE", ["v1", "settings", "application"]) => {
+            Route::ApplicationSettings
+        }
+        ("POST", ["v1", "users", "login"]) => Route::Login,
+        ("POST", ["v1", "users", "logout"]) => Route::Logout,
         ("POST", ["v1", "contacts"]) => Route::Contacts,
         ("GET", ["v1", "health"]) => Route::Health,
         ("GET" | "POST" | "DELETE", ["v1", "configs", "templates", ..]) => Route::PassThrough,
@@ -102,6 +136,17 @@ const NOT_ON_CLOUD: [&str; 6] = [
     "groups",
     "stickerpacks",
 ];
+
+/// Whether the query has `key=value` (exactly, after percent-decoding).
+fn query_has(path_and_query: &str, key: &str, value: &str) -> bool {
+    let Some((_, query)) = path_and_query.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        decode_segment(k) == key && decode_segment(v) == value
+    })
+}
 
 /// Message ids travel URL-encoded in paths (`wamid.HBgL...%3D`); Cloud wants them decoded.
 fn decode_segment(segment: &str) -> Cow<'_, str> {
@@ -160,8 +205,25 @@ mod tests {
             (
                 "GET",
                 "/v1/settings/business/profile",
-                Route::NotYetSupported,
+                Route::BusinessProfileGet,
             ),
+            (
+                "GET",
+                "/v1/settings/profile/photo?format=link",
+                Route::PhotoGet { link: true },
+            ),
+            (
+                "GET",
+                "/v1/settings/profile/photo",
+                Route::PhotoGet { link: false },
+            ),
+            (
+                "PATCH",
+                "/v1/settings/application",
+                Route::ApplicationSettings,
+            ),
+            ("POST", "/v1/users/login", Route::Login),
+            ("GET", "/v1/settings/profile", Route::NotYetSupported),
             ("GET", "/v2/messages", Route::NotFound),
             ("GET", "/", Route::NotFound),
             ("GET", "", Route::NotFound),

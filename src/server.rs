@@ -12,7 +12,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
 use crate::handlers::{handle, AppState};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -20,7 +19,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves until `shutdown` resolves, then drains. The listener and the shutdown future are
 /// arguments so tests can bind port 0 and stop the server when they like.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let config = &state.config;
     let grace = config.shutdown_grace;
     let mut builder = http1::Builder::new();
     // header_read_timeout does nothing without a timer.
@@ -28,7 +28,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
-    let state = Arc::new(AppState::new(config));
+    reload_key_map_on_sighup(state.clone());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -62,4 +62,26 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         () = graceful.shutdown() => info!("all connections drained"),
         () = tokio::time::sleep(grace) => warn!(?grace, "grace period over, closing remaining connections"),
     }
+}
+
+/// SIGHUP re-reads the key map; connections and sessions are untouched.
+fn reload_key_map_on_sighup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: the key map will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match state.auth.reload() {
+                Ok(()) => info!("key map reloaded"),
+                Err(error) => {
+                    warn!(%error, "key map not reloaded; the previous one stays in force")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = state;
 }

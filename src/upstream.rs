@@ -94,7 +94,7 @@ impl Upstream {
             if let Some(h) = request.headers_mut() {
                 h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
                 h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-                if body.is_some() {
+                if body.is_some() && !h.contains_key(header::CONTENT_TYPE) {
                     h.insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),

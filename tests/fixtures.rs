@@ -220,6 +220,11 @@ fn responses_fixtures_translate_cloud_answers_back() {
             },
             Some("pass_through") => Route::PassThrough,
             Some("upload_media") => Route::UploadMedia,
+            Some("business_profile_get") => Route::BusinessProfileGet,
+            Some("business_profile_post") => Route::BusinessProfilePost,
+            Some("about_get") => Route::AboutGet,
+            Some("about_patch") => Route::AboutPatch,
+            Some("photo_link_get") => Route::PhotoGet { link: true },
             Some("download_media") => Route::DownloadMedia {
                 media_id: "999".into(),
             },

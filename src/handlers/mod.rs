@@ -3,7 +3,9 @@
 //! `X-Request-Id`, and is logged once (without header values or queries: they carry secrets).
 
 mod media;
+mod profile;
 mod providers;
+mod settings;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,11 +20,13 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::auth::{Auth, KeyMapError};
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::error::{ProxyError, Unreadable};
 use crate::routes::{route, Route};
 use crate::store::Store;
+use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
 use crate::upstream::{forwarded_request_headers, Upstream};
 
@@ -31,17 +35,21 @@ pub struct AppState {
     pub config: Config,
     pub upstream: Upstream,
     pub store: Store,
+    pub auth: Auth,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> AppState {
+    /// Fails only when the key map file cannot be read.
+    pub fn new(config: Config) -> Result<AppState, KeyMapError> {
+        let auth = Auth::new(config.key_map.clone())?;
         let upstream = Upstream::new(&config);
         let store = Store::new(config.data_dir.clone());
-        AppState {
+        Ok(AppState {
             config,
             upstream,
             store,
-        }
+            auth,
+        })
     }
 }
 
@@ -104,26 +112,41 @@ async fn serve(
         .unwrap_or_else(|| "/".to_owned());
     let route = route(&method, &path_and_query);
     let (parts, body) = request.into_parts();
-    let headers = upstream_headers(&parts, request_id);
+    match &route {
+        Route::Login => return settings::login(state, &parts.headers),
+        Route::Logout => return settings::logout(state, &parts.headers),
+        _ => {}
+    }
+    let mut headers = upstream_headers(&parts, request_id);
+    state.auth.authenticate(&mut headers).map_err(|_| {
+        ProxyError::Rejected(OnPremError::new(
+            401,
+            1005,
+            "the login token is unknown or expired; log in again",
+        ))
+    })?;
 
     match &route {
         Route::UploadMedia => return media::upload(state, &parts, headers, body).await,
         Route::DownloadMedia { media_id } => {
             return media::download(state, media_id, headers).await
         }
+        Route::PhotoPost => return profile::upload_photo(state, &parts, headers, body).await,
+        Route::PhotoGet { link: false } => return profile::stream_photo(state, headers).await,
         _ => {}
     }
 
     let mut body = read_body(&state.config, &parts.headers, body).await?;
     match &route {
         Route::MediaProviders { name } => {
-            return providers::manage(state, &method, name.as_deref(), &parts.headers, &body).await
+            return providers::manage(state, &method, name.as_deref(), &headers, &body).await
+        }
+        Route::ApplicationSettings => {
+            return settings::application(state, &method, &headers, &body).await
         }
         Route::SendMessage => {
             if let Ok(message) = crate::translate::parse_body(&body) {
-                match providers::resolve_provider_link(state, &parts.headers, &headers, &message)
-                    .await?
-                {
+                match providers::resolve_provider_link(state, &headers, &message).await? {
                     None => {}
                     Some(Ok(by_id)) => body = Bytes::from(by_id.to_string()),
                     Some(Err(refused)) => return Ok(refused),

@@ -7,6 +7,7 @@ use http::Uri;
 use serde_json::Value;
 
 use super::media::{fetch_and_upload, Uploaded};
+use super::settings::api_key;
 use super::Reply;
 use crate::error::ProxyError;
 use crate::handlers::AppState;
@@ -18,21 +19,6 @@ use crate::translate::media::{
 use crate::translate::{parse_body, TranslateError};
 
 const DOCUMENT: &str = "media_providers";
-
-/// The client's API key: what its stored documents are filed under.
-pub(super) fn api_key(headers: &HeaderMap) -> Result<&str, ProxyError> {
-    headers
-        .get("d360-api-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            ProxyError::Rejected(OnPremError::new(
-                401,
-                1005,
-                "the D360-API-KEY header is required",
-            ))
-        })
-}
 
 fn stored(document: Option<Value>) -> Vec<Value> {
     match document {
@@ -126,14 +112,13 @@ pub(super) async fn manage(
 /// use the uploaded id. Other sends come back as `None` (nothing to do).
 pub(super) async fn resolve_provider_link(
     state: &AppState,
-    headers: &HeaderMap,
     upstream_headers: &HeaderMap,
     message: &Value,
 ) -> Result<Option<Result<Value, Reply>>, ProxyError> {
     let Some((kind, link, provider_name)) = provider_link(message) else {
         return Ok(None);
     };
-    let key = api_key(headers)?;
+    let key = api_key(upstream_headers)?;
     let providers = stored(
         state
             .store

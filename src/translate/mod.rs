@@ -8,7 +8,9 @@ pub mod contacts;
 pub mod errors;
 pub mod media;
 pub mod messages;
+pub mod profile;
 pub mod request;
+pub mod settings;
 pub mod templates;
 
 use serde_json::{json, Map, Value};

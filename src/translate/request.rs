@@ -6,7 +6,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use super::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
-use super::{contacts, media, messages, parse_body, Meta, TranslateError};
+use super::{contacts, media, messages, parse_body, profile, Meta, TranslateError};
 use crate::routes::Route;
 
 /// What one On-Premise request becomes.
@@ -87,6 +87,40 @@ pub fn onprem_to_cloud_request(
                 )),
             }
         }
+        Route::BusinessProfileGet => Ok(upstream("GET", profile::PROFILE_QUERY.into(), None)),
+        Route::BusinessProfilePost => {
+            let body = parse_body(body).map_err(client_error)?;
+            let cloud = profile::onprem_to_cloud_business_profile(&body).map_err(client_error)?;
+            Ok(upstream("POST", PROFILE_PATH.into(), Some(cloud)))
+        }
+        Route::AboutGet => Ok(upstream(
+            "GET",
+            format!("{PROFILE_PATH}?fields=about"),
+            None,
+        )),
+        Route::AboutPatch => {
+            let body = parse_body(body).map_err(client_error)?;
+            let cloud = profile::onprem_to_cloud_about(&body).map_err(client_error)?;
+            Ok(upstream("POST", PROFILE_PATH.into(), Some(cloud)))
+        }
+        // Both forms start by asking for the url; without `format=link` the shell then
+        // streams the image from it.
+        Route::PhotoGet { .. } => Ok(upstream(
+            "GET",
+            format!("{PROFILE_PATH}?fields=profile_picture_url"),
+            None,
+        )),
+        Route::PhotoPost => Ok(upstream("POST", "/uploads".into(), None)),
+        Route::PhotoDelete => Err(OnPremError::new(
+            501,
+            1000,
+            "removing the profile photo is not possible on the Cloud API",
+        )),
+        Route::ApplicationSettings | Route::Login | Route::Logout => Err(OnPremError::new(
+            501,
+            1000,
+            "answered by the running proxy from its own state; nothing is sent upstream",
+        )),
         Route::Health => Ok(Translated::Local {
             status: 200,
             body: json!({"health": {"gateway_status": "connected"}, "meta": meta.to_value()}),
@@ -133,6 +167,8 @@ pub fn onprem_to_cloud_request(
 fn upstream(method: &'static str, path: String, body: Option<Value>) -> Translated {
     Translated::Upstream(CloudRequest { method, path, body })
 }
+
+const PROFILE_PATH: &str = "/whatsapp_business_profile";
 
 /// `/{id}` with the id percent-encoded: ids are digits from Cloud, but a client's typo must
 /// not turn into another path upstream.
@@ -198,9 +234,17 @@ pub fn cloud_to_onprem_response(
     match route {
         // On-Premise answered 201 for a created message.
         Route::SendMessage => Ok((201, messages::cloud_to_onprem_send_response(&parsed, meta)?)),
-        Route::MarkRead { .. } | Route::DeleteMedia { .. } => {
-            Ok((200, messages::cloud_to_onprem_success(&parsed, meta)?))
-        }
+        Route::BusinessProfileGet => Ok((
+            200,
+            profile::cloud_to_onprem_business_profile(&parsed, meta)?,
+        )),
+        Route::AboutGet => Ok((200, profile::cloud_to_onprem_about(&parsed, meta)?)),
+        Route::PhotoGet { .. } => Ok((200, profile::cloud_to_onprem_photo_link(&parsed, meta)?)),
+        Route::MarkRead { .. }
+        | Route::DeleteMedia { .. }
+        | Route::BusinessProfilePost
+        | Route::AboutPatch
+        | Route::PhotoPost => Ok((200, messages::cloud_to_onprem_success(&parsed, meta)?)),
         // A created media object, like a created message, was 201 on On-Premise.
         Route::UploadMedia => Ok((201, media::cloud_to_onprem_upload_response(&parsed, meta)?)),
         _ => Ok((status, add_meta(parsed, meta))),

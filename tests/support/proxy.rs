@@ -29,7 +29,9 @@ pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) ->
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(waba_onprem_proxy::server::run(listener, config, async {
+    let state =
+        std::sync::Arc::new(waba_onprem_proxy::handlers::AppState::new(config).expect("state"));
+    let server = tokio::spawn(waba_onprem_proxy::server::run(listener, state, async {
         let _ = rx.await;
     }));
     TestProxy {

@@ -1,0 +1,301 @@
+//! Who is calling, as upstream must see it: the optional key map (`--key-map`, old key -> new
+//! key, because 360dialog issues a new key when a number moves to Cloud), and the login tokens
+//! of self-hosted On-Premise clients (`POST /v1/users/login`, then `Authorization: Bearer`),
+//! each mapped to a configured API key. The map is re-read on SIGHUP.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The header 360dialog authenticates with.
+pub const API_KEY_HEADER: &str = "d360-api-key";
+
+/// How long a login token lives (On-Premise's default was 7 days).
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+#[derive(Debug, Clone, Deserialize)]
+struct User {
+    password_sha256: String,
+    api_key: String,
+}
+
+/// The parsed `--key-map` file.
+#[derive(Debug, Default, Clone)]
+pub struct KeyMap {
+    keys: HashMap<String, String>,
+    users: HashMap<String, User>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyMapError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a JSON object of \"old key\": \"new key\" and \"user:<name>\": {{\"password_sha256\", \"api_key\"}} entries: {source}")]
+    Shape {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+impl KeyMap {
+    pub fn load(path: &Path) -> Result<KeyMap, KeyMapError> {
+        let bytes = std::fs::read(path).map_err(|source| KeyMapError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let shape = |source| KeyMapError::Shape {
+            path: path.to_owned(),
+            source,
+        };
+        let entries: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(shape)?;
+        let mut map = KeyMap::default();
+        for (name, value) in entries {
+            match name.strip_prefix("user:") {
+                Some(user) => {
+                    let user_entry: User = serde_json::from_value(value).map_err(shape)?;
+                    map.users.insert(user.to_owned(), user_entry);
+                }
+                None => {
+                    let new_key: String = serde_json::from_value(value).map_err(shape)?;
+                    map.keys.insert(name, new_key);
+                }
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// A login that failed, or could not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// No `user:` entries are configured: login cannot work here at all.
+    NoUsers,
+    /// Missing or malformed Basic credentials, unknown user or wrong password.
+    BadCredentials,
+}
+
+/// A request whose credentials cannot be turned into an API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unauthenticated;
+
+struct Session {
+    api_key: String,
+    expires: SystemTime,
+}
+
+pub struct Auth {
+    path: Option<PathBuf>,
+    map: RwLock<Arc<KeyMap>>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+impl Auth {
+    pub fn new(path: Option<PathBuf>) -> Result<Auth, KeyMapError> {
+        let map = match &path {
+            Some(path) => KeyMap::load(path)?,
+            None => KeyMap::default(),
+        };
+        Ok(Auth {
+            path,
+            map: RwLock::new(Arc::new(map)),
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Re-reads the key map file; on error the old map stays in force.
+    pub fn reload(&self) -> Result<(), KeyMapError> {
+        if let Some(path) = &self.path {
+            let fresh = KeyMap::load(path)?;
+            *self.map.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        }
+        Ok(())
+    }
+
+    fn map(&self) -> Arc<KeyMap> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rewrites the upstream headers in place: a mapped `D360-API-KEY` is replaced; without
+    /// one, a login token (`Authorization: Bearer`) becomes its API key. Headers with neither
+    /// pass as they are (upstream answers 401, which is translated).
+    pub fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), Unauthenticated> {
+        let map = self.map();
+        if let Some(key) = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
+            if let Some(new_key) = map.keys.get(key) {
+                let value = HeaderValue::from_str(new_key).map_err(|_| Unauthenticated)?;
+                headers.insert(API_KEY_HEADER, value);
+            }
+            return Ok(());
+        }
+        let Some(token) = bearer(headers) else {
+            return Ok(());
+        };
+        let api_key = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = SystemTime::now();
+            sessions.retain(|_, s| s.expires > now);
+            sessions
+                .get(token)
+                .map(|s| s.api_key.clone())
+                .ok_or(Unauthenticated)?
+        };
+        let value = HeaderValue::from_str(&api_key).map_err(|_| Unauthenticated)?;
+        headers.remove(header::AUTHORIZATION);
+        headers.insert(API_KEY_HEADER, value);
+        Ok(())
+    }
+
+    /// Checks Basic credentials against the `user:` entries and opens a session.
+    /// Returns the token and when it expires.
+    pub fn login(&self, headers: &HeaderMap) -> Result<(String, SystemTime), LoginRefused> {
+        let map = self.map();
+        if map.users.is_empty() {
+            return Err(LoginRefused::NoUsers);
+        }
+        let (name, password) = basic(headers).ok_or(LoginRefused::BadCredentials)?;
+        let user = map.users.get(&name).ok_or(LoginRefused::BadCredentials)?;
+        let digest: String = Sha256::digest(password.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if !digest.eq_ignore_ascii_case(user.password_sha256.trim()) {
+            return Err(LoginRefused::BadCredentials);
+        }
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let expires = SystemTime::now() + TOKEN_LIFETIME;
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                token.clone(),
+                Session {
+                    api_key: user.api_key.clone(),
+                    expires,
+                },
+            );
+        Ok((token, expires))
+    }
+
+    /// Ends the session of the request's bearer token; whether there was one.
+    pub fn logout(&self, headers: &HeaderMap) -> bool {
+        match bearer(headers) {
+            Some(token) => self
+                .sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(token)
+                .is_some(),
+            None => false,
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (name, password) = decoded.split_once(':')?;
+    Some((name.to_owned(), password.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth_with(json: &str) -> Auth {
+        let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&path, json).unwrap();
+        Auth::new(Some(path)).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn mapped_keys_are_replaced_and_others_pass() {
+        let auth = auth_with(r#"{"old": "new"}"#);
+        let mut mapped = headers(&[("D360-API-KEY", "old")]);
+        auth.authenticate(&mut mapped).unwrap();
+        assert_eq!(mapped["d360-api-key"], "new");
+        let mut other = headers(&[("D360-API-KEY", "other")]);
+        auth.authenticate(&mut other).unwrap();
+        assert_eq!(other["d360-api-key"], "other");
+    }
+
+    #[test]
+    fn login_then_bearer_becomes_the_api_key_until_logout() {
+        // sha256("pw") = 30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4
+        let auth = auth_with(
+            r#"{"user:admin": {"password_sha256": "30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4", "api_key": "K1"}}"#,
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("admin:pw")
+        );
+        let (token, _) = auth.login(&headers(&[("authorization", &basic)])).unwrap();
+        let bearer = format!("Bearer {token}");
+        let mut h = headers(&[("authorization", &bearer)]);
+        auth.authenticate(&mut h).unwrap();
+        assert_eq!(h["d360-api-key"], "K1");
+        assert!(h.get("authorization").is_none());
+        assert!(auth.logout(&headers(&[("authorization", &bearer)])));
+        assert_eq!(
+            auth.authenticate(&mut headers(&[("authorization", &bearer)])),
+            Err(Unauthenticated)
+        );
+        let wrong = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("admin:nope")
+        );
+        assert_eq!(
+            auth.login(&headers(&[("authorization", &wrong)])),
+            Err(LoginRefused::BadCredentials)
+        );
+    }
+
+    #[test]
+    fn reload_keeps_the_old_map_when_the_file_breaks() {
+        let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&path, r#"{"a": "b"}"#).unwrap();
+        let auth = Auth::new(Some(path.clone())).unwrap();
+        std::fs::write(&path, "not json").unwrap();
+        assert!(auth.reload().is_err());
+        let mut h = headers(&[("D360-API-KEY", "a")]);
+        auth.authenticate(&mut h).unwrap();
+        assert_eq!(h["d360-api-key"], "b");
+    }
+}

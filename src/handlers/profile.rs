@@ -1,0 +1,193 @@
+//! The profile photo, the two parts that are not plain JSON: reading the image itself
+//! (streamed from the url Cloud gives), and setting it through Cloud's resumable upload
+//! (`/uploads` -> `/upload:<id>` -> `profile_picture_handle`).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::time::{timeout_at, Instant};
+
+use super::{content_length, translate_answer, Reply};
+use crate::body::MediaDownload;
+use crate::error::{ProxyError, Unreadable};
+use crate::handlers::AppState;
+use crate::routes::Route;
+use crate::translate::errors::{onprem_error_for, OnPremError};
+use crate::translate::media::{check_upload_size, upload_kind};
+use crate::translate::profile::{
+    cloud_profile_picture_url, cloud_upload_handle, cloud_upload_session_path,
+};
+use crate::translate::TranslateError;
+
+const PHOTO_URL_QUERY: &str = "/whatsapp_business_profile?fields=profile_picture_url";
+
+fn unreadable(e: TranslateError) -> ProxyError {
+    ProxyError::UpstreamUnreadable(Unreadable::Shape(e))
+}
+
+fn json_of(body: &[u8]) -> Result<Value, ProxyError> {
+    serde_json::from_slice(body).map_err(|e| {
+        unreadable(TranslateError::invalid(
+            "response",
+            format!("is not JSON ({e})"),
+        ))
+    })
+}
+
+/// `GET /v1/settings/profile/photo` without `format=link`: the image bytes themselves.
+pub(super) async fn stream_photo(
+    state: &AppState,
+    headers: HeaderMap,
+) -> Result<Reply, ProxyError> {
+    let route = Route::PhotoGet { link: false };
+    let answer = state
+        .upstream
+        .exchange(Method::GET, PHOTO_URL_QUERY, &headers, None)
+        .await?;
+    if !answer.status.is_success() {
+        return translate_answer(&route, answer.status, &answer.body, state);
+    }
+    let url = cloud_profile_picture_url(&json_of(&answer.body)?).map_err(unreadable)?;
+    if url.is_empty() {
+        return Err(ProxyError::Rejected(OnPremError::new(
+            404,
+            1006,
+            "no profile photo is set",
+        )));
+    }
+    let uri: Uri = url.parse().map_err(|_| {
+        unreadable(TranslateError::invalid(
+            "profile_picture_url",
+            "is not a URL",
+        ))
+    })?;
+    // Meta's picture CDN needs no credentials: the API key stays with the upstream.
+    let deadline = Instant::now() + state.config.media_timeout;
+    let response = timeout_at(deadline, state.upstream.fetch(uri, HeaderMap::new()))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout {
+            after: state.config.media_timeout,
+        })??;
+    if !response.status().is_success() {
+        return Err(ProxyError::UpstreamUnreadable(Unreadable::Status(
+            response.status().as_u16(),
+        )));
+    }
+    let gzip = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let promised = if gzip {
+        None
+    } else {
+        content_length(response.headers())
+    };
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let body = MediaDownload::new(response.into_body(), gzip, promised, deadline);
+    let mut reply = Response::new(body.boxed_unsync());
+    *reply.status_mut() = StatusCode::OK;
+    let reply_headers = reply.headers_mut();
+    reply_headers.insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or(HeaderValue::from_static("image/jpeg")),
+    );
+    if let Some(length) = promised {
+        reply_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Ok(Reply::Stream(reply))
+}
+
+/// `POST /v1/settings/profile/photo`: raw jpeg/png (at most 5 MiB, so it is read whole: the
+/// first upload step needs its length) -> the three Cloud calls.
+pub(super) async fn upload_photo(
+    state: &AppState,
+    parts: &Parts,
+    headers: HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ProxyError> {
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let kind = upload_kind(content_type).map_err(rejected)?;
+    if kind.mime != "image/jpeg" && kind.mime != "image/png" {
+        return Err(rejected(TranslateError::invalid(
+            "Content-Type",
+            "must be image/jpeg or image/png for a profile photo",
+        )));
+    }
+    if let Some(length) = content_length(&parts.headers) {
+        check_upload_size(&kind, length).map_err(rejected)?;
+    }
+    let too_large = || {
+        rejected(TranslateError::TooLarge {
+            what: format!("{} profile photo", kind.mime),
+            limit: kind.limit,
+        })
+    };
+    let limit = usize::try_from(kind.limit).unwrap_or(usize::MAX);
+    let deadline = Instant::now() + state.config.media_timeout;
+    let photo: Bytes = match timeout_at(deadline, Limited::new(body, limit).collect()).await {
+        Err(_) => {
+            return Err(ProxyError::BodyTimeout {
+                after: state.config.media_timeout,
+            })
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => match e.downcast::<hyper::Error>() {
+            Ok(e) => return Err(ProxyError::BodyRead(*e)),
+            Err(_) => return Err(too_large()),
+        },
+    };
+    if photo.is_empty() {
+        return Err(rejected(TranslateError::missing(
+            "request body (the image)",
+        )));
+    }
+
+    let route = Route::PhotoPost;
+    let session = format!(
+        "/uploads?file_name=profile.{}&file_length={}&file_type={}",
+        kind.extension,
+        photo.len(),
+        kind.mime
+    );
+    let opened = state
+        .upstream
+        .exchange(Method::POST, &session, &headers, None)
+        .await?;
+    if !opened.status.is_success() {
+        return translate_answer(&route, opened.status, &opened.body, state);
+    }
+    let upload_path = cloud_upload_session_path(&json_of(&opened.body)?).map_err(unreadable)?;
+
+    let mut upload_headers = headers.clone();
+    upload_headers.insert("file_offset", HeaderValue::from_static("0"));
+    upload_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind.mime));
+    let uploaded = state
+        .upstream
+        .exchange(Method::POST, &upload_path, &upload_headers, Some(photo))
+        .await?;
+    if !uploaded.status.is_success() {
+        return translate_answer(&route, uploaded.status, &uploaded.body, state);
+    }
+    let handle = cloud_upload_handle(&json_of(&uploaded.body)?).map_err(unreadable)?;
+
+    let set = json!({"messaging_product": "whatsapp", "profile_picture_handle": handle});
+    let answer = state
+        .upstream
+        .exchange(
+            Method::POST,
+            "/whatsapp_business_profile",
+            &headers,
+            Some(Bytes::from(set.to_string())),
+        )
+        .await?;
+    translate_answer(&route, answer.status, &answer.body, state)
+}

@@ -1,0 +1,126 @@
+//! State the proxy keeps itself: application settings per API key, and login sessions.
+
+use http::HeaderMap;
+use serde_json::json;
+
+use super::Reply;
+use crate::auth::{LoginRefused, API_KEY_HEADER};
+use crate::error::ProxyError;
+use crate::handlers::AppState;
+use crate::translate::errors::{onprem_error_for, OnPremError};
+use crate::translate::settings::{
+    merge_settings, onprem_application_settings_answer, onprem_application_settings_patch,
+};
+use crate::translate::{parse_body, TranslateError};
+
+pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
+
+/// The API key documents are filed under: the key as it goes upstream (after the key map and
+/// login tokens), so one channel's state is the same whichever way its client authenticates.
+pub(super) fn api_key(upstream_headers: &HeaderMap) -> Result<&str, ProxyError> {
+    upstream_headers
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ProxyError::Rejected(OnPremError::new(
+                401,
+                1005,
+                "the D360-API-KEY header (or a login token) is required",
+            ))
+        })
+}
+
+/// GET shows, PATCH merges, DELETE resets to defaults.
+pub(super) async fn application(
+    state: &AppState,
+    method: &str,
+    upstream_headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reply, ProxyError> {
+    let key = api_key(upstream_headers)?;
+    let meta = &state.config.meta;
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    match method {
+        "GET" => {
+            let stored = state
+                .store
+                .load(APPLICATION_SETTINGS, key)
+                .await
+                .map_err(ProxyError::Storage)?;
+            Ok(Reply::Json(
+                200,
+                onprem_application_settings_answer(stored.as_ref(), meta),
+            ))
+        }
+        "PATCH" => {
+            let patch = onprem_application_settings_patch(&parse_body(body).map_err(rejected)?)
+                .map_err(rejected)?;
+            state
+                .store
+                .update(APPLICATION_SETTINGS, key, move |stored| {
+                    merge_settings(&stored.unwrap_or_else(|| json!({})), &patch)
+                })
+                .await
+                .map_err(ProxyError::Storage)?;
+            Ok(Reply::Json(200, json!({"meta": meta.to_value()})))
+        }
+        _ => {
+            state
+                .store
+                .update(APPLICATION_SETTINGS, key, |_| json!({}))
+                .await
+                .map_err(ProxyError::Storage)?;
+            Ok(Reply::Json(200, json!({"meta": meta.to_value()})))
+        }
+    }
+}
+
+/// `POST /v1/users/login`: Basic credentials -> a token, as On-Premise answered it.
+pub(super) fn login(state: &AppState, client_headers: &HeaderMap) -> Result<Reply, ProxyError> {
+    match state.auth.login(client_headers) {
+        Ok((token, expires)) => {
+            let expires = time::OffsetDateTime::from(expires);
+            let expires_after = format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+00:00",
+                expires.year(),
+                u8::from(expires.month()),
+                expires.day(),
+                expires.hour(),
+                expires.minute(),
+                expires.second()
+            );
+            Ok(Reply::Json(
+                200,
+                json!({"users": [{"token": token, "expires_after": expires_after}],
+                       "meta": state.config.meta.to_value()}),
+            ))
+        }
+        Err(LoginRefused::NoUsers) => Err(ProxyError::Rejected(OnPremError::new(
+            501,
+            1000,
+            "login needs \"user:<name>\" entries in the proxy's --key-map; 360dialog clients authenticate with D360-API-KEY",
+        ))),
+        Err(LoginRefused::BadCredentials) => Err(ProxyError::Rejected(OnPremError::new(
+            401,
+            1005,
+            "unknown user or wrong password",
+        ))),
+    }
+}
+
+/// `POST /v1/users/logout`: the token stops working.
+pub(super) fn logout(state: &AppState, client_headers: &HeaderMap) -> Result<Reply, ProxyError> {
+    if state.auth.logout(client_headers) {
+        Ok(Reply::Json(
+            200,
+            json!({"meta": state.config.meta.to_value()}),
+        ))
+    } else {
+        Err(ProxyError::Rejected(OnPremError::new(
+            401,
+            1005,
+            "no valid login token in the Authorization header",
+        )))
+    }
+}
