@@ -27,7 +27,12 @@ struct RunningProxy {
 }
 
 async fn start_binary(upstream: &str) -> RunningProxy {
+    start_binary_with(upstream, &[]).await
+}
+
+async fn start_binary_with(upstream: &str, env: &[(&str, &str)]) -> RunningProxy {
     let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
         .env("WABA_PROXY_LISTEN", "127.0.0.1:0")
         .env("WABA_PROXY_UPSTREAM", upstream)
         .env("WABA_PROXY_ONPREM_VERSION", "v2.49.3")
@@ -337,4 +342,82 @@ async fn an_invalid_upstream_is_refused_at_start_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--upstream ftp://example.com"), "{stderr}");
+}
+
+/// One request on an open keep-alive connection; returns the status line.
+async fn on_connection(stream: &mut tokio::net::TcpStream, body: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nd360-api-key: OLD-KEY\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed");
+        received.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&received).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                return text.lines().next().unwrap().to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_key_map_without_dropping_connections() {
+    let mock = MockUpstream::start().await;
+    let map = std::env::temp_dir().join(format!("keymap-{}.json", std::process::id()));
+    std::fs::write(&map, r#"{"OLD-KEY": "FIRST-NEW-KEY"}"#).unwrap();
+    let mut proxy = start_binary_with(
+        &mock.url(),
+        &[("WABA_PROXY_KEY_MAP", map.to_str().unwrap())],
+    )
+    .await;
+    let address = proxy.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let text = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    assert_eq!(
+        on_connection(&mut stream, text).await,
+        "HTTP/1.1 201 Created"
+    );
+    assert_eq!(
+        mock.requests()[0].header("d360-api-key"),
+        Some("FIRST-NEW-KEY")
+    );
+
+    std::fs::write(&map, r#"{"OLD-KEY": "SECOND-NEW-KEY"}"#).unwrap();
+    let pid = proxy.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The reload is logged once done; wait for that line (bounded).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !proxy.stderr.lock().unwrap().contains("key map reloaded") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("reload logged");
+
+    assert_eq!(
+        on_connection(&mut stream, text).await,
+        "HTTP/1.1 201 Created",
+        "same connection still served"
+    );
+    assert_eq!(
+        mock.requests()[1].header("d360-api-key"),
+        Some("SECOND-NEW-KEY")
+    );
+    proxy.child.kill().await.unwrap();
 }
