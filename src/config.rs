@@ -47,7 +47,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what an On-Premise request (body on stdin) would send upstream, as JSON.
     Translate(TranslateArgs),
 }
@@ -110,6 +110,35 @@ pub struct ServeArgs {
     /// ("user:<name>": {"password_sha256", "api_key"}); re-read on SIGHUP.
     #[arg(long, env = "WABA_PROXY_KEY_MAP")]
     pub key_map: Option<PathBuf>,
+    /// Public base URL of this proxy (https, no port, no `_` in the host: Cloud's rules), used to
+    /// register `<public-url>/cloud-webhooks/<channel>` upstream when a client sets its webhook.
+    #[arg(long, env = "WABA_PROXY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Legacy webhook URL of the single-channel sidecar (channel `default`).
+    #[arg(
+        long,
+        env = "WABA_PROXY_LEGACY_WEBHOOK_URL",
+        requires = "webhook_secret"
+    )]
+    pub legacy_webhook_url: Option<String>,
+    /// Secret Cloud must send in `X-Webhook-Secret` to `/cloud-webhooks/default`.
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Bearer token for `/admin/...`; without it the admin routes do not exist.
+    #[arg(long, env = "WABA_PROXY_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// How long undelivered webhooks are retried before the dead-letter table, in seconds.
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_RETRY_SECS", default_value_t = 7 * 24 * 3600)]
+    pub webhook_retry_secs: u64,
+    /// Time a legacy receiver has to answer one delivery, in milliseconds.
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Deliveries in flight at once (to different recipients).
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+    /// Largest inbound webhook post accepted, in bytes (larger: 413).
+    #[arg(long, env = "WABA_PROXY_MAX_WEBHOOK_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_webhook_bytes: usize,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "WABA_PROXY_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
@@ -130,6 +159,14 @@ pub struct Config {
     pub media_timeout: Duration,
     pub data_dir: PathBuf,
     pub key_map: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub legacy_webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub admin_token: Option<String>,
+    pub webhook_retry_period: Duration,
+    pub webhook_delivery_timeout: Duration,
+    pub webhook_concurrency: usize,
+    pub max_webhook_bytes: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -192,8 +229,47 @@ impl UpstreamRoot {
     }
 }
 
+fn validate_http_url(flag: &'static str, url: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::Url {
+        flag,
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(url.to_owned()),
+        _ => Err(bad("needs http:// or https:// and a host")),
+    }
+}
+
+/// Cloud refuses webhook URLs with `_` in the host or an explicit port.
+fn validate_public_url(url: &str) -> Result<String, ConfigError> {
+    let url = validate_http_url("public-url", url)?;
+    let bad = |reason: &str| ConfigError::Url {
+        flag: "public-url",
+        url: url.clone(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    if uri.host().is_some_and(|h| h.contains('_')) {
+        return Err(bad("the Cloud API refuses webhook hosts with '_'"));
+    }
+    if uri.port().is_some() {
+        return Err(bad(
+            "the Cloud API refuses webhook URLs with an explicit port",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--{flag} {url}: {reason}")]
+    Url {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
     #[error("--upstream {url}: {reason}")]
     Upstream { url: String, reason: String },
     #[error("--{flag} must be greater than zero")]
@@ -232,6 +308,22 @@ impl ServeArgs {
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
             data_dir: self.data_dir.clone(),
             key_map: self.key_map.clone(),
+            public_url: self
+                .public_url
+                .as_deref()
+                .map(validate_public_url)
+                .transpose()?,
+            legacy_webhook_url: self
+                .legacy_webhook_url
+                .as_deref()
+                .map(|url| validate_http_url("legacy-webhook-url", url))
+                .transpose()?,
+            webhook_secret: self.webhook_secret.clone(),
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            webhook_retry_period: Duration::from_secs(self.webhook_retry_secs),
+            webhook_delivery_timeout: positive(self.webhook_timeout_ms, "webhook-timeout-ms")?,
+            webhook_concurrency: self.webhook_concurrency.max(1),
+            max_webhook_bytes: self.max_webhook_bytes,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }
@@ -263,7 +355,7 @@ mod tests {
 
     fn serve(args: &[&str]) -> ServeArgs {
         match parse(args).command {
-            Command::Serve(serve) => serve,
+            Command::Serve(serve) => *serve,
             other => panic!("not serve: {other:?}"),
         }
     }
@@ -318,6 +410,22 @@ mod tests {
         assert!(UpstreamRoot::parse("ftp://x").is_err());
         assert!(UpstreamRoot::parse("waba-v2.360dialog.io").is_err());
         assert!(UpstreamRoot::parse("https://user:pw@waba-v2.360dialog.io").is_err());
+    }
+
+    #[test]
+    fn public_url_follows_clouds_webhook_rules() {
+        assert!(validate_public_url("https://proxy.example.com/").is_ok());
+        assert!(validate_public_url("https://my_proxy.example.com").is_err());
+        assert!(validate_public_url("https://proxy.example.com:8443").is_err());
+        assert!(validate_public_url("proxy.example.com").is_err());
+    }
+
+    #[test]
+    fn legacy_webhook_url_needs_a_secret() {
+        assert!(Cli::parse_with_default(
+            ["x", "--legacy-webhook-url", "http://crm/hook"].map(str::to_owned)
+        )
+        .is_err());
     }
 
     #[test]

@@ -40,6 +40,17 @@ pub enum Route {
     Login,
     /// `POST /v1/users/logout`.
     Logout,
+    /// `POST /cloud-webhooks/{channel}`: inbound Cloud webhooks for one channel.
+    InboundWebhook { channel: String },
+    /// `GET/POST /v1/configs/webhook` (360dialog's): the client's legacy URL, kept by the proxy,
+    /// which registers its own inbound URL upstream.
+    WebhookConfig,
+    /// `GET /admin/webhooks/stats`.
+    AdminStats,
+    /// `GET /admin/webhooks/dead`.
+    AdminDead,
+    /// `POST /admin/webhooks/dead/{id}/replay`.
+    AdminReplay { dead_id: String },
     /// `POST /v1/contacts`, answered locally.
     Contacts,
     /// `GET /v1/health`, answered locally.
@@ -113,6 +124,15 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         }
         ("POST", ["v1", "users", "login"]) => Route::Login,
         ("POST", ["v1", "users", "logout"]) => Route::Logout,
+        ("POST", ["cloud-webhooks", channel]) => Route::InboundWebhook {
+            channel: decode_segment(channel).into_owned(),
+        },
+        ("GET" | "POST", ["v1", "configs", "webhook"]) => Route::WebhookConfig,
+        ("GET", ["admin", "webhooks", "stats"]) => Route::AdminStats,
+        ("GET", ["admin", "webhooks", "dead"]) => Route::AdminDead,
+        ("POST", ["admin", "webhooks", "dead", id, "replay"]) => Route::AdminReplay {
+            dead_id: (*id).to_owned(),
+        },
         ("POST", ["v1", "contacts"]) => Route::Contacts,
         ("GET", ["v1", "health"]) => Route::Health,
         ("GET" | "POST" | "DELETE", ["v1", "configs", "templates", ..]) => Route::PassThrough,

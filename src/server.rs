@@ -29,6 +29,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
     reload_key_map_on_sighup(state.clone());
+    // Undelivered webhooks from before a crash start going out at once.
+    let delivery = tokio::spawn(crate::relay::deliver_forever(state.clone()));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -57,6 +59,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         }
     }
     drop(listener);
+    // Deliveries in flight are simply retried after the restart (at least once).
+    delivery.abort();
     info!("shutting down: draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => info!("all connections drained"),

@@ -160,6 +160,28 @@ impl Upstream {
         self.client.request(request).await.map_err(client_error)
     }
 
+    /// POSTs bytes to any URL (a legacy webhook receiver) and drains the answer; the status
+    /// is all that matters.
+    pub async fn post_absolute(
+        &self,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<StatusCode, ProxyError> {
+        let mut request = Request::builder().method(Method::POST).uri(uri);
+        if let Some(h) = request.headers_mut() {
+            *h = headers;
+        }
+        let request = request.body(full(body)).map_err(ProxyError::Internal)?;
+        let response = self.client.request(request).await.map_err(client_error)?;
+        let status = response.status();
+        // Read (a bounded amount of) the answer so the connection can be reused.
+        let _ = Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        Ok(status)
+    }
+
     /// Reads a whole (JSON) answer, bounded in size and gzip-decoded.
     pub async fn read_answer(
         &self,

@@ -9,6 +9,8 @@
 //!   `translate` command prints) or `<case>.error.json`;
 //! - `media_providers/<case>.onprem.json` (a providers POST body) -> `<case>.stored.json` (what
 //!   the proxy keeps) or `<case>.error.json`;
+//! - `webhooks/<case>.cloud.json` (a Cloud webhook post, or `{"_options","envelope"}`) ->
+//!   `<case>.onprem.json` (`{"payloads","skipped"}`) or `<case>.error.json` (refused);
 //! - `responses/<case>.cloud.json` (`{"route","status","body"|"body_text"}`) ->
 //!   `<case>.onprem.json` (`{"status","body"}`).
 
@@ -25,6 +27,7 @@ use waba_onprem_proxy::translate::errors::onprem_error_for;
 use waba_onprem_proxy::translate::media::onprem_media_providers;
 use waba_onprem_proxy::translate::messages::onprem_to_cloud_send;
 use waba_onprem_proxy::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request};
+use waba_onprem_proxy::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
 use waba_onprem_proxy::translate::Meta;
 
 fn meta() -> Meta {
@@ -95,7 +98,13 @@ fn error_value(status: u16, body: Value) -> Value {
 }
 
 /// The areas this file runs. A folder that is not one of them would never run: that fails.
-const AREAS: [&str; 4] = ["media_providers", "messages", "requests", "responses"];
+const AREAS: [&str; 5] = [
+    "media_providers",
+    "messages",
+    "requests",
+    "responses",
+    "webhooks",
+];
 
 #[test]
 fn every_fixture_folder_is_an_area_that_runs() {
@@ -286,4 +295,49 @@ fn media_providers_fixtures_validate_what_clients_register() {
         check(&mut failures, &file, &read(&file), &actual);
     }
     finish("media_providers", cases.len(), failures);
+}
+
+#[test]
+fn webhooks_fixtures_translate_cloud_events_to_onprem_payloads() {
+    let mut failures = Vec::new();
+    let cases = cases("webhooks");
+    for (case, sides) in &cases {
+        let input = read(&path("webhooks", case, "cloud"));
+        let (envelope, options) = match input.get("_options") {
+            Some(options) => (
+                input["envelope"].clone(),
+                WebhookOptions {
+                    sent_status: options["sent_status"].as_bool().unwrap_or(true),
+                },
+            ),
+            None => (input.clone(), WebhookOptions::default()),
+        };
+        let result = cloud_to_onprem_webhook(&envelope, options);
+        match (
+            sides
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            result,
+        ) {
+            (["cloud", "onprem"], Ok(translation)) => {
+                let actual = json!({
+                    "payloads": translation.payloads.iter().map(|p| p.body.clone()).collect::<Vec<_>>(),
+                    "skipped": translation.skipped,
+                });
+                let file = path("webhooks", case, "onprem");
+                check(&mut failures, &file, &read(&file), &actual);
+            }
+            (["cloud", "error"], Err(_)) => {}
+            (["cloud", "error"], Ok(t)) => failures.push(format!(
+                "fixtures/webhooks/{case}: expected refusal, got {t:?}"
+            )),
+            (["cloud", "onprem"], Err(e)) => {
+                failures.push(format!("fixtures/webhooks/{case}: refused: {e}"))
+            }
+            (other, _) => panic!("fixtures/webhooks/{case}: orphan or extra files {other:?}"),
+        }
+    }
+    finish("webhooks", cases.len(), failures);
 }

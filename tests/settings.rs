@@ -252,24 +252,24 @@ async fn application_settings_are_kept_per_key_and_echoed() {
     let defaults = send_json(&proxy, "GET", "/v1/settings/application", "").await;
     assert_eq!(
         defaults.json(),
-        json!({"settings": {"application": {"sent_status": false, "webhooks": {"url": ""}}}, "meta": meta()})
+        json!({"settings": {"application": {"sent_status": true, "webhooks": {"url": ""}}}, "meta": meta()})
     );
-    let patch = r#"{"webhooks": {"url": "https://crm.example/hook", "message": {"delivered": true}}, "sent_status": true, "callback_persist": true}"#;
+    let patch = r#"{"webhooks": {"message": {"delivered": true}}, "sent_status": false, "callback_persist": true}"#;
     let patched = send_json(&proxy, "PATCH", "/v1/settings/application", patch).await;
     assert_eq!(patched.status, 200, "{:?}", patched.body);
     let again = send_json(
         &proxy,
         "PATCH",
         "/v1/settings/application",
-        r#"{"webhooks": {"url": "https://crm.example/v2"}}"#,
+        r#"{"webhooks": {"max_concurrent_requests": 12}}"#,
     )
     .await;
     assert_eq!(again.status, 200);
     let read = send_json(&proxy, "GET", "/v1/settings/application", "").await;
     assert_eq!(
         read.json()["settings"]["application"],
-        json!({"sent_status": true, "callback_persist": true,
-               "webhooks": {"url": "https://crm.example/v2", "message": {"delivered": true}}})
+        json!({"sent_status": false, "callback_persist": true,
+               "webhooks": {"url": "", "message": {"delivered": true}, "max_concurrent_requests": 12}})
     );
     let other = send(
         &proxy,
@@ -279,10 +279,7 @@ async fn application_settings_are_kept_per_key_and_echoed() {
         "",
     )
     .await;
-    assert_eq!(
-        other.json()["settings"]["application"]["sent_status"],
-        false
-    );
+    assert_eq!(other.json()["settings"]["application"]["sent_status"], true);
     let bad = send_json(
         &proxy,
         "PATCH",

@@ -6,6 +6,7 @@ mod media;
 mod profile;
 mod providers;
 mod settings;
+mod webhooks;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::auth::{Auth, KeyMapError};
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::error::{ProxyError, Unreadable};
+use crate::relay::Relay;
 use crate::routes::{route, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
@@ -36,12 +38,23 @@ pub struct AppState {
     pub upstream: Upstream,
     pub store: Store,
     pub auth: Auth,
+    pub relay: Relay,
+}
+
+/// Why the proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    KeyMap(#[from] KeyMapError),
+    #[error("cannot open the webhook outbox in the data directory: {0}")]
+    Outbox(#[from] rusqlite::Error),
 }
 
 impl AppState {
-    /// Fails only when the key map file cannot be read.
-    pub fn new(config: Config) -> Result<AppState, KeyMapError> {
+    /// Fails when the key map cannot be read or the outbox cannot be opened.
+    pub fn new(config: Config) -> Result<AppState, StartError> {
         let auth = Auth::new(config.key_map.clone())?;
+        let relay = Relay::open(&config)?;
         let upstream = Upstream::new(&config);
         let store = Store::new(config.data_dir.clone());
         Ok(AppState {
@@ -49,6 +62,7 @@ impl AppState {
             upstream,
             store,
             auth,
+            relay,
         })
     }
 }
@@ -115,6 +129,12 @@ async fn serve(
     match &route {
         Route::Login => return settings::login(state, &parts.headers),
         Route::Logout => return settings::logout(state, &parts.headers),
+        Route::InboundWebhook { channel } => {
+            return webhooks::inbound(state, channel, &parts.headers, body).await
+        }
+        Route::AdminStats | Route::AdminDead | Route::AdminReplay { .. } => {
+            return webhooks::admin(state, &route, &parts.headers).await
+        }
         _ => {}
     }
     let mut headers = upstream_headers(&parts, request_id);
@@ -144,6 +164,7 @@ async fn serve(
         Route::ApplicationSettings => {
             return settings::application(state, &method, &headers, &body).await
         }
+        Route::WebhookConfig => return webhooks::config(state, &method, &headers, &body).await,
         Route::SendMessage => {
             if let Ok(message) = crate::translate::parse_body(&body) {
                 match providers::resolve_provider_link(state, &headers, &message).await? {

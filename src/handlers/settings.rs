@@ -56,6 +56,15 @@ pub(super) async fn application(
         "PATCH" => {
             let patch = onprem_application_settings_patch(&parse_body(body).map_err(rejected)?)
                 .map_err(rejected)?;
+            // Meta's own form of setting the webhook: the relay takes it like /v1/configs/webhook.
+            if let Some(url) = patch.pointer("/webhooks/url").and_then(|u| u.as_str()) {
+                if !url.is_empty() {
+                    super::webhooks::register(state, upstream_headers, url, Vec::new()).await?;
+                }
+            }
+            if let Some(sent_status) = patch.get("sent_status").and_then(|s| s.as_bool()) {
+                super::webhooks::follow_sent_status(state, key, sent_status).await;
+            }
             state
                 .store
                 .update(APPLICATION_SETTINGS, key, move |stored| {

@@ -99,6 +99,46 @@ fn map_cloud_code(cloud_code: i64) -> Option<(i64, u16)> {
     })
 }
 
+/// An error object inside a Cloud webhook (`statuses[].errors[]`, `messages[].errors[]`,
+/// `value.errors[]`) -> the On-Premise webhook error: code mapped, `details` from
+/// `error_data`, `message` and `error_data` dropped, the Cloud code kept as `cloud_code`.
+pub fn cloud_to_onprem_webhook_error(error: &Value) -> Value {
+    let Value::Object(error) = error else {
+        return error.clone();
+    };
+    let cloud_code = error.get("code").and_then(Value::as_i64);
+    let code = cloud_code
+        .map(|c| map_cloud_code(c).map(|(code, _)| code).unwrap_or(c))
+        .unwrap_or(1000);
+    let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
+    let title = onprem_title(code)
+        .map(str::to_owned)
+        .or_else(|| text("title"))
+        .or_else(|| text("message"))
+        .unwrap_or_else(|| "Generic error".to_owned());
+    let details = match error.get("error_data") {
+        Some(Value::Object(data)) => data
+            .get("details")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        Some(Value::String(data)) => Some(data.clone()),
+        _ => None,
+    }
+    .or_else(|| text("message"))
+    .unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    out.insert("code".into(), Value::from(code));
+    out.insert("title".into(), Value::from(title));
+    out.insert("details".into(), Value::from(details));
+    if let Some(cloud_code) = cloud_code {
+        out.insert("cloud_code".into(), Value::from(cloud_code));
+    }
+    if let Some(href) = error.get("href") {
+        out.insert("href".into(), href.clone());
+    }
+    Value::Object(out)
+}
+
 /// The On-Premise code for an error that came without a Cloud code (360dialog's gateway,
 /// non-JSON or empty bodies), judged by the HTTP status alone.
 fn code_for_status(status: u16) -> i64 {

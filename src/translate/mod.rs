@@ -12,6 +12,7 @@ pub mod profile;
 pub mod request;
 pub mod settings;
 pub mod templates;
+pub mod webhooks;
 
 use serde_json::{json, Map, Value};
 
@@ -93,6 +94,14 @@ pub(crate) fn as_object<'a>(
         Value::Null => Err(TranslateError::missing(path)),
         _ => Err(TranslateError::wrong_type(path, "an object")),
     }
+}
+
+/// [`as_object`] for the shell, which validates a few bodies of its own.
+pub fn as_object_pub<'a>(
+    value: &'a Value,
+    path: &str,
+) -> Result<&'a Map<String, Value>, TranslateError> {
+    as_object(value, path)
 }
 
 /// A required string field of `map`, `path` being the map's own path ("" at top level).

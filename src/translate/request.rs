@@ -116,7 +116,14 @@ pub fn onprem_to_cloud_request(
             1000,
             "removing the profile photo is not possible on the Cloud API",
         )),
-        Route::ApplicationSettings | Route::Login | Route::Logout => Err(OnPremError::new(
+        Route::ApplicationSettings
+        | Route::Login
+        | Route::Logout
+        | Route::InboundWebhook { .. }
+        | Route::WebhookConfig
+        | Route::AdminStats
+        | Route::AdminDead
+        | Route::AdminReplay { .. } => Err(OnPremError::new(
             501,
             1000,
             "answered by the running proxy from its own state; nothing is sent upstream",

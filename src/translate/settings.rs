@@ -6,9 +6,10 @@ use serde_json::{json, Map, Value};
 
 use super::{as_object, Meta, TranslateError};
 
-/// What GET shows before anything was set: On-Premise's defaults for what the proxy uses.
+/// What GET shows before anything was set. `sent_status` starts on: Cloud always reports
+/// `sent`, and a client that never asked to turn it off should lose nothing.
 pub fn default_application_settings() -> Value {
-    json!({"sent_status": false, "webhooks": {"url": ""}})
+    json!({"sent_status": true, "webhooks": {"url": ""}})
 }
 
 /// Validates a PATCH body (flat, or nested as GET answers it) and returns the patch.

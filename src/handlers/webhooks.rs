@@ -1,0 +1,280 @@
+//! The webhook side of the shell: Cloud's inbound posts, the client's webhook configuration
+//! (360dialog's `/v1/configs/webhook`, or `webhooks.url` in application settings), and the
+//! operator's admin routes.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::Method;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::settings::{api_key, APPLICATION_SETTINGS};
+use super::{translate_answer, Reply};
+use crate::error::ProxyError;
+use crate::handlers::AppState;
+use crate::relay::{
+    channel_for_key, configure_channel, now_ms, webhook_config_answer, Refused, SECRET_HEADER,
+};
+use crate::routes::Route;
+use crate::translate::errors::{onprem_error_for, OnPremError};
+use crate::translate::{as_object_pub, parse_body, TranslateError};
+
+/// `POST /cloud-webhooks/{channel}`: 200 only once the event is committed to disk.
+pub(super) async fn inbound(
+    state: &AppState,
+    channel: &str,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ProxyError> {
+    let limit = state.config.max_webhook_bytes;
+    let too_large = || ProxyError::BodyTooLarge { limit };
+    if super::content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let raw = match tokio::time::timeout(
+        state.config.body_read_timeout,
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ProxyError::BodyTimeout {
+                after: state.config.body_read_timeout,
+            })
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => match e.downcast::<hyper::Error>() {
+            Ok(e) => return Err(ProxyError::BodyRead(*e)),
+            Err(_) => return Err(too_large()),
+        },
+    };
+    let secret = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
+    match state.relay.ingest(channel, secret, raw).await {
+        Ok(()) => Ok(Reply::Json(200, json!({}))),
+        Err(Refused::UnknownChannel) => Err(rejected(
+            404,
+            1006,
+            format!("no webhook channel named {channel}"),
+        )),
+        Err(Refused::BadSecret) => Err(rejected(
+            401,
+            1005,
+            "missing or wrong X-Webhook-Secret".to_owned(),
+        )),
+        // Not stored: a 5xx makes Cloud send it again.
+        Err(Refused::Storage) => Err(rejected(
+            503,
+            1011,
+            "the event could not be stored; send it again".to_owned(),
+        )),
+    }
+}
+
+fn rejected(status: u16, code: i64, details: String) -> ProxyError {
+    ProxyError::Rejected(OnPremError::new(status, code, details))
+}
+
+/// `GET/POST /v1/configs/webhook`.
+pub(super) async fn config(
+    state: &AppState,
+    method: &str,
+    upstream_headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reply, ProxyError> {
+    let key = api_key(upstream_headers)?;
+    let meta = state.config.meta.to_value();
+    if method == "GET" {
+        let (name, _) = channel_for_key(key);
+        let outbox = state.relay.outbox.clone();
+        let channel = tokio::task::spawn_blocking(move || outbox.channel(&name))
+            .await
+            .map_err(|_| storage())?
+            .map_err(|_| storage())?;
+        let mut answer = webhook_config_answer(channel.as_ref());
+        answer["meta"] = meta;
+        return Ok(Reply::Json(200, answer));
+    }
+    let bad = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    let body = parse_body(body).map_err(bad)?;
+    let request = as_object_pub(&body, "request body").map_err(bad)?;
+    let url = match request.get("url") {
+        Some(Value::String(url)) => url.clone(),
+        None | Some(Value::Null) => return Err(bad(TranslateError::missing("url"))),
+        Some(_) => return Err(bad(TranslateError::wrong_type("url", "a string"))),
+    };
+    let headers = match request.get("headers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(headers)) => headers
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(v) => Ok((k.clone(), v.clone())),
+                _ => Err(bad(TranslateError::wrong_type(
+                    format!("headers.{k}"),
+                    "a string",
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(bad(TranslateError::wrong_type("headers", "an object"))),
+    };
+    register(state, upstream_headers, &url, headers).await?;
+    Ok(Reply::Json(200, json!({"url": url, "meta": meta})))
+}
+
+fn storage() -> ProxyError {
+    ProxyError::Storage(std::io::Error::other("webhook outbox unavailable"))
+}
+
+/// Keeps the client's legacy URL for its key and registers the proxy's own inbound URL (with
+/// the channel's secret) upstream, so Cloud's events come to the proxy first.
+pub(super) async fn register(
+    state: &AppState,
+    upstream_headers: &HeaderMap,
+    legacy_url: &str,
+    headers: Vec<(String, String)>,
+) -> Result<(), ProxyError> {
+    let lower = legacy_url.to_ascii_lowercase();
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
+        return Err(ProxyError::Rejected(onprem_error_for(
+            &TranslateError::invalid("url", "must start with http:// or https://"),
+        )));
+    }
+    let Some(public_url) = state.config.public_url.clone() else {
+        return Err(rejected(
+            501,
+            1000,
+            "this proxy has no --public-url, so it cannot register its inbound webhook URL upstream; \
+             for a single channel configure --legacy-webhook-url and --webhook-secret instead"
+                .to_owned(),
+        ));
+    };
+    let key = api_key(upstream_headers)?.to_owned();
+    let stored = state
+        .store
+        .load(APPLICATION_SETTINGS, &key)
+        .await
+        .map_err(ProxyError::Storage)?;
+    let sent_status = stored
+        .as_ref()
+        .and_then(|s| s.get("sent_status"))
+        .and_then(Value::as_bool);
+    let outbox = state.relay.outbox.clone();
+    let legacy_url = legacy_url.to_owned();
+    let channel = tokio::task::spawn_blocking(move || {
+        configure_channel(&outbox, &key, &legacy_url, headers, sent_status)
+    })
+    .await
+    .map_err(|_| storage())?
+    .map_err(|_| storage())?;
+
+    let registration = json!({
+        "url": format!("{public_url}/cloud-webhooks/{}", channel.name),
+        "headers": {"X-Webhook-Secret": channel.secret},
+    });
+    let answer = state
+        .upstream
+        .exchange(
+            Method::POST,
+            "/v1/configs/webhook",
+            upstream_headers,
+            Some(Bytes::from(registration.to_string())),
+        )
+        .await?;
+    if !answer.status.is_success() {
+        return match translate_answer(&Route::WebhookConfig, answer.status, &answer.body, state)? {
+            Reply::Json(status, body) => Err(ProxyError::Rejected(OnPremError {
+                status,
+                code: body["errors"][0]["code"].as_i64().unwrap_or(1000),
+                title: body["errors"][0]["title"]
+                    .as_str()
+                    .unwrap_or("Generic error")
+                    .to_owned(),
+                details: body["errors"][0]["details"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                cloud_code: body["errors"][0]["cloud_code"].as_i64(),
+                cloud_subcode: None,
+            })),
+            Reply::Stream(_) => Err(rejected(
+                502,
+                1000,
+                "upstream refused the webhook registration".to_owned(),
+            )),
+        };
+    }
+    Ok(())
+}
+
+/// `sent_status` changed in application settings: the channel's deliveries follow.
+pub(super) async fn follow_sent_status(state: &AppState, api_key: &str, sent_status: bool) {
+    let (name, _) = channel_for_key(api_key);
+    let outbox = state.relay.outbox.clone();
+    let _ = tokio::task::spawn_blocking(move || outbox.set_sent_status(&name, sent_status)).await;
+}
+
+/// The admin routes exist only with `--admin-token`, and need it as a bearer token.
+fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let Some(token) = &state.config.admin_token else {
+        return Err(rejected(
+            404,
+            1006,
+            "no such endpoint (admin routes need --admin-token)".to_owned(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+    {
+        Ok(())
+    } else {
+        Err(rejected(
+            401,
+            1005,
+            "admin routes need Authorization: Bearer <admin token>".to_owned(),
+        ))
+    }
+}
+
+pub(super) async fn admin(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Reply, ProxyError> {
+    admin_allowed(state, headers)?;
+    let outbox = state.relay.outbox.clone();
+    let route = route.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<(u16, Value), rusqlite::Error> {
+        match route {
+            Route::AdminStats => Ok((
+                200,
+                serde_json::to_value(outbox.stats(now_ms())?).unwrap_or_default(),
+            )),
+            Route::AdminDead => Ok((200, json!({"dead": outbox.dead(1000)?}))),
+            Route::AdminReplay { dead_id } => match dead_id.parse::<i64>() {
+                Ok(id) if outbox.replay(id, now_ms())? => Ok((200, json!({"replayed": id}))),
+                _ => Ok((
+                    404,
+                    json!({"errors": [{"code": 1006, "title": "Resource not found",
+                    "details": format!("no replayable dead-letter entry {dead_id}")}]}),
+                )),
+            },
+            _ => Ok((404, json!({}))),
+        }
+    })
+    .await
+    .map_err(|_| storage())?
+    .map_err(|_| storage())?;
+    if answer.0 == 200 {
+        state.relay.wake();
+    }
+    Ok(Reply::Json(answer.0, answer.1))
+}

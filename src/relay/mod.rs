@@ -1,0 +1,379 @@
+//! Inbound Cloud webhooks -> durable outbox -> delivery to the client's legacy webhook URL in
+//! On-Premise shape. An event is acknowledged only once committed; delivery is at least once,
+//! retried with backoff, in order per recipient, and resumes after any crash.
+
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Uri;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::handlers::AppState;
+use crate::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
+use outbox::{Channel, Outbox, Outcome};
+
+/// Header the inbound post must carry; its value is the channel's secret.
+pub const SECRET_HEADER: &str = "x-webhook-secret";
+/// The flag-configured channel of a single-channel sidecar.
+pub const DEFAULT_CHANNEL: &str = "default";
+
+/// Upper bound on one wait of the delivery loop when nothing is due sooner.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Payloads fetched per delivery round.
+const ROUND_SIZE: usize = 256;
+
+pub struct Relay {
+    pub outbox: Arc<Outbox>,
+    wake: Notify,
+}
+
+/// Why an inbound post was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    UnknownChannel,
+    BadSecret,
+    /// Could not be stored: upstream must retry.
+    Storage,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The channel name for an API key: derived, so the key itself appears nowhere.
+pub fn channel_for_key(api_key: &str) -> (String, String) {
+    let hash: String = Sha256::digest(api_key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (format!("k{}", &hash[..24]), hash)
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+impl Relay {
+    pub fn open(config: &Config) -> Result<Relay, rusqlite::Error> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let outbox = Outbox::open(&config.data_dir.join("webhooks.sqlite3"))?;
+        if let (Some(url), Some(secret)) = (&config.legacy_webhook_url, &config.webhook_secret) {
+            let existing = outbox.channel(DEFAULT_CHANNEL)?;
+            outbox.upsert_channel(&Channel {
+                name: DEFAULT_CHANNEL.to_owned(),
+                secret: secret.clone(),
+                legacy_url: url.clone(),
+                headers: existing
+                    .as_ref()
+                    .map(|c| c.headers.clone())
+                    .unwrap_or_default(),
+                sent_status: existing.as_ref().map(|c| c.sent_status).unwrap_or(true),
+                api_key_hash: None,
+            })?;
+        }
+        Ok(Relay {
+            outbox: Arc::new(outbox),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Stores one inbound post (after checking the channel's secret) and wakes delivery.
+    pub async fn ingest(
+        &self,
+        channel: &str,
+        secret: Option<&[u8]>,
+        raw: Bytes,
+    ) -> Result<(), Refused> {
+        let outbox = self.outbox.clone();
+        let channel = channel.to_owned();
+        let secret = secret.map(<[u8]>::to_vec);
+        let result = tokio::task::spawn_blocking(move || {
+            let Some(found) = outbox.channel(&channel).map_err(|_| Refused::Storage)? else {
+                return Err(Refused::UnknownChannel);
+            };
+            match secret {
+                Some(given) if same_secret(&given, found.secret.as_bytes()) => {}
+                _ => return Err(Refused::BadSecret),
+            }
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let options = WebhookOptions {
+                sent_status: found.sent_status,
+            };
+            let translated = serde_json::from_slice::<Value>(&raw)
+                .map_err(|e| e.to_string())
+                .and_then(|v| cloud_to_onprem_webhook(&v, options).map_err(|e| e.to_string()));
+            match translated {
+                Ok(translation) => {
+                    let ingested = outbox
+                        .ingest(&channel, &text, &translation.payloads, translation.skipped.len(), now_ms())
+                        .map_err(|_| Refused::Storage)?;
+                    debug!(channel = %channel, stored = ingested.stored, duplicates = ingested.duplicates,
+                        skipped = translation.skipped.len(), "webhook stored");
+                    Ok(())
+                }
+                // Not a Cloud webhook: kept for the operator, acknowledged (a re-send would not
+                // make it readable).
+                Err(reason) => outbox
+                    .store_unreadable(&channel, &text, &reason, now_ms())
+                    .map_err(|_| Refused::Storage),
+            }
+        })
+        .await
+        .map_err(|_| Refused::Storage)?;
+        if result.is_ok() {
+            self.wake.notify_one();
+        }
+        result
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The delivery loop: runs until the task is aborted. Each round takes the due heads (one per
+/// recipient), delivers them concurrently, and records the outcomes in one transaction.
+pub async fn deliver_forever(state: Arc<AppState>) {
+    let relay = &state.relay;
+    let mut last_prune = 0i64;
+    loop {
+        let outbox = relay.outbox.clone();
+        let now = now_ms();
+        let due = tokio::task::spawn_blocking(move || outbox.due(now, ROUND_SIZE)).await;
+        let due = match due {
+            Ok(Ok(due)) => due,
+            Ok(Err(error)) => {
+                warn!(%error, "outbox unreadable; retrying");
+                wait(relay, IDLE_POLL).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        if due.is_empty() {
+            let outbox = relay.outbox.clone();
+            let next = tokio::task::spawn_blocking(move || outbox.next_due_at())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let pause = next
+                .map(|at| {
+                    Duration::from_millis(
+                        (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64
+                    )
+                })
+                .unwrap_or(IDLE_POLL);
+            if now - last_prune > 60_000 {
+                last_prune = now;
+                let outbox = relay.outbox.clone();
+                let before = now - state.config.webhook_retry_period.as_millis() as i64;
+                let _ = tokio::task::spawn_blocking(move || outbox.prune(before)).await;
+            }
+            wait(relay, pause).await;
+            continue;
+        }
+        let mut deliveries = JoinSet::new();
+        let mut outcomes = Vec::with_capacity(due.len());
+        for item in due {
+            if deliveries.len() >= state.config.webhook_concurrency {
+                if let Some(Ok(outcome)) = deliveries.join_next().await {
+                    outcomes.push(outcome);
+                }
+            }
+            let state = state.clone();
+            deliveries.spawn(async move { deliver_one(&state, item).await });
+        }
+        while let Some(joined) = deliveries.join_next().await {
+            if let Ok(outcome) = joined {
+                outcomes.push(outcome);
+            }
+        }
+        let outbox = relay.outbox.clone();
+        let recorded =
+            tokio::task::spawn_blocking(move || outbox.record(&outcomes, now_ms())).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            warn!("delivery outcomes not recorded; those payloads will be delivered again");
+            wait(relay, IDLE_POLL).await;
+        }
+    }
+}
+
+async fn wait(relay: &Relay, at_most: Duration) {
+    let _ = tokio::time::timeout(at_most, relay.wake.notified()).await;
+}
+
+async fn deliver_one(state: &AppState, item: outbox::Due) -> Outcome {
+    let config = &state.config;
+    let outbox = state.relay.outbox.clone();
+    let channel_name = item.channel.clone();
+    let channel = tokio::task::spawn_blocking(move || outbox.channel(&channel_name))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let result = match channel {
+        None => Err("channel no longer configured".to_owned()),
+        Some(channel) if channel.legacy_url.is_empty() => {
+            Err("channel has no legacy webhook URL".to_owned())
+        }
+        Some(channel) => post(state, &channel, &item).await,
+    };
+    match result {
+        Ok(()) => Outcome::Delivered { id: item.id },
+        Err(error) => {
+            let now = now_ms();
+            let age = Duration::from_millis((now - item.created_at).max(0) as u64);
+            if age >= config.webhook_retry_period {
+                warn!(id = item.id, %error, "webhook undeliverable for the whole retry period: dead-lettered");
+                Outcome::Dead { id: item.id, error }
+            } else {
+                let next_attempt_at = now + backoff(item.attempts).as_millis() as i64;
+                debug!(id = item.id, %error, "webhook delivery failed; will retry");
+                Outcome::Retry {
+                    id: item.id,
+                    next_attempt_at,
+                    error,
+                }
+            }
+        }
+    }
+}
+
+/// 1 s after the first failure, doubling, with ±20 % jitter so a receiver coming back is not
+/// hit by every retry at once; never more than an hour apart.
+pub fn backoff(attempts_before: i64) -> Duration {
+    let exponent = attempts_before.clamp(0, 12) as u32;
+    let base = Duration::from_secs(1).saturating_mul(1 << exponent);
+    base.mul_f64(0.8 + fastrand::f64() * 0.4)
+        .min(Duration::from_secs(3600))
+}
+
+async fn post(state: &AppState, channel: &Channel, item: &outbox::Due) -> Result<(), String> {
+    let uri: Uri = channel
+        .legacy_url
+        .parse()
+        .map_err(|_| "legacy webhook URL is invalid".to_owned())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &channel.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Stable across retries: the receiver can drop what it already processed.
+    headers.insert("x-webhook-id", HeaderValue::from(item.id));
+    let send = state
+        .upstream
+        .post_absolute(uri, headers, Bytes::from(item.payload.clone()));
+    match tokio::time::timeout(state.config.webhook_delivery_timeout, send).await {
+        Err(_) => Err("legacy receiver did not answer in time".to_owned()),
+        Ok(Err(error)) => Err(format!("legacy receiver unreachable: {error}")),
+        Ok(Ok(status)) if status.is_success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("legacy receiver answered HTTP {}", status.as_u16())),
+    }
+}
+
+/// Stores the client's legacy URL (and headers) for its API key; returns the channel so the
+/// caller can register the proxy's inbound URL upstream.
+pub fn configure_channel(
+    outbox: &Outbox,
+    api_key: &str,
+    legacy_url: &str,
+    headers: Vec<(String, String)>,
+    sent_status: Option<bool>,
+) -> rusqlite::Result<Channel> {
+    let (name, hash) = channel_for_key(api_key);
+    let existing = outbox.channel(&name)?;
+    let channel = Channel {
+        secret: existing
+            .as_ref()
+            .map(|c| c.secret.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                )
+            }),
+        legacy_url: legacy_url.to_owned(),
+        headers,
+        sent_status: sent_status
+            .or(existing.as_ref().map(|c| c.sent_status))
+            .unwrap_or(true),
+        api_key_hash: Some(hash),
+        name,
+    };
+    outbox.upsert_channel(&channel)?;
+    Ok(channel)
+}
+
+/// What 360dialog's `GET /v1/configs/webhook` answered: the client's own URL and headers.
+pub fn webhook_config_answer(channel: Option<&Channel>) -> Value {
+    match channel {
+        Some(channel) => {
+            let headers: serde_json::Map<String, Value> = channel
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect();
+            if headers.is_empty() {
+                json!({"url": channel.legacy_url})
+            } else {
+                json!({"url": channel.legacy_url, "headers": headers})
+            }
+        }
+        None => json!({"url": ""}),
+    }
+}
+
+pub fn log_started(state: &AppState) {
+    if state.config.legacy_webhook_url.is_some() {
+        info!("webhook relay: channel \"default\" delivers to the configured legacy URL");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_within_seconds_and_is_capped_at_an_hour() {
+        assert!(
+            backoff(0) <= Duration::from_millis(1200) && backoff(0) >= Duration::from_millis(800)
+        );
+        assert!(backoff(30) <= Duration::from_secs(3600));
+        assert!(backoff(30) >= Duration::from_secs(2880));
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+    }
+}

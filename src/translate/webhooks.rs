@@ -1,0 +1,250 @@
+//! Inbound webhooks: one Cloud envelope (`object`, `entry[].changes[]`) -> the On-Premise
+//! payloads the legacy webhook URL expects, one per `messages` change.
+//!
+//! Each payload also carries what delivery needs: the recipient it must stay in order with
+//! (`ordering_key`) and what identifies it across upstream re-sends (`dedupe_key`).
+
+use serde_json::{json, Map, Value};
+
+use super::errors::cloud_to_onprem_webhook_error;
+use super::TranslateError;
+
+/// The client's On-Premise choices that change what is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookOptions {
+    /// On-Premise's `sent_status`: false drops `sent` statuses.
+    pub sent_status: bool,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        WebhookOptions { sent_status: true }
+    }
+}
+
+/// One On-Premise webhook body and how to deliver it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnPremWebhook {
+    pub body: Value,
+    /// The `wa_id` whose events must arrive in order (a `read` after its `delivered`).
+    pub ordering_key: String,
+    /// Stable identity of the events inside, to store upstream re-sends once.
+    pub dedupe_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WebhookTranslation {
+    pub payloads: Vec<OnPremWebhook>,
+    /// `field`s of changes that have no On-Premise form (template status, quality, ...).
+    pub skipped: Vec<String>,
+}
+
+pub fn cloud_to_onprem_webhook(
+    envelope: &Value,
+    options: WebhookOptions,
+) -> Result<WebhookTranslation, TranslateError> {
+    let Value::Object(envelope) = envelope else {
+        return Err(TranslateError::wrong_type("webhook", "an object"));
+    };
+    let Some(Value::Array(entries)) = envelope.get("entry") else {
+        return Err(TranslateError::missing("entry"));
+    };
+    let mut translation = WebhookTranslation::default();
+    for entry in entries {
+        let Some(Value::Array(changes)) = entry.get("changes") else {
+            continue;
+        };
+        for change in changes {
+            let field = change.get("field").and_then(Value::as_str).unwrap_or("");
+            if field != "messages" {
+                translation.skipped.push(field.to_owned());
+                continue;
+            }
+            let Some(Value::Object(value)) = change.get("value") else {
+                continue;
+            };
+            if let Some(payload) = messages_change(value, options) {
+                translation.payloads.push(payload);
+            }
+        }
+    }
+    Ok(translation)
+}
+
+fn messages_change(value: &Map<String, Value>, options: WebhookOptions) -> Option<OnPremWebhook> {
+    let mut body = Map::new();
+    if let Some(contacts) = value.get("contacts") {
+        body.insert("contacts".into(), contacts.clone());
+    }
+    if let Some(Value::Array(messages)) = value.get("messages") {
+        body.insert(
+            "messages".into(),
+            Value::Array(messages.iter().map(message).collect()),
+        );
+    }
+    if let Some(Value::Array(statuses)) = value.get("statuses") {
+        let kept: Vec<Value> = statuses
+            .iter()
+            .filter(|s| {
+                options.sent_status || s.get("status").and_then(Value::as_str) != Some("sent")
+            })
+            .map(status)
+            .collect();
+        if !kept.is_empty() {
+            body.insert("statuses".into(), Value::Array(kept));
+        }
+    }
+    if let Some(Value::Array(errors)) = value.get("errors") {
+        body.insert(
+            "errors".into(),
+            Value::Array(errors.iter().map(cloud_to_onprem_webhook_error).collect()),
+        );
+    }
+    if !["messages", "statuses", "errors"]
+        .iter()
+        .any(|k| body.contains_key(*k))
+    {
+        return None;
+    }
+    let body = Value::Object(body);
+    Some(OnPremWebhook {
+        ordering_key: ordering_key(&body),
+        dedupe_key: dedupe_key(&body),
+        body,
+    })
+}
+
+fn message(message: &Value) -> Value {
+    let Value::Object(message) = message else {
+        return message.clone();
+    };
+    let mut out = message.clone();
+    flatten_errors(&mut out);
+    match out.get("type").and_then(Value::as_str) {
+        Some("unsupported") => {
+            out.insert("type".into(), Value::from("unknown"));
+            if !out.contains_key("errors") {
+                out.insert(
+                    "errors".into(),
+                    json!([{"code": 501, "title": "Unknown message type",
+                            "details": "Message type is not currently supported"}]),
+                );
+            }
+        }
+        // Cloud marks voice notes as audio with `voice: true`; On-Premise had a `voice` type.
+        Some("audio")
+            if out.get("audio").and_then(|a| a.get("voice")) == Some(&Value::Bool(true)) =>
+        {
+            if let Some(Value::Object(mut audio)) = out.remove("audio") {
+                audio.remove("voice");
+                out.insert("voice".into(), Value::Object(audio));
+            }
+            out.insert("type".into(), Value::from("voice"));
+        }
+        Some("system") => {
+            if let Some(Value::Object(system)) = out.get_mut("system") {
+                if let Some(wa_id) = system.remove("wa_id") {
+                    system.insert("new_wa_id".into(), wa_id);
+                }
+            }
+        }
+        _ => {}
+    }
+    Value::Object(out)
+}
+
+fn status(status: &Value) -> Value {
+    let Value::Object(status) = status else {
+        return status.clone();
+    };
+    let mut out = status.clone();
+    out.remove("biz_opaque_callback_data");
+    // On-Premise had no `played`; a played voice note has certainly been read.
+    if out.get("status").and_then(Value::as_str) == Some("played") {
+        out.insert("status".into(), Value::from("read"));
+    }
+    out.insert("type".into(), Value::from("message"));
+    if let Some(recipient) = out.get("recipient_id").cloned() {
+        out.insert("message".into(), json!({ "recipient_id": recipient }));
+    }
+    flatten_errors(&mut out);
+    Value::Object(out)
+}
+
+fn flatten_errors(object: &mut Map<String, Value>) {
+    if let Some(Value::Array(errors)) = object.get_mut("errors") {
+        for error in errors.iter_mut() {
+            *error = cloud_to_onprem_webhook_error(error);
+        }
+    }
+}
+
+fn ordering_key(body: &Value) -> String {
+    let first = |list: &str, key: &str| {
+        body.get(list)
+            .and_then(|l| l.get(0))
+            .and_then(|item| item.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    first("messages", "from")
+        .or_else(|| first("statuses", "recipient_id"))
+        .unwrap_or_default()
+}
+
+fn dedupe_key(body: &Value) -> Option<String> {
+    let mut keys = Vec::new();
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        keys.extend(
+            messages
+                .iter()
+                .filter_map(|m| m.get("id")?.as_str())
+                .map(|id| format!("message:{id}")),
+        );
+    }
+    if let Some(Value::Array(statuses)) = body.get("statuses") {
+        keys.extend(statuses.iter().filter_map(|s| {
+            Some(format!(
+                "status:{}:{}",
+                s.get("id")?.as_str()?,
+                s.get("status")?.as_str()?
+            ))
+        }));
+    }
+    (!keys.is_empty()).then(|| keys.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(value: Value) -> Value {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]})
+    }
+
+    #[test]
+    fn ordering_and_dedupe_keys_follow_the_recipient_and_ids() {
+        let t = cloud_to_onprem_webhook(
+            &envelope(json!({"statuses": [{"id": "wamid.A", "status": "read", "recipient_id": "155", "timestamp": "1"}]})),
+            WebhookOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(t.payloads[0].ordering_key, "155");
+        assert_eq!(
+            t.payloads[0].dedupe_key.as_deref(),
+            Some("status:wamid.A:read")
+        );
+    }
+
+    #[test]
+    fn a_payload_left_empty_by_sent_status_off_is_not_delivered() {
+        let t = cloud_to_onprem_webhook(
+            &envelope(
+                json!({"statuses": [{"id": "wamid.A", "status": "sent", "recipient_id": "155"}]}),
+            ),
+            WebhookOptions { sent_status: false },
+        )
+        .unwrap();
+        assert!(t.payloads.is_empty() && t.skipped.is_empty());
+    }
+}
