@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// How long undelivered webhooks are retried before the dead-letter table, in seconds.
     #[arg(long, env = "WABA_PROXY_WEBHOOK_RETRY_SECS", default_value_t = 7 * 24 * 3600)]
     pub webhook_retry_secs: u64,
+    /// Wait before the first retry of a failed delivery, in milliseconds (then doubling).
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub webhook_retry_base_ms: u64,
     /// Time a legacy receiver has to answer one delivery, in milliseconds.
     #[arg(long, env = "WABA_PROXY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
@@ -164,6 +167,7 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     pub admin_token: Option<String>,
     pub webhook_retry_period: Duration,
+    pub webhook_retry_base: Duration,
     pub webhook_delivery_timeout: Duration,
     pub webhook_concurrency: usize,
     pub max_webhook_bytes: usize,
@@ -321,6 +325,7 @@ impl ServeArgs {
             webhook_secret: self.webhook_secret.clone(),
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             webhook_retry_period: Duration::from_secs(self.webhook_retry_secs),
+            webhook_retry_base: positive(self.webhook_retry_base_ms, "webhook-retry-base-ms")?,
             webhook_delivery_timeout: positive(self.webhook_timeout_ms, "webhook-timeout-ms")?,
             webhook_concurrency: self.webhook_concurrency.max(1),
             max_webhook_bytes: self.max_webhook_bytes,

@@ -43,6 +43,8 @@ async fn relay_proxy(receiver: &MockUpstream, tune: impl FnOnce(&mut Config)) ->
         c.legacy_webhook_url = Some(hook);
         c.webhook_secret = Some(SECRET.into());
         c.admin_token = Some("admin-token".into());
+        // Retries in tens of milliseconds keep the suite fast; the spacing itself is unit-tested.
+        c.webhook_retry_base = Duration::from_millis(50);
         tune(c);
     })
     .await
@@ -133,7 +135,8 @@ async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait()
     let receiver = MockUpstream::start().await;
     receiver.push(receiver_down()); // the first delivery (A's `delivered`) fails once
     receiver.set_default(receiver_ok());
-    let proxy = relay_proxy(&receiver, |_| {}).await;
+    // A full second before A's retry: B, posted meanwhile, is certainly delivered first.
+    let proxy = relay_proxy(&receiver, |c| c.webhook_retry_base = Duration::from_secs(1)).await;
     assert_eq!(post_event(&proxy, "default", Some(SECRET), &status_event("A", "wamid.1", "delivered")).await, 200);
     receiver.wait_for_requests(1).await;
     assert_eq!(post_event(&proxy, "default", Some(SECRET), &status_event("A", "wamid.1", "read")).await, 200);

@@ -246,7 +246,8 @@ async fn deliver_one(state: &AppState, item: outbox::Due) -> Outcome {
                 warn!(id = item.id, %error, "webhook undeliverable for the whole retry period: dead-lettered");
                 Outcome::Dead { id: item.id, error }
             } else {
-                let next_attempt_at = now + backoff(item.attempts).as_millis() as i64;
+                let wait = backoff(config.webhook_retry_base, item.attempts);
+                let next_attempt_at = now + wait.as_millis() as i64;
                 debug!(id = item.id, %error, "webhook delivery failed; will retry");
                 Outcome::Retry {
                     id: item.id,
@@ -258,11 +259,11 @@ async fn deliver_one(state: &AppState, item: outbox::Due) -> Outcome {
     }
 }
 
-/// 1 s after the first failure, doubling, with ±20 % jitter so a receiver coming back is not
-/// hit by every retry at once; never more than an hour apart.
-pub fn backoff(attempts_before: i64) -> Duration {
-    let exponent = attempts_before.clamp(0, 12) as u32;
-    let base = Duration::from_secs(1).saturating_mul(1 << exponent);
+/// `base` (1 s by default) after the first failure, doubling, with ±20 % jitter so a receiver
+/// coming back is not hit by every retry at once; never more than an hour apart.
+pub fn backoff(base: Duration, attempts_before: i64) -> Duration {
+    let exponent = attempts_before.clamp(0, 20) as u32;
+    let base = base.saturating_mul(1 << exponent);
     base.mul_f64(0.8 + fastrand::f64() * 0.4)
         .min(Duration::from_secs(3600))
 }
@@ -363,11 +364,12 @@ mod tests {
 
     #[test]
     fn backoff_starts_within_seconds_and_is_capped_at_an_hour() {
-        assert!(
-            backoff(0) <= Duration::from_millis(1200) && backoff(0) >= Duration::from_millis(800)
-        );
-        assert!(backoff(30) <= Duration::from_secs(3600));
-        assert!(backoff(30) >= Duration::from_secs(2880));
+        let second = Duration::from_secs(1);
+        assert!(backoff(second, 0) <= Duration::from_millis(1200));
+        assert!(backoff(second, 0) >= Duration::from_millis(800));
+        assert!(backoff(second, 1) >= Duration::from_millis(1600));
+        assert!(backoff(second, 30) <= Duration::from_secs(3600));
+        assert!(backoff(second, 30) >= Duration::from_secs(2880));
     }
 
     #[test]
