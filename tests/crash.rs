@@ -3,7 +3,8 @@
 //! restarted on the same data directory. Every acknowledged event must arrive at least once,
 //! in order per recipient; duplicates are counted (at-least-once allows them).
 //!
-//! Size: `CRASH_EVENTS` (default 200), `CRASH_RECIPIENTS` (20), `CRASH_KILLS` (3). `bench/relay`
+//! Size: `CRASH_EVENTS` (default 200), `CRASH_RECIPIENTS` (20), `CRASH_KILLS` (3),
+//! `CRASH_SENDERS` (4 concurrent posters, each owning some recipients). `bench/relay`
 //! runs it with 100,000 events and prints the report line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
@@ -11,6 +12,8 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -105,47 +108,64 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
     receiver.set_default(Behaviour::Json { status: 200, body: json!({}) });
 
     let data_dir = std::env::temp_dir().join(format!("crash-{}", uuid::Uuid::new_v4()));
-    let mut proxy = start(&data_dir, &receiver.url()).await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let kill_every = events / (kills + 1);
+    let first = start(&data_dir, &receiver.url()).await;
+    let base = Arc::new(RwLock::new(first.base.clone()));
+    let acked = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+
+    // Senders, like Cloud: each owns some recipients and posts their events in order, sending
+    // an event again until it is acknowledged.
+    let senders = setting("CRASH_SENDERS", 4).min(recipients).max(1);
+    let mut tasks = Vec::new();
+    for sender in 0..senders {
+        let (base, acked) = (base.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            for i in (0..events).filter(|i| (i % recipients) % senders == sender) {
+                let body = Bytes::from(event(i, recipients).to_string());
+                let mut tries = 0;
+                loop {
+                    let current = base.read().unwrap().clone();
+                    if post(&client, &current, &body).await {
+                        break;
+                    }
+                    tries += 1;
+                    assert!(tries < 10_000, "event {i} never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // SIGKILL: no shutdown, no flush; whatever was acknowledged must survive.
+    let mut proxy = first;
     let mut restarts = 0;
-    for i in 0..events {
-        let body = Bytes::from(event(i, recipients).to_string());
-        if kill_every > 0 && i > 0 && i % kill_every == 0 && restarts < kills {
-            // SIGKILL: no shutdown, no flush; whatever was acknowledged must survive.
-            proxy.child.start_kill().unwrap();
-            proxy.child.wait().await.unwrap();
-            proxy = start(&data_dir, &receiver.url()).await;
-            restarts += 1;
+    while restarts < kills {
+        let due = events * (restarts + 1) / (kills + 1);
+        while acked.load(Ordering::SeqCst) < due {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let mut tries = 0;
-        while !post(&client, &proxy.base, &body).await {
-            tries += 1;
-            assert!(tries < 100, "event {i} never acknowledged");
-        }
+        proxy.child.start_kill().unwrap();
+        proxy.child.wait().await.unwrap();
+        proxy = start(&data_dir, &receiver.url()).await;
+        *base.write().unwrap() = proxy.base.clone();
+        restarts += 1;
+    }
+    for task in tasks {
+        task.await.unwrap();
     }
     let posted_in = started.elapsed();
 
     let wanted: HashSet<String> = (0..events).map(|i| format!("wamid.crash.{i}")).collect();
     let deadline = Instant::now() + Duration::from_secs(setting("CRASH_DRAIN_SECS", 120) as u64);
+    let poll = Duration::from_millis((events as u64 / 100).clamp(100, 2_000));
     let delivered = loop {
-        let got: Vec<(String, usize)> = receiver
-            .requests()
-            .iter()
-            .filter_map(|r| {
-                let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-                let message = &body["messages"][0];
-                Some((message["id"].as_str()?.to_owned(), message["text"]["body"].as_str()?.parse().ok()?))
-            })
-            .collect();
         let successes = successful_deliveries(&receiver, events);
         let seen: HashSet<&String> = successes.iter().map(|(id, _)| id).collect();
         if wanted.iter().all(|id| seen.contains(id)) || Instant::now() > deadline {
-            let _ = got;
             break successes;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(poll).await;
     };
     let drained_in = started.elapsed();
     proxy.child.start_kill().unwrap();
