@@ -131,7 +131,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WABA_PROXY_WEBHOOK_RETRY_SECS", default_value_t = 7 * 24 * 3600)]
     pub webhook_retry_secs: u64,
     /// Wait before the first retry of a failed delivery, in milliseconds (then doubling).
-    #[arg(long, env = "WABA_PROXY_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "WABA_PROXY_WEBHOOK_RETRY_BASE_MS",
+        default_value_t = 1_000
+    )]
     pub webhook_retry_base_ms: u64,
     /// Time a legacy receiver has to answer one delivery, in milliseconds.
     #[arg(long, env = "WABA_PROXY_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]

@@ -12,9 +12,9 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,7 +30,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_waba-onprem-proxy");
 const SECRET: &str = "crash-secret";
 
 fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Proxy {
@@ -77,7 +80,11 @@ fn event(i: usize, recipients: usize) -> serde_json::Value {
 }
 
 /// Posts like Cloud does: until a 200 comes back, the same event is sent again.
-async fn post(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, base: &str, body: &Bytes) -> bool {
+async fn post(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    base: &str,
+    body: &Bytes,
+) -> bool {
     let request = http::Request::post(format!("{base}/cloud-webhooks/default"))
         .header("x-webhook-secret", SECRET)
         .header("content-type", "application/json")
@@ -100,12 +107,22 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         state ^= state >> 17;
         state ^= state << 5;
         receiver.push(if state % 10 < 3 {
-            Behaviour::Respond { status: 500, headers: vec![], body: Bytes::new() }
+            Behaviour::Respond {
+                status: 500,
+                headers: vec![],
+                body: Bytes::new(),
+            }
         } else {
-            Behaviour::Json { status: 200, body: json!({}) }
+            Behaviour::Json {
+                status: 200,
+                body: json!({}),
+            }
         });
     }
-    receiver.set_default(Behaviour::Json { status: 200, body: json!({}) });
+    receiver.set_default(Behaviour::Json {
+        status: 200,
+        body: json!({}),
+    });
 
     let data_dir = std::env::temp_dir().join(format!("crash-{}", uuid::Uuid::new_v4()));
     let first = start(&data_dir, &receiver.url()).await;
@@ -180,7 +197,10 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         if first_seen.insert(id.clone()) {
             let recipient = seq % recipients;
             if let Some(previous) = last.insert(recipient, *seq) {
-                assert!(previous < *seq, "recipient {recipient}: event {seq} arrived before {previous}");
+                assert!(
+                    previous < *seq,
+                    "recipient {recipient}: event {seq} arrived before {previous}"
+                );
             }
         }
     }
@@ -193,7 +213,12 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         drained_in.as_secs_f64(),
         events as f64 / drained_in.as_secs_f64()
     );
-    assert!(lost.is_empty(), "{} events lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} events lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 /// Deliveries the receiver answered 200, in arrival order: (message id, sequence number).
@@ -218,7 +243,10 @@ fn successful_deliveries(receiver: &MockUpstream, events: usize) -> Vec<(String,
             }
             let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
             let message = &body["messages"][0];
-            Some((message["id"].as_str()?.to_owned(), message["text"]["body"].as_str()?.parse().ok()?))
+            Some((
+                message["id"].as_str()?.to_owned(),
+                message["text"]["body"].as_str()?.parse().ok()?,
+            ))
         })
         .collect()
 }

@@ -30,11 +30,18 @@ fn status_event(wa_id: &str, id: &str, status: &str) -> Value {
 }
 
 fn receiver_ok() -> Behaviour {
-    Behaviour::Json { status: 200, body: json!({}) }
+    Behaviour::Json {
+        status: 200,
+        body: json!({}),
+    }
 }
 
 fn receiver_down() -> Behaviour {
-    Behaviour::Respond { status: 503, headers: vec![], body: Bytes::from_static(b"down") }
+    Behaviour::Respond {
+        status: 503,
+        headers: vec![],
+        body: Bytes::from_static(b"down"),
+    }
 }
 
 async fn relay_proxy(receiver: &MockUpstream, tune: impl FnOnce(&mut Config)) -> TestProxy {
@@ -55,11 +62,26 @@ async fn post_event(proxy: &TestProxy, channel: &str, secret: Option<&str>, even
     if let Some(secret) = secret {
         headers.push(("x-webhook-secret", secret));
     }
-    send(proxy, "POST", &format!("/cloud-webhooks/{channel}"), &headers, &event.to_string()).await.status
+    send(
+        proxy,
+        "POST",
+        &format!("/cloud-webhooks/{channel}"),
+        &headers,
+        &event.to_string(),
+    )
+    .await
+    .status
 }
 
 async fn admin(proxy: &TestProxy, method: &str, path: &str) -> (u16, Value) {
-    let answer = send(proxy, method, path, &[("authorization", "Bearer admin-token")], "").await;
+    let answer = send(
+        proxy,
+        method,
+        path,
+        &[("authorization", "Bearer admin-token")],
+        "",
+    )
+    .await;
     (answer.status, answer.json())
 }
 
@@ -68,9 +90,21 @@ async fn a_cloud_message_reaches_the_legacy_url_in_on_premise_shape() {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
     let proxy = relay_proxy(&receiver, |_| {}).await;
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &text_event("16315551234", "wamid.A1", "hi")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &text_event("16315551234", "wamid.A1", "hi")
+        )
+        .await,
+        200
+    );
     let got = receiver.wait_for_requests(1).await;
-    assert_eq!((got[0].method.as_str(), got[0].path_and_query.as_str()), ("POST", "/hook"));
+    assert_eq!(
+        (got[0].method.as_str(), got[0].path_and_query.as_str()),
+        ("POST", "/hook")
+    );
     assert_eq!(got[0].header("content-type"), Some("application/json"));
     assert!(got[0].header("x-webhook-id").is_some());
     assert_eq!(
@@ -87,11 +121,26 @@ async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored() {
     let proxy = relay_proxy(&receiver, |c| c.max_webhook_bytes = 2048).await;
     let event = text_event("1", "wamid.X", "x");
     assert_eq!(post_event(&proxy, "default", None, &event).await, 401);
-    assert_eq!(post_event(&proxy, "default", Some("wrong"), &event).await, 401);
+    assert_eq!(
+        post_event(&proxy, "default", Some("wrong"), &event).await,
+        401
+    );
     assert_eq!(post_event(&proxy, "nope", Some(SECRET), &event).await, 404);
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &text_event("1", "wamid.Y", &"x".repeat(3000))).await, 413);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &text_event("1", "wamid.Y", &"x".repeat(3000))
+        )
+        .await,
+        413
+    );
     let (_, stats) = admin(&proxy, "GET", "/admin/webhooks/stats").await;
-    assert_eq!((stats["pending"].as_i64(), stats["delivered"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(
+        (stats["pending"].as_i64(), stats["delivered"].as_i64()),
+        (Some(0), Some(0))
+    );
     assert!(receiver.requests().is_empty());
 }
 
@@ -102,13 +151,31 @@ async fn a_receiver_outage_is_ridden_out_with_retries() {
     receiver.push(receiver_down());
     receiver.set_default(receiver_ok());
     let proxy = relay_proxy(&receiver, |_| {}).await;
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &text_event("1", "wamid.R", "retry me")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &text_event("1", "wamid.R", "retry me")
+        )
+        .await,
+        200
+    );
     let got = receiver.wait_for_requests(3).await;
-    let ids: Vec<_> = got.iter().map(|r| r.header("x-webhook-id").unwrap().to_owned()).collect();
-    assert!(ids.windows(2).all(|w| w[0] == w[1]), "X-Webhook-Id must be stable across retries: {ids:?}");
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header("x-webhook-id").unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "X-Webhook-Id must be stable across retries: {ids:?}"
+    );
     assert_eq!(got[2].json()["messages"][0]["id"], "wamid.R");
     let (_, stats) = admin(&proxy, "GET", "/admin/webhooks/stats").await;
-    assert_eq!((stats["pending"].as_i64(), stats["delivered"].as_i64()), (Some(0), Some(1)));
+    assert_eq!(
+        (stats["pending"].as_i64(), stats["delivered"].as_i64()),
+        (Some(0), Some(1))
+    );
 }
 
 #[tokio::test]
@@ -117,10 +184,25 @@ async fn upstream_resends_are_delivered_once() {
     receiver.set_default(receiver_ok());
     let proxy = relay_proxy(&receiver, |_| {}).await;
     let event = status_event("1", "wamid.D", "delivered");
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &event).await, 200);
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &event).await, 200);
+    assert_eq!(
+        post_event(&proxy, "default", Some(SECRET), &event).await,
+        200
+    );
+    assert_eq!(
+        post_event(&proxy, "default", Some(SECRET), &event).await,
+        200
+    );
     // A later event for the same recipient: once it is in, the duplicate would have been too.
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &status_event("1", "wamid.D", "read")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &status_event("1", "wamid.D", "read")
+        )
+        .await,
+        200
+    );
     let got = receiver.wait_for_requests(2).await;
     let (_, stats) = admin(&proxy, "GET", "/admin/webhooks/stats").await;
     assert_eq!(stats["duplicates"].as_i64(), Some(1));
@@ -137,22 +219,58 @@ async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait()
     receiver.set_default(receiver_ok());
     // A full second before A's retry: B, posted meanwhile, is certainly delivered first.
     let proxy = relay_proxy(&receiver, |c| c.webhook_retry_base = Duration::from_secs(1)).await;
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &status_event("A", "wamid.1", "delivered")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &status_event("A", "wamid.1", "delivered")
+        )
+        .await,
+        200
+    );
     receiver.wait_for_requests(1).await;
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &status_event("A", "wamid.1", "read")).await, 200);
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &status_event("B", "wamid.2", "delivered")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &status_event("A", "wamid.1", "read")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &status_event("B", "wamid.2", "delivered")
+        )
+        .await,
+        200
+    );
     let got = receiver.wait_for_requests(4).await;
     let order: Vec<(String, String)> = got
         .iter()
         .map(|r| {
             let status = &r.json()["statuses"][0];
-            (status["recipient_id"].as_str().unwrap().to_owned(), status["status"].as_str().unwrap().to_owned())
+            (
+                status["recipient_id"].as_str().unwrap().to_owned(),
+                status["status"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     // B went out while A's first event was still being retried; A's read came after its delivered.
     assert_eq!(order[0], ("A".into(), "delivered".into()));
     assert_eq!(order[1], ("B".into(), "delivered".into()));
-    assert_eq!(&order[2..], [("A".into(), "delivered".into()), ("A".into(), "read".into())]);
+    assert_eq!(
+        &order[2..],
+        [
+            ("A".into(), "delivered".into()),
+            ("A".into(), "read".into())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -160,7 +278,16 @@ async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed() 
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_down());
     let proxy = relay_proxy(&receiver, |c| c.webhook_retry_period = Duration::ZERO).await;
-    assert_eq!(post_event(&proxy, "default", Some(SECRET), &text_event("1", "wamid.Dead", "x")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            "default",
+            Some(SECRET),
+            &text_event("1", "wamid.Dead", "x")
+        )
+        .await,
+        200
+    );
     receiver.wait_for_requests(1).await;
     let dead = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -178,30 +305,58 @@ async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed() 
     assert!(entry["reason"].as_str().unwrap().contains("503"));
 
     receiver.set_default(receiver_ok());
-    let (status, _) = admin(&proxy, "POST", &format!("/admin/webhooks/dead/{}/replay", entry["id"])).await;
+    let (status, _) = admin(
+        &proxy,
+        "POST",
+        &format!("/admin/webhooks/dead/{}/replay", entry["id"]),
+    )
+    .await;
     assert_eq!(status, 200);
     let got = receiver.wait_for_requests(2).await;
-    assert_eq!(got.last().unwrap().json()["messages"][0]["id"], "wamid.Dead");
+    assert_eq!(
+        got.last().unwrap().json()["messages"][0]["id"],
+        "wamid.Dead"
+    );
 }
 
 #[tokio::test]
 async fn admin_routes_need_the_token_and_do_not_exist_without_one() {
     let receiver = MockUpstream::start().await;
     let with_token = relay_proxy(&receiver, |_| {}).await;
-    let wrong = send(&with_token, "GET", "/admin/webhooks/stats", &[("authorization", "Bearer nope")], "").await;
+    let wrong = send(
+        &with_token,
+        "GET",
+        "/admin/webhooks/stats",
+        &[("authorization", "Bearer nope")],
+        "",
+    )
+    .await;
     assert_eq!(wrong.status, 401);
     let without = relay_proxy(&receiver, |c| c.admin_token = None).await;
-    let absent = send(&without, "GET", "/admin/webhooks/stats", &[("authorization", "Bearer admin-token")], "").await;
+    let absent = send(
+        &without,
+        "GET",
+        "/admin/webhooks/stats",
+        &[("authorization", "Bearer admin-token")],
+        "",
+    )
+    .await;
     assert_eq!(absent.status, 404);
 }
 
 #[tokio::test]
 async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it() {
     let upstream = MockUpstream::start().await;
-    upstream.set_default(Behaviour::Json { status: 200, body: json!({"url": "ok"}) });
+    upstream.set_default(Behaviour::Json {
+        status: 200,
+        body: json!({"url": "ok"}),
+    });
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = spawn_proxy_with(&upstream.url(), |c| c.public_url = Some("https://proxy.example.com".into())).await;
+    let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.public_url = Some("https://proxy.example.com".into())
+    })
+    .await;
     let legacy = format!("{}/crm/whatsapp", receiver.url());
     let set = send_json(
         &proxy,
@@ -216,15 +371,33 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
     assert_eq!(registration.path_and_query, "/v1/configs/webhook");
     let body = registration.json();
     let inbound = body["url"].as_str().unwrap().to_owned();
-    let secret = body["headers"]["X-Webhook-Secret"].as_str().unwrap().to_owned();
-    assert!(inbound.starts_with("https://proxy.example.com/cloud-webhooks/k"), "{inbound}");
-    assert!(!inbound.contains(support::proxy::API_KEY), "the API key must not appear in the URL");
+    let secret = body["headers"]["X-Webhook-Secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        inbound.starts_with("https://proxy.example.com/cloud-webhooks/k"),
+        "{inbound}"
+    );
+    assert!(
+        !inbound.contains(support::proxy::API_KEY),
+        "the API key must not appear in the URL"
+    );
 
     let read = send_json(&proxy, "GET", "/v1/configs/webhook", "").await;
     assert_eq!(read.json()["url"], legacy.as_str());
 
     let channel = inbound.rsplit('/').next().unwrap();
-    assert_eq!(post_event(&proxy, channel, Some(&secret), &text_event("5", "wamid.C", "via channel")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            channel,
+            Some(&secret),
+            &text_event("5", "wamid.C", "via channel")
+        )
+        .await,
+        200
+    );
     let got = receiver.wait_for_requests(1).await;
     assert_eq!(got[0].path_and_query, "/crm/whatsapp");
     assert_eq!(got[0].header("x-crm-token"), Some("crm-secret"));
@@ -235,28 +408,77 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
 async fn without_a_public_url_webhook_registration_is_a_clear_501() {
     let upstream = MockUpstream::start().await;
     let proxy = spawn_proxy_with(&upstream.url(), |_| {}).await;
-    let set = send_json(&proxy, "POST", "/v1/configs/webhook", r#"{"url": "https://crm.example/hook"}"#).await;
+    let set = send_json(
+        &proxy,
+        "POST",
+        "/v1/configs/webhook",
+        r#"{"url": "https://crm.example/hook"}"#,
+    )
+    .await;
     assert_eq!(set.status, 501);
-    assert!(set.json()["errors"][0]["details"].as_str().unwrap().contains("--public-url"));
+    assert!(set.json()["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("--public-url"));
     assert!(upstream.requests().is_empty());
 }
 
 #[tokio::test]
 async fn sent_status_off_in_application_settings_drops_sent_statuses() {
     let upstream = MockUpstream::start().await;
-    upstream.set_default(Behaviour::Json { status: 200, body: json!({"url": "ok"}) });
+    upstream.set_default(Behaviour::Json {
+        status: 200,
+        body: json!({"url": "ok"}),
+    });
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = spawn_proxy_with(&upstream.url(), |c| c.public_url = Some("https://proxy.example.com".into())).await;
-    let patch = json!({"webhooks": {"url": format!("{}/hook", receiver.url())}, "sent_status": false});
-    let set = send_json(&proxy, "PATCH", "/v1/settings/application", &patch.to_string()).await;
+    let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.public_url = Some("https://proxy.example.com".into())
+    })
+    .await;
+    let patch =
+        json!({"webhooks": {"url": format!("{}/hook", receiver.url())}, "sent_status": false});
+    let set = send_json(
+        &proxy,
+        "PATCH",
+        "/v1/settings/application",
+        &patch.to_string(),
+    )
+    .await;
     assert_eq!(set.status, 200, "{:?}", set.body);
     let registration = upstream.requests()[0].json();
-    let channel = registration["url"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
-    let secret = registration["headers"]["X-Webhook-Secret"].as_str().unwrap().to_owned();
+    let channel = registration["url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret = registration["headers"]["X-Webhook-Secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    assert_eq!(post_event(&proxy, &channel, Some(&secret), &status_event("7", "wamid.S", "sent")).await, 200);
-    assert_eq!(post_event(&proxy, &channel, Some(&secret), &status_event("7", "wamid.S", "delivered")).await, 200);
+    assert_eq!(
+        post_event(
+            &proxy,
+            &channel,
+            Some(&secret),
+            &status_event("7", "wamid.S", "sent")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post_event(
+            &proxy,
+            &channel,
+            Some(&secret),
+            &status_event("7", "wamid.S", "delivered")
+        )
+        .await,
+        200
+    );
     let got = receiver.wait_for_requests(1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
@@ -269,14 +491,29 @@ async fn events_stored_before_a_restart_are_delivered_after_it() {
     let data_dir = std::env::temp_dir().join(format!("relay-restart-{}", uuid::Uuid::new_v4()));
     let dir = data_dir.clone();
     let mut first = relay_proxy(&receiver, move |c| c.data_dir = dir).await;
-    assert_eq!(post_event(&first, "default", Some(SECRET), &text_event("9", "wamid.Keep", "survive")).await, 200);
+    assert_eq!(
+        post_event(
+            &first,
+            "default",
+            Some(SECRET),
+            &text_event("9", "wamid.Keep", "survive")
+        )
+        .await,
+        200
+    );
     receiver.wait_for_requests(1).await;
     first.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), first.server).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), first.server)
+        .await
+        .unwrap()
+        .unwrap();
 
     receiver.set_default(receiver_ok());
     let dir = data_dir.clone();
     let _second = relay_proxy(&receiver, move |c| c.data_dir = dir).await;
     let got = receiver.wait_for_requests(2).await;
-    assert_eq!(got.last().unwrap().json()["messages"][0]["id"], "wamid.Keep");
+    assert_eq!(
+        got.last().unwrap().json()["messages"][0]["id"],
+        "wamid.Keep"
+    );
 }

@@ -30,20 +30,25 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ProxyError> {
-    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let kind = upload_kind(content_type).map_err(rejected)?;
-    let declared = content_length(&parts.headers);
-    if let Some(length) = declared {
-        check_upload_size(&kind, length).map_err(rejected)?;
-    }
-
+    let (kind, declared) = checked_upload(&parts.headers)?;
     let deadline = Instant::now() + state.config.media_timeout;
     let answer = stream_to_cloud(state, &kind, declared, body, headers, deadline).await?;
     translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
+}
+
+/// The media kind `Content-Type` names, and the declared length, already checked against the
+/// kind's limit: refused before upstream is bothered.
+pub(super) fn checked_upload(headers: &HeaderMap) -> Result<(MediaKind, Option<u64>), ProxyError> {
+    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let kind = upload_kind(content_type).map_err(rejected)?;
+    let declared = content_length(headers);
+    if let Some(length) = declared {
+        check_upload_size(&kind, length).map_err(rejected)?;
+    }
+    Ok((kind, declared))
 }
 
 /// Streams `file` into Cloud's multipart upload and reads Cloud's answer. A file that turns
@@ -134,16 +139,7 @@ pub(super) async fn fetch_and_upload(
             fetched.status().as_u16(),
         )));
     }
-    let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
-    let content_type = fetched
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let kind = upload_kind(content_type).map_err(rejected)?;
-    let declared = content_length(fetched.headers());
-    if let Some(length) = declared {
-        check_upload_size(&kind, length).map_err(rejected)?;
-    }
+    let (kind, declared) = checked_upload(fetched.headers())?;
     let mut headers = client_headers;
     headers.remove(header::CONTENT_TYPE);
     let answer = stream_to_cloud(

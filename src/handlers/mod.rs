@@ -10,7 +10,7 @@ mod webhooks;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -220,18 +220,30 @@ async fn read_body(
     body: Incoming,
 ) -> Result<Bytes, ProxyError> {
     let limit = config.max_body_bytes;
+    read_limited(headers, body, limit, config.body_read_timeout, || {
+        ProxyError::BodyTooLarge { limit }
+    })
+    .await
+}
+
+/// Reads a whole body of at most `limit` bytes (declared or counted; past it: `too_large()`)
+/// that must arrive `within` the given time.
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    within: Duration,
+    too_large: impl Fn() -> ProxyError,
+) -> Result<Bytes, ProxyError> {
     if content_length(headers).is_some_and(|n| n > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
+        return Err(too_large());
     }
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(config.body_read_timeout, collect).await {
-        Err(_) => Err(ProxyError::BodyTimeout {
-            after: config.body_read_timeout,
-        }),
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ProxyError::BodyTimeout { after: within }),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) => match e.downcast::<hyper::Error>() {
             Ok(e) => Err(ProxyError::BodyRead(*e)),
-            Err(_) => Err(ProxyError::BodyTooLarge { limit }),
+            Err(_) => Err(too_large()),
         },
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::time::{timeout_at, Instant};
@@ -17,7 +17,6 @@ use crate::error::{ProxyError, Unreadable};
 use crate::handlers::AppState;
 use crate::routes::Route;
 use crate::translate::errors::{onprem_error_for, OnPremError};
-use crate::translate::media::{check_upload_size, upload_kind};
 use crate::translate::profile::{
     cloud_profile_picture_url, cloud_upload_handle, cloud_upload_session_path,
 };
@@ -111,40 +110,27 @@ pub(super) async fn upload_photo(
     body: Incoming,
 ) -> Result<Reply, ProxyError> {
     let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let kind = upload_kind(content_type).map_err(rejected)?;
+    let (kind, _) = super::media::checked_upload(&parts.headers)?;
     if kind.mime != "image/jpeg" && kind.mime != "image/png" {
         return Err(rejected(TranslateError::invalid(
             "Content-Type",
             "must be image/jpeg or image/png for a profile photo",
         )));
     }
-    if let Some(length) = content_length(&parts.headers) {
-        check_upload_size(&kind, length).map_err(rejected)?;
-    }
-    let too_large = || {
-        rejected(TranslateError::TooLarge {
-            what: format!("{} profile photo", kind.mime),
-            limit: kind.limit,
-        })
-    };
     let limit = usize::try_from(kind.limit).unwrap_or(usize::MAX);
-    let deadline = Instant::now() + state.config.media_timeout;
-    let photo: Bytes = match timeout_at(deadline, Limited::new(body, limit).collect()).await {
-        Err(_) => {
-            return Err(ProxyError::BodyTimeout {
-                after: state.config.media_timeout,
+    let photo = super::read_limited(
+        &parts.headers,
+        body,
+        limit,
+        state.config.media_timeout,
+        || {
+            rejected(TranslateError::TooLarge {
+                what: format!("{} profile photo", kind.mime),
+                limit: kind.limit,
             })
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) => match e.downcast::<hyper::Error>() {
-            Ok(e) => return Err(ProxyError::BodyRead(*e)),
-            Err(_) => return Err(too_large()),
         },
-    };
+    )
+    .await?;
     if photo.is_empty() {
         return Err(rejected(TranslateError::missing(
             "request body (the image)",

@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::Method;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
@@ -28,27 +27,11 @@ pub(super) async fn inbound(
     body: Incoming,
 ) -> Result<Reply, ProxyError> {
     let limit = state.config.max_webhook_bytes;
-    let too_large = || ProxyError::BodyTooLarge { limit };
-    if super::content_length(headers).is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let raw = match tokio::time::timeout(
-        state.config.body_read_timeout,
-        Limited::new(body, limit).collect(),
-    )
-    .await
-    {
-        Err(_) => {
-            return Err(ProxyError::BodyTimeout {
-                after: state.config.body_read_timeout,
-            })
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) => match e.downcast::<hyper::Error>() {
-            Ok(e) => return Err(ProxyError::BodyRead(*e)),
-            Err(_) => return Err(too_large()),
-        },
-    };
+    let within = state.config.body_read_timeout;
+    let raw = super::read_limited(headers, body, limit, within, || ProxyError::BodyTooLarge {
+        limit,
+    })
+    .await?;
     let secret = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
     match state.relay.ingest(channel, secret, raw).await {
         Ok(()) => Ok(Reply::Json(200, json!({}))),
