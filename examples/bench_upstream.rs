@@ -2,7 +2,7 @@
 //! generated on the fly, so the mock itself never holds a large body.
 //!
 //! `cargo run --release --example bench_upstream -- 127.0.0.1:0` prints `listening on ADDR`.
-//! - `POST /messages` -> a fixed send answer; `POST /media` -> drains the body, `{"id":"<bytes>"}`
+//! - `POST /messages` (and `/v1/messages`, for a plain proxy_pass) -> a fixed send answer; `POST /media` -> drains the body, `{"id":"<bytes>"}`
 //! - `GET /{n}` -> media metadata whose url serves `n` bytes; `GET /bytes/{n}?hash=..` -> `n` bytes
 //! - anything else -> 404
 
@@ -68,7 +68,8 @@ async fn answer(request: Request<Incoming>) -> Result<Reply, Infallible> {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     Ok(match (method.as_str(), segments.as_slice()) {
-        ("POST", ["messages"]) => {
+        // `/v1/messages` too: nginx's plain proxy_pass forwards the On-Premise path unchanged.
+        ("POST", ["messages"] | ["v1", "messages"]) => {
             let _ = request.into_body().collect().await;
             json(StatusCode::OK, SEND_ANSWER)
         }
