@@ -146,9 +146,21 @@ pub struct ServeArgs {
     /// Largest inbound webhook post accepted, in bytes (larger: 413).
     #[arg(long, env = "WABA_PROXY_MAX_WEBHOOK_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_webhook_bytes: usize,
+    /// Connections served at once; past it new connections get 503 with Retry-After.
+    #[arg(long, env = "WABA_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Log format on stderr.
+    #[arg(long, env = "WABA_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "WABA_PROXY_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 /// Validated settings.
@@ -175,6 +187,7 @@ pub struct Config {
     pub webhook_delivery_timeout: Duration,
     pub webhook_concurrency: usize,
     pub max_webhook_bytes: usize,
+    pub max_connections: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -333,6 +346,7 @@ impl ServeArgs {
             webhook_delivery_timeout: positive(self.webhook_timeout_ms, "webhook-timeout-ms")?,
             webhook_concurrency: self.webhook_concurrency.max(1),
             max_webhook_bytes: self.max_webhook_bytes,
+            max_connections: self.max_connections.max(1),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }

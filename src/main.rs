@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use waba_onprem_proxy::config::{Cli, Command, ServeArgs, TranslateArgs};
+use waba_onprem_proxy::config::{Cli, Command, LogFormat, ServeArgs, TranslateArgs};
 use waba_onprem_proxy::handlers::AppState;
 use waba_onprem_proxy::translate::Meta;
 use waba_onprem_proxy::{cli, server};
@@ -24,13 +24,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let config = match args.validate() {
         Ok(config) => config,
         Err(error) => {

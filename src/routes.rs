@@ -51,6 +51,10 @@ pub enum Route {
     AdminDead,
     /// `POST /admin/webhooks/dead/{id}/replay`.
     AdminReplay { dead_id: String },
+    /// `GET /healthz`: the process is alive.
+    Healthz,
+    /// `GET /readyz`: upstream reachable, outbox writable, not shutting down.
+    Readyz,
     /// `POST /v1/contacts`, answered locally.
     Contacts,
     /// `GET /v1/health`, answered locally.
@@ -128,6 +132,8 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
             channel: decode_segment(channel).into_owned(),
         },
         ("GET" | "POST", ["v1", "configs", "webhook"]) => Route::WebhookConfig,
+        ("GET", ["healthz"]) => Route::Healthz,
+        ("GET", ["readyz"]) => Route::Readyz,
         ("GET", ["admin", "webhooks", "stats"]) => Route::AdminStats,
         ("GET", ["admin", "webhooks", "dead"]) => Route::AdminDead,
         ("POST", ["admin", "webhooks", "dead", id, "replay"]) => Route::AdminReplay {

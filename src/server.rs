@@ -10,12 +10,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::handlers::{handle, AppState};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// A refused client that does not read its 503 is not waited for longer than this.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves until `shutdown` resolves, then drains. The listener and the shutdown future are
 /// arguments so tests can bind port 0 and stop the server when they like.
@@ -32,6 +35,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     // Undelivered webhooks from before a crash start going out at once.
     let delivery = tokio::spawn(crate::relay::deliver_forever(state.clone()));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(state.config.max_connections));
     tokio::pin!(shutdown);
 
     loop {
@@ -46,6 +50,11 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    // Over the cap: a short On-Premise-shaped 503 instead of queueing or crashing.
+                    tokio::spawn(refuse_connection(stream, state.config.meta.clone()));
+                    continue;
+                };
                 let state = state.clone();
                 let service = service_fn(move |request| handle(state.clone(), request));
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -53,12 +62,16 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     if let Err(error) = connection.await {
                         debug!(%peer, %error, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    state
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     // Deliveries in flight are simply retried after the restart (at least once).
     delivery.abort();
     info!("shutting down: draining in-flight requests");
@@ -66,6 +79,26 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         () = graceful.shutdown() => info!("all connections drained"),
         () = tokio::time::sleep(grace) => warn!(?grace, "grace period over, closing remaining connections"),
     }
+}
+
+/// Answers 503 with `Retry-After` on a connection over the cap, then closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, meta: crate::translate::Meta) {
+    use tokio::io::AsyncWriteExt;
+    let body = crate::translate::errors::OnPremError::new(
+        503,
+        1011,
+        "too many connections; retry shortly",
+    )
+    .to_body(&meta)
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ =
+        tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 /// SIGHUP re-reads the key map; connections and sessions are untouched.

@@ -679,3 +679,157 @@ async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones()
         .unwrap()
         .unwrap();
 }
+
+// ---- client abuse and probes ---------------------------------------------------------------
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_with_retry_after() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy_with(&mock.url(), |c| c.max_connections = 1).await;
+    // The first connection holds the only slot (kept alive after its request).
+    let mut first = TcpStream::connect(proxy.addr).await.unwrap();
+    first
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let mut second = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("retry-after: 1"), "{response}");
+    assert!(response.contains("\"code\":1011"), "{response}");
+    drop(first);
+}
+
+#[tokio::test]
+async fn oversized_request_headers_are_431() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/health HTTP/1.1\r\nhost: x\r\nx-huge: {}\r\n\r\n",
+        "a".repeat(1_000_000)
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut response))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        String::from_utf8_lossy(&response[..n]).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&response[..n])
+    );
+}
+
+#[tokio::test]
+async fn healthz_is_alive_and_readyz_follows_upstream_reachability() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    assert_eq!(send(&proxy, "GET", "/healthz", &[], "").await.status, 200);
+    let ready = send(&proxy, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+
+    let unreachable = spawn_proxy(&closed_port_url().await).await;
+    let not_ready = send(&unreachable, "GET", "/readyz", &[], "").await;
+    assert_eq!(not_ready.status, 503);
+    assert_eq!(not_ready.json()["checks"]["upstream_reachable"], false);
+    assert_eq!(not_ready.json()["checks"]["outbox_writable"], true);
+}
+
+#[tokio::test]
+async fn a_send_is_never_retried_when_the_connection_breaks() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::CloseWithoutAnswer);
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a POST that may have been sent must not be sent twice"
+    );
+}
+
+#[tokio::test]
+async fn an_unresolvable_upstream_host_is_503() {
+    let proxy = spawn_proxy("http://upstream.invalid").await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (503, 1011));
+}
+
+#[tokio::test]
+async fn a_tls_handshake_failure_is_503() {
+    // An https:// upstream that only speaks plain HTTP: the handshake fails.
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url().replace("http://", "https://")).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (503, 1011));
+}
+
+#[tokio::test]
+async fn an_upstream_trickling_its_answer_hits_the_deadline() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Delay(
+        Duration::from_secs(30),
+        Box::new(Behaviour::LikeWabaV2),
+    ));
+    let proxy = spawn_proxy_with(&mock.url(), |c| {
+        c.upstream_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_200_carrying_an_error_body_is_not_a_success() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Json {
+        status: 200,
+        body: graph_error(131026, "(#131026) Receiver is incapable", "x"),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 1013));
+}

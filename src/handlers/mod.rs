@@ -9,7 +9,7 @@ mod settings;
 mod webhooks;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ pub struct AppState {
     pub store: Store,
     pub auth: Auth,
     pub relay: Relay,
+    /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
+    pub shutting_down: AtomicBool,
 }
 
 /// Why the proxy cannot start.
@@ -64,6 +66,7 @@ impl AppState {
             store,
             auth,
             relay,
+            shutting_down: AtomicBool::new(false),
         })
     }
 }
@@ -136,6 +139,8 @@ async fn serve(
         Route::AdminStats | Route::AdminDead | Route::AdminReplay { .. } => {
             return webhooks::admin(state, &route, &parts.headers).await
         }
+        Route::Healthz => return Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),
+        Route::Readyz => return Ok(readyz(state).await),
         _ => {}
     }
     let mut headers = upstream_headers(&parts, request_id);
@@ -191,6 +196,37 @@ async fn serve(
         .exchange(method, &cloud.path, &headers, body)
         .await?;
     translate_answer(&route, answer.status, &answer.body, state)
+}
+
+/// Ready means: not shutting down, the outbox takes writes, and upstream accepts a TCP
+/// connection within the connect timeout.
+async fn readyz(state: &AppState) -> Reply {
+    let shutting_down = state.shutting_down.load(Ordering::SeqCst);
+    let outbox = state.relay.outbox.clone();
+    let outbox_ok = matches!(
+        tokio::task::spawn_blocking(move || outbox.writable()).await,
+        Ok(Ok(()))
+    );
+    let root = &state.config.upstream;
+    let port = root
+        .authority
+        .port_u16()
+        .unwrap_or(if root.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        });
+    let connect = tokio::net::TcpStream::connect((root.authority.host(), port));
+    let upstream_ok = matches!(
+        tokio::time::timeout(state.config.connect_timeout, connect).await,
+        Ok(Ok(_))
+    );
+    let ready = !shutting_down && outbox_ok && upstream_ok;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": {"shutting_down": shutting_down, "outbox_writable": outbox_ok, "upstream_reachable": upstream_ok},
+    });
+    Reply::Json(if ready { 200 } else { 503 }, body)
 }
 
 /// The client's end-to-end headers plus our request id, as sent upstream.

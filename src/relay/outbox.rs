@@ -140,6 +140,12 @@ impl Outbox {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether a write transaction can start (the disk and the database lock are usable).
+    pub fn writable(&self) -> rusqlite::Result<()> {
+        let connection = self.lock();
+        connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+    }
+
     pub fn upsert_channel(&self, channel: &Channel) -> rusqlite::Result<()> {
         let headers = serde_json::to_string(&channel.headers).unwrap_or_else(|_| "[]".into());
         self.lock().execute(

@@ -123,7 +123,9 @@ pub fn onprem_to_cloud_request(
         | Route::WebhookConfig
         | Route::AdminStats
         | Route::AdminDead
-        | Route::AdminReplay { .. } => Err(OnPremError::new(
+        | Route::AdminReplay { .. }
+        | Route::Healthz
+        | Route::Readyz => Err(OnPremError::new(
             501,
             1000,
             "answered by the running proxy from its own state; nothing is sent upstream",
@@ -238,6 +240,15 @@ pub fn cloud_to_onprem_response(
     }
     let parsed: Value = serde_json::from_slice(body)
         .map_err(|e| TranslateError::invalid("response", format!("is not JSON ({e})")))?;
+    // Some gateways answer 200 with an error body: it is an error all the same (status from the
+    // code table, else 502).
+    if parsed
+        .get("error")
+        .is_some_and(|e| e.is_object() || e.is_string())
+    {
+        let error = cloud_to_onprem_error(502, body);
+        return Ok((error.status, error.to_body(meta)));
+    }
     match route {
         // On-Premise answered 201 for a created message.
         Route::SendMessage => Ok((201, messages::cloud_to_onprem_send_response(&parsed, meta)?)),
