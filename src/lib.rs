@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod relay;
 pub mod routes;
 pub mod server;

@@ -51,6 +51,8 @@ pub enum Route {
     AdminDead,
     /// `POST /admin/webhooks/dead/{id}/replay`.
     AdminReplay { dead_id: String },
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
     /// `GET /healthz`: the process is alive.
     Healthz,
     /// `GET /readyz`: upstream reachable, outbox writable, not shutting down.
@@ -71,6 +73,45 @@ pub enum Route {
     InvalidSegment,
     /// Anything else.
     NotFound,
+}
+
+impl Route {
+    /// A fixed name per route, for metrics labels (never the path: ids would explode them).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::SendMessage => "send_message",
+            Route::MarkRead { .. } => "mark_read",
+            Route::UploadMedia => "upload_media",
+            Route::DownloadMedia { .. } => "download_media",
+            Route::DeleteMedia { .. } => "delete_media",
+            Route::MediaProviders { .. } => "media_providers",
+            Route::BusinessProfileGet => "business_profile_get",
+            Route::BusinessProfilePost => "business_profile_post",
+            Route::AboutGet => "about_get",
+            Route::AboutPatch => "about_patch",
+            Route::PhotoGet { .. } => "photo_get",
+            Route::PhotoPost => "photo_post",
+            Route::PhotoDelete => "photo_delete",
+            Route::ApplicationSettings => "application_settings",
+            Route::Login => "login",
+            Route::Logout => "logout",
+            Route::InboundWebhook { .. } => "inbound_webhook",
+            Route::WebhookConfig => "webhook_config",
+            Route::AdminStats => "admin_stats",
+            Route::AdminDead => "admin_dead",
+            Route::AdminReplay { .. } => "admin_replay",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Contacts => "contacts",
+            Route::Health => "health",
+            Route::PassThrough => "pass_through",
+            Route::NotOnCloud => "not_on_cloud",
+            Route::NotYetSupported => "not_yet_supported",
+            Route::InvalidSegment => "invalid_segment",
+            Route::NotFound => "not_found",
+        }
+    }
 }
 
 /// Matches the path (query ignored, a trailing `/` tolerated) against the table.
@@ -132,6 +173,7 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
             channel: decode_segment(channel).into_owned(),
         },
         ("GET" | "POST", ["v1", "configs", "webhook"]) => Route::WebhookConfig,
+        ("GET", ["metrics"]) => Route::Metrics,
         ("GET", ["healthz"]) => Route::Healthz,
         ("GET", ["readyz"]) => Route::Readyz,
         ("GET", ["admin", "webhooks", "stats"]) => Route::AdminStats,

@@ -833,3 +833,48 @@ async fn a_200_carrying_an_error_body_is_not_a_success() {
     .await;
     assert_eq!((answer.status, answer.onprem_error_code()), (400, 1013));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_errors_by_code() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    send_json(&proxy, "POST", "/v1/messages", r#"{"type":"text"}"#).await;
+    let metrics = send(&proxy, "GET", "/metrics", &[], "").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"waba_proxy_requests_total{route="send_message",status="201"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"waba_proxy_requests_total{route="send_message",status="400"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"waba_proxy_errors_total{code="1008"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("waba_proxy_upstream_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"waba_proxy_webhook_outbox{state="pending"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("waba_proxy_in_flight_requests 1"),
+        "the scrape itself is in flight: {text}"
+    );
+}

@@ -26,6 +26,7 @@ use crate::auth::{Auth, KeyMapError};
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::error::{ProxyError, Unreadable};
+use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
 use crate::relay::Relay;
 use crate::routes::{route, Route};
 use crate::store::Store;
@@ -40,6 +41,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: Auth,
     pub relay: Relay,
+    pub metrics: Metrics,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
     pub shutting_down: AtomicBool,
 }
@@ -66,6 +68,7 @@ impl AppState {
             store,
             auth,
             relay,
+            metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -87,8 +90,16 @@ pub async fn handle(
     let request_id = request_id(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let route = route(method.as_str(), &path_and_query);
+    let route_name = route.name();
+    state.metrics.in_flight.inc();
 
-    let mut response = match serve(&state, request, &request_id).await {
+    let mut response = match serve(&state, request, &request_id, route, &path_and_query).await {
         Ok(Reply::Json(status, body)) => json_response(status, &body),
         Ok(Reply::Stream(response)) => response,
         Err(error) => {
@@ -100,9 +111,23 @@ pub async fn handle(
             } else {
                 warn!(request_id = %request_id, error = %logged, "request failed");
             }
+            state
+                .metrics
+                .errors
+                .get_or_create(&ErrorLabels { code: onprem.code })
+                .inc();
             json_response(onprem.status, &onprem.to_body(&state.config.meta))
         }
     };
+    state.metrics.in_flight.dec();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route_name,
+            status: response.status().as_u16(),
+        })
+        .inc();
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, id);
     }
@@ -121,14 +146,10 @@ async fn serve(
     state: &AppState,
     request: Request<Incoming>,
     request_id: &str,
+    route: Route,
+    path_and_query: &str,
 ) -> Result<Reply, ProxyError> {
     let method = request.method().as_str().to_owned();
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let route = route(&method, &path_and_query);
     let (parts, body) = request.into_parts();
     match &route {
         Route::Login => return settings::login(state, &parts.headers),
@@ -140,6 +161,7 @@ async fn serve(
             return webhooks::admin(state, &route, &parts.headers).await
         }
         Route::Healthz => return Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),
+        Route::Metrics => return Ok(metrics(state).await),
         Route::Readyz => return Ok(readyz(state).await),
         _ => {}
     }
@@ -191,11 +213,31 @@ async fn serve(
     };
     let body = cloud.body.as_ref().map(|b| Bytes::from(b.to_string()));
     let method = Method::from_bytes(cloud.method.as_bytes()).unwrap_or(Method::POST);
+    let upstream_started = Instant::now();
     let answer = state
         .upstream
         .exchange(method, &cloud.path, &headers, body)
-        .await?;
+        .await;
+    state
+        .metrics
+        .upstream_seconds
+        .observe(upstream_started.elapsed().as_secs_f64());
+    let answer = answer?;
     translate_answer(&route, answer.status, &answer.body, state)
+}
+
+async fn metrics(state: &AppState) -> Reply {
+    let outbox = state.relay.outbox.clone();
+    let stats = tokio::task::spawn_blocking(move || outbox.stats(crate::relay::now_ms()))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let mut response = Response::new(full(state.metrics.render(stats.as_ref())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Reply::Stream(response)
 }
 
 /// Ready means: not shutting down, the outbox takes writes, and upstream accepts a TCP

@@ -238,7 +238,11 @@ async fn deliver_one(state: &AppState, item: outbox::Due) -> Outcome {
         Some(channel) => post(state, &channel, &item).await,
     };
     match result {
-        Ok(()) => Outcome::Delivered { id: item.id },
+        Ok(()) => {
+            let waited = (now_ms() - item.created_at).max(0) as f64 / 1000.0;
+            state.metrics.delivery_seconds.observe(waited);
+            Outcome::Delivered { id: item.id }
+        }
         Err(error) => {
             let now = now_ms();
             let age = Duration::from_millis((now - item.created_at).max(0) as u64);

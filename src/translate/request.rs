@@ -125,7 +125,8 @@ pub fn onprem_to_cloud_request(
         | Route::AdminDead
         | Route::AdminReplay { .. }
         | Route::Healthz
-        | Route::Readyz => Err(OnPremError::new(
+        | Route::Readyz
+        | Route::Metrics => Err(OnPremError::new(
             501,
             1000,
             "answered by the running proxy from its own state; nothing is sent upstream",
