@@ -205,7 +205,7 @@ async fn serve(
         _ => {}
     }
     let translated =
-        onprem_to_cloud_request(&route, &method, &path_and_query, &body, &state.config.meta)
+        onprem_to_cloud_request(&route, &method, path_and_query, &body, &state.config.meta)
             .map_err(ProxyError::Rejected)?;
     let cloud = match translated {
         Translated::Local { status, body } => return Ok(Reply::Json(status, body)),
