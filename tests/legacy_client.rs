@@ -100,6 +100,52 @@ async fn call(base: &str, method: &str, path: &str, body: Value) -> (u16, Value)
     (status, serde_json::from_slice(&bytes).unwrap())
 }
 
+const WEBHOOK_SECRET: &str = "webhook-secret-5f2e";
+
+/// Logs in as the key map's user and sends one text with the bearer token; returns the token.
+async fn login_and_send(base: &str) -> String {
+    use base64::Engine as _;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let basic = base64::engine::general_purpose::STANDARD.encode("admin:admin-password-9");
+    let login = http::Request::post(format!("{base}/v1/users/login"))
+        .header("authorization", format!("Basic {basic}"))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client.request(login).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let token = body["users"][0]["token"].as_str().unwrap().to_owned();
+    let send = http::Request::post(format!("{base}/v1/messages"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(bytes::Bytes::from_static(
+            br#"{"to":"15551234567","type":"text","text":{"body":"as admin"}}"#,
+        )))
+        .unwrap();
+    assert_eq!(client.request(send).await.unwrap().status(), 201);
+    token
+}
+
+async fn post_webhook(base: &str, secret: &str, event: &Value) -> (u16, bytes::Bytes) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let request = http::Request::post(format!("{base}/cloud-webhooks/default"))
+        .header("x-webhook-secret", secret)
+        .body(Full::new(bytes::Bytes::from(event.to_string())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
 async fn raw_call(base: &str, method: &str, path: &str) -> (u16, bytes::Bytes) {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
@@ -122,7 +168,35 @@ async fn raw_call(base: &str, method: &str, path: &str) -> (u16, bytes::Bytes) {
 #[tokio::test]
 async fn legacy_client_session_through_the_binary() {
     let mock = MockUpstream::start().await;
-    let mut proxy = start_binary(&mock.url()).await;
+    let receiver = MockUpstream::start().await;
+    receiver.set_default(support::mock_upstream::Behaviour::Json {
+        status: 200,
+        body: json!({}),
+    });
+    let map = std::env::temp_dir().join(format!("legacy-keymap-{}.json", std::process::id()));
+    // sha256("admin-password-9")
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"admin-password-9")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    std::fs::write(
+        &map,
+        format!(r#"{{"user:admin": {{"password_sha256": "{digest}", "api_key": "{KEY}"}}}}"#),
+    )
+    .unwrap();
+    let hook = format!("{}/hook", receiver.url());
+    let mut proxy = start_binary_with(
+        &mock.url(),
+        &[
+            ("WABA_PROXY_KEY_MAP", map.to_str().unwrap()),
+            ("WABA_PROXY_LEGACY_WEBHOOK_URL", &hook),
+            ("WABA_PROXY_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ],
+    )
+    .await;
     assert!(
         proxy.base.starts_with("http://127.0.0.1:") && !proxy.base.ends_with(":0"),
         "{}",
@@ -202,13 +276,27 @@ async fn legacy_client_session_through_the_binary() {
     let (status, _) = raw_call(&proxy.base, "GET", "/v1/media/990011").await;
     assert_eq!(status, 200);
 
+    // A self-hosted client logs in and sends with its token; Cloud posts a webhook.
+    let token = login_and_send(&proxy.base).await;
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": "2"},
+                  "statuses": [{"id": wamid, "status": "delivered", "timestamp": "1", "recipient_id": "15551234567"}]}}]}]});
+    let (status, _) = post_webhook(&proxy.base, WEBHOOK_SECRET, &event).await;
+    assert_eq!(status, 200);
+    let (status, _) = post_webhook(&proxy.base, "wrong-secret-value", &event).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        receiver.wait_for_requests(1).await[0].json()["statuses"][0]["type"],
+        "message"
+    );
+
     // What upstream saw: five valid Cloud requests, none carrying On-Premise-only fields.
     let sent: Vec<_> = mock
         .requests()
         .into_iter()
         .filter(|r| r.path_and_query == "/messages")
         .collect();
-    assert_eq!(sent.len(), 5);
+    assert_eq!(sent.len(), 6);
     for request in &sent {
         assert_eq!(
             (request.method.as_str(), request.path_and_query.as_str()),
@@ -264,6 +352,22 @@ async fn legacy_client_session_through_the_binary() {
     assert!(
         !logs.contains("hash=ATs"),
         "the media url's query leaked into the logs:\n{logs}"
+    );
+    for secret in [
+        token.as_str(),
+        WEBHOOK_SECRET,
+        "wrong-secret-value",
+        "admin-password-9",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a secret leaked into the logs: {secret}\n{logs}"
+        );
+    }
+    assert_eq!(
+        sent[5].header("d360-api-key"),
+        Some(KEY),
+        "the token stood for the key upstream"
     );
 }
 

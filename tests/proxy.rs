@@ -878,3 +878,37 @@ async fn metrics_count_requests_by_route_and_errors_by_code() {
         "the scrape itself is in flight: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_completes_all_200_in_flight_requests() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behaviour::WaitForRelease);
+    let mut proxy =
+        spawn_proxy_with(&mock.url(), |c| c.shutdown_grace = Duration::from_secs(20)).await;
+    let addr = proxy.addr;
+    let in_flight: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move { support::proxy::TestProxyRef::new(addr).send_text().await })
+        })
+        .collect();
+    mock.wait_for_requests(200).await;
+    proxy.shutdown();
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "new connections still accepted during shutdown"
+    );
+    mock.release();
+    for request in in_flight {
+        assert_eq!(request.await.unwrap(), 201);
+    }
+    tokio::time::timeout(Duration::from_secs(20), proxy.server)
+        .await
+        .unwrap()
+        .unwrap();
+}
