@@ -26,10 +26,6 @@ struct RunningProxy {
     drain: tokio::task::JoinHandle<()>,
 }
 
-async fn start_binary(upstream: &str) -> RunningProxy {
-    start_binary_with(upstream, &[]).await
-}
-
 async fn start_binary_with(upstream: &str, env: &[(&str, &str)]) -> RunningProxy {
     let mut child = Command::new(BIN)
         .envs(env.iter().copied())
