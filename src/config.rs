@@ -149,6 +149,9 @@ pub struct ServeArgs {
     /// Connections served at once; past it new connections get 503 with Retry-After.
     #[arg(long, env = "WABA_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Runtime worker threads (0: one per core).
+    #[arg(long, env = "WABA_PROXY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Log format on stderr.
     #[arg(long, env = "WABA_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -12,6 +12,11 @@ use waba_onprem_proxy::handlers::AppState;
 use waba_onprem_proxy::translate::Meta;
 use waba_onprem_proxy::{cli, server};
 
+// Most of a request's own cost is small JSON allocations; mimalloc serves them faster than
+// glibc's allocator (measured with bench/run).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = match Cli::parse_with_default(std::env::args()) {
         Ok(args) => args,
@@ -39,10 +44,11 @@ fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("waba-onprem-proxy: cannot start the runtime: {error}");
