@@ -12,6 +12,8 @@ use http::Uri;
 use crate::translate::Meta;
 
 pub const DEFAULT_UPSTREAM: &str = "https://waba-v2.360dialog.io";
+/// The `--upstream` value that turns on dry-run mode.
+pub const DRY_RUN: &str = "dry-run";
 /// The last On-Premise release line; clients parse it as semver, leading `v` included.
 pub const DEFAULT_ONPREM_VERSION: &str = "v2.53.0";
 
@@ -68,7 +70,8 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (printed when ready).
     #[arg(long, env = "WABA_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Root of the Cloud API (the BSP's host); http:// is allowed for local mocks.
+    /// Root of the Cloud API (the BSP's host); http:// is allowed for local mocks; `dry-run`
+    /// sends nothing anywhere and answers with synthetic Cloud responses.
     #[arg(long, env = "WABA_PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstream: String,
     /// The `meta.version` the proxy answers with.
@@ -171,6 +174,8 @@ pub enum LogFormat {
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: UpstreamRoot,
+    /// `--upstream dry-run`: nothing leaves the machine; Cloud's answers are synthesized.
+    pub dry_run: bool,
     pub meta: Meta,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
@@ -321,7 +326,12 @@ impl ServeArgs {
         }
         Ok(Config {
             listen: self.listen,
-            upstream: UpstreamRoot::parse(&self.upstream)?,
+            upstream: if self.upstream == DRY_RUN {
+                UpstreamRoot::parse("http://dry-run.invalid")?
+            } else {
+                UpstreamRoot::parse(&self.upstream)?
+            },
+            dry_run: self.upstream == DRY_RUN,
             meta: Meta::new(self.onprem_version.clone()),
             connect_timeout: positive(self.connect_timeout_ms, "connect-timeout-ms")?,
             upstream_timeout: positive(self.upstream_timeout_ms, "upstream-timeout-ms")?,

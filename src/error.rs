@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// The data directory could not be read or written.
     #[error("storage failed: {0}")]
     Storage(#[source] std::io::Error),
+    /// `--upstream dry-run` cannot simulate this call (media transfers, fetches).
+    #[error("not simulated in dry-run mode: {0}")]
+    NotInDryRun(&'static str),
     /// Our bug: a request we built was invalid.
     #[error("internal error: {0}")]
     Internal(#[source] http::Error),
@@ -121,6 +124,11 @@ impl ProxyError {
                 500,
                 1014,
                 "the proxy could not read or write its data directory",
+            ),
+            ProxyError::NotInDryRun(what) => OnPremError::new(
+                501,
+                1000,
+                format!("dry run: {what} is not simulated; it would be sent to the Cloud API"),
             ),
             ProxyError::Internal(_) => OnPremError::new(500, 1014, "internal error in the proxy"),
         }

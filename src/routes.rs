@@ -51,6 +51,8 @@ pub enum Route {
     AdminDead,
     /// `POST /admin/webhooks/dead/{id}/replay`.
     AdminReplay { dead_id: String },
+    /// `GET /admin/dry-run/report`.
+    AdminDryRunReport,
     /// `GET /metrics`: Prometheus text.
     Metrics,
     /// `GET /healthz`: the process is alive.
@@ -101,6 +103,7 @@ impl Route {
             Route::AdminDead => "admin_dead",
             Route::AdminReplay { .. } => "admin_replay",
             Route::Metrics => "metrics",
+            Route::AdminDryRunReport => "admin_dry_run_report",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Contacts => "contacts",
@@ -178,6 +181,7 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         ("GET", ["readyz"]) => Route::Readyz,
         ("GET", ["admin", "webhooks", "stats"]) => Route::AdminStats,
         ("GET", ["admin", "webhooks", "dead"]) => Route::AdminDead,
+        ("GET", ["admin", "dry-run", "report"]) => Route::AdminDryRunReport,
         ("POST", ["admin", "webhooks", "dead", id, "replay"]) => Route::AdminReplay {
             dead_id: (*id).to_owned(),
         },

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::body::{full, ProxyBody};
 use crate::config::{Config, UpstreamRoot};
 use crate::error::{ProxyError, Unreadable};
+use crate::translate::dryrun;
 
 /// Redirect hops followed before the answer is taken as it is.
 const MAX_REDIRECTS: usize = 5;
@@ -33,6 +34,8 @@ pub struct CloudAnswer {
 
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    dry_run: bool,
+    serial: std::sync::atomic::AtomicU64,
     root: UpstreamRoot,
     timeout: Duration,
     max_body_bytes: usize,
@@ -54,6 +57,8 @@ impl Upstream {
             .build(https);
         Upstream {
             client,
+            dry_run: config.dry_run,
+            serial: std::sync::atomic::AtomicU64::new(1),
             root: config.upstream.clone(),
             timeout: config.upstream_timeout,
             max_body_bytes: config.max_upstream_body_bytes,
@@ -69,6 +74,9 @@ impl Upstream {
         headers: &HeaderMap,
         body: Option<Bytes>,
     ) -> Result<CloudAnswer, ProxyError> {
+        if self.dry_run {
+            return Ok(self.dry_run_answer(&method, path_and_query, body.as_deref()));
+        }
         let uri = self
             .root
             .join(path_and_query)
@@ -122,6 +130,34 @@ impl Upstream {
         }
     }
 
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Logs the Cloud request that would have been sent (secrets masked, no query) and
+    /// synthesizes Cloud's answer.
+    fn dry_run_answer(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        body: Option<&[u8]>,
+    ) -> CloudAnswer {
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        let path = path_and_query.split('?').next().unwrap_or("");
+        let logged = body.as_ref().map(dryrun::redacted).unwrap_or_default();
+        tracing::info!(method = %method, path = %path, body = %logged, "dry run: Cloud request not sent");
+        let (status, answer) =
+            dryrun::synthetic_cloud_answer(method.as_str(), path_and_query, body.as_ref(), serial);
+        CloudAnswer {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            headers: HeaderMap::new(),
+            body: Bytes::from(answer.to_string()),
+        }
+    }
+
     /// Sends a request whose body streams (media), returning as soon as the answer's head
     /// arrives. No redirects: a streamed body cannot be sent twice. The caller bounds time.
     pub async fn open(
@@ -131,6 +167,9 @@ impl Upstream {
         headers: HeaderMap,
         body: ProxyBody,
     ) -> Result<http::Response<Incoming>, ProxyError> {
+        if self.dry_run {
+            return Err(ProxyError::NotInDryRun("a media transfer"));
+        }
         let uri = self
             .root
             .join(path_and_query)
@@ -150,6 +189,9 @@ impl Upstream {
         uri: Uri,
         headers: HeaderMap,
     ) -> Result<http::Response<Incoming>, ProxyError> {
+        if self.dry_run {
+            return Err(ProxyError::NotInDryRun("fetching a link"));
+        }
         let mut request = Request::builder().method(Method::GET).uri(uri);
         if let Some(h) = request.headers_mut() {
             *h = headers;

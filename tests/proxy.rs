@@ -912,3 +912,79 @@ async fn sigterm_under_load_completes_all_200_in_flight_requests() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn dry_run_translates_everything_sends_nothing_and_reports_what_was_dropped() {
+    let proxy = spawn_proxy_with("dry-run", |c| c.admin_token = Some("admin-token".into())).await;
+    let text = send_json(&proxy, "POST", "/v1/messages",
+        r#"{"to":"+1 555 0100","type":"text","render_mentions":true,"preview_url":true,"text":{"body":"hi"}}"#).await;
+    assert_eq!(text.status, 201, "{:?}", text.body);
+    assert!(text.json()["messages"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("wamid.DRYRUN"));
+    assert_eq!(text.json()["contacts"][0]["wa_id"], "15550100");
+    let hsm = send_json(&proxy, "POST", "/v1/messages",
+        r#"{"to":"1","type":"hsm","hsm":{"namespace":"n","element_name":"e","language":{"policy":"deterministic","code":"en"}}}"#).await;
+    assert_eq!(hsm.status, 201);
+    assert_eq!(
+        send_json(
+            &proxy,
+            "PUT",
+            "/v1/messages/wamid.DRYRUN1",
+            r#"{"status":"read"}"#
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        send_json(&proxy, "GET", "/v1/settings/business/profile", "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send_json(&proxy, "POST", "/v1/messages", r#"{"type":"text"}"#)
+            .await
+            .status,
+        400
+    );
+    let media = send(
+        &proxy,
+        "POST",
+        "/v1/media",
+        &[("content-type", "image/png"), ("d360-api-key", "k")],
+        "png",
+    )
+    .await;
+    assert_eq!(media.status, 501);
+
+    let report = send(
+        &proxy,
+        "GET",
+        "/admin/dry-run/report",
+        &[("authorization", "Bearer admin-token")],
+        "",
+    )
+    .await;
+    assert_eq!(report.status, 200);
+    let report = report.json()["report"].clone();
+    assert_eq!(report["requests"]["send_message 201"], 2);
+    assert_eq!(report["requests"]["send_message 400"], 1);
+    assert_eq!(report["dropped_fields"]["send_message: render_mentions"], 1);
+    assert_eq!(
+        report["dropped_fields"]["send_message: preview_url (rewritten as text.preview_url)"],
+        1
+    );
+    assert_eq!(
+        report["dropped_fields"]["send_message: hsm (rewritten as template)"],
+        1
+    );
+    assert_eq!(report["refused"]["send_message: to is required"], 1);
+    assert!(report["refused"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("upload_media: dry run")));
+}

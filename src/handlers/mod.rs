@@ -10,7 +10,7 @@ mod webhooks;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,6 +42,8 @@ pub struct AppState {
     pub auth: Auth,
     pub relay: Relay,
     pub metrics: Metrics,
+    /// What dry-run mode has seen (empty otherwise).
+    pub dry_run_report: std::sync::Mutex<DryRunReport>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
     pub shutting_down: AtomicBool,
 }
@@ -69,9 +71,19 @@ impl AppState {
             auth,
             relay,
             metrics: Metrics::new(),
+            dry_run_report: std::sync::Mutex::new(DryRunReport::default()),
             shutting_down: AtomicBool::new(false),
         })
     }
+}
+
+/// Counts for `GET /admin/dry-run/report`: requests by route and status, refusals by reason, and
+/// the On-Premise fields that did not reach the Cloud request.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DryRunReport {
+    pub requests: std::collections::BTreeMap<String, u64>,
+    pub refused: std::collections::BTreeMap<String, u64>,
+    pub dropped_fields: std::collections::BTreeMap<String, u64>,
 }
 
 /// A handler's answer: JSON built from the translation, or a streamed response (media).
@@ -116,10 +128,28 @@ pub async fn handle(
                 .errors
                 .get_or_create(&ErrorLabels { code: onprem.code })
                 .inc();
+            if state.config.dry_run {
+                let mut report = state
+                    .dry_run_report
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                *report
+                    .refused
+                    .entry(format!("{route_name}: {}", onprem.details))
+                    .or_default() += 1;
+            }
             json_response(onprem.status, &onprem.to_body(&state.config.meta))
         }
     };
     state.metrics.in_flight.dec();
+    if state.config.dry_run {
+        let mut report = state
+            .dry_run_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = format!("{route_name} {}", response.status().as_u16());
+        *report.requests.entry(key).or_default() += 1;
+    }
     state
         .metrics
         .requests
@@ -162,6 +192,18 @@ async fn serve(
         }
         Route::Healthz => return Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),
         Route::Metrics => return Ok(metrics(state).await),
+        Route::AdminDryRunReport => {
+            webhooks::admin_allowed(state, &parts.headers)?;
+            let report = state
+                .dry_run_report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let body = serde_json::to_value(&*report).unwrap_or_default();
+            return Ok(Reply::Json(
+                200,
+                serde_json::json!({"dry_run": state.config.dry_run, "report": body}),
+            ));
+        }
         Route::Readyz => return Ok(readyz(state).await),
         _ => {}
     }
@@ -211,6 +253,21 @@ async fn serve(
         Translated::Local { status, body } => return Ok(Reply::Json(status, body)),
         Translated::Upstream(cloud) => cloud,
     };
+    if state.config.dry_run {
+        if let (Ok(onprem), Some(cloud_body)) = (crate::translate::parse_body(&body), &cloud.body) {
+            let dropped = crate::translate::dryrun::dropped_fields(&onprem, cloud_body);
+            let mut report = state
+                .dry_run_report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for field in dropped {
+                *report
+                    .dropped_fields
+                    .entry(format!("{}: {field}", route.name()))
+                    .or_default() += 1;
+            }
+        }
+    }
     let body = cloud.body.as_ref().map(|b| Bytes::from(b.to_string()));
     let method = Method::from_bytes(cloud.method.as_bytes()).unwrap_or(Method::POST);
     let upstream_started = Instant::now();
@@ -259,10 +316,12 @@ async fn readyz(state: &AppState) -> Reply {
             80
         });
     let connect = tokio::net::TcpStream::connect((root.authority.host(), port));
-    let upstream_ok = matches!(
-        tokio::time::timeout(state.config.connect_timeout, connect).await,
-        Ok(Ok(_))
-    );
+    // In dry-run mode nothing is sent upstream, so its reachability does not matter.
+    let upstream_ok = state.config.dry_run
+        || matches!(
+            tokio::time::timeout(state.config.connect_timeout, connect).await,
+            Ok(Ok(_))
+        );
     let ready = !shutting_down && outbox_ok && upstream_ok;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },

@@ -197,7 +197,7 @@ pub(super) async fn follow_sent_status(state: &AppState, api_key: &str, sent_sta
 }
 
 /// The admin routes exist only with `--admin-token`, and need it as a bearer token.
-fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), ProxyError> {
+pub(super) fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), ProxyError> {
     let Some(token) = &state.config.admin_token else {
         return Err(rejected(
             404,

@@ -5,6 +5,7 @@
 //! [`TranslateError`] that names the offending field. The async shell in `handlers` does the I/O.
 
 pub mod contacts;
+pub mod dryrun;
 pub mod errors;
 pub mod media;
 pub mod messages;

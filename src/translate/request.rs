@@ -126,7 +126,8 @@ pub fn onprem_to_cloud_request(
         | Route::AdminReplay { .. }
         | Route::Healthz
         | Route::Readyz
-        | Route::Metrics => Err(OnPremError::new(
+        | Route::Metrics
+        | Route::AdminDryRunReport => Err(OnPremError::new(
             501,
             1000,
             "answered by the running proxy from its own state; nothing is sent upstream",
