@@ -988,3 +988,73 @@ async fn dry_run_translates_everything_sends_nothing_and_reports_what_was_droppe
         .keys()
         .any(|k| k.starts_with("upload_media: dry run")));
 }
+
+#[tokio::test]
+async fn an_upstream_answer_cut_off_mid_body_is_502() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::ResetMidBody {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        declared_len: 500,
+        send: Bytes::from_static(br#"{"messaging_product":"whatsapp","mess"#),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
+}
+
+#[tokio::test]
+async fn huge_upstream_headers_are_502_not_a_crash() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Respond {
+        status: 200,
+        headers: vec![("x-huge".into(), "a".repeat(2_000_000))],
+        body: Bytes::from_static(br#"{"messages":[{"id":"wamid.A"}]}"#),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
+    assert_eq!(
+        send_json(&proxy, "GET", "/v1/health", "").await.status,
+        200,
+        "still serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_upstream_5xx_is_answered_503_every_time() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behaviour::Respond {
+        status: 503,
+        headers: vec![],
+        body: Bytes::from_static(b"overloaded"),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let addr = proxy.addr;
+    let storm: Vec<_> = (0..100)
+        .map(|_| {
+            tokio::spawn(async move { support::proxy::TestProxyRef::new(addr).send_text().await })
+        })
+        .collect();
+    for request in storm {
+        assert_eq!(request.await.unwrap(), 503);
+    }
+    assert_eq!(
+        mock.requests().len(),
+        100,
+        "each send went upstream exactly once"
+    );
+    assert_eq!(send_json(&proxy, "GET", "/v1/health", "").await.status, 200);
+}
