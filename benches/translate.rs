@@ -7,7 +7,9 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 use waba_onprem_proxy::translate::messages::{cloud_to_onprem_send_response, onprem_to_cloud_send};
-use waba_onprem_proxy::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
+use waba_onprem_proxy::translate::webhooks::{
+    cloud_to_onprem_webhook, cloud_to_onprem_webhook_owned, WebhookOptions,
+};
 use waba_onprem_proxy::translate::{parse_body, Meta};
 
 fn text() -> Value {
@@ -53,6 +55,25 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let body = parse_body(black_box(&hsm_bytes)).unwrap();
                 serde_json::to_vec(&onprem_to_cloud_send(&body).unwrap()).unwrap()
+            })
+        },
+    );
+    // The translations alone, on already parsed bodies.
+    let text_value = text();
+    c.bench_function("text send: onprem_to_cloud_send only", |b| {
+        b.iter(|| onprem_to_cloud_send(black_box(&text_value)).unwrap())
+    });
+    let hsm_value = hsm();
+    c.bench_function("hsm with 3 params: onprem_to_cloud_send only", |b| {
+        b.iter(|| onprem_to_cloud_send(black_box(&hsm_value)).unwrap())
+    });
+    let webhook_value = webhook_with_ten_statuses();
+    c.bench_function(
+        "webhook with 10 statuses: cloud_to_onprem_webhook only",
+        |b| {
+            b.iter(|| {
+                cloud_to_onprem_webhook(black_box(&webhook_value), WebhookOptions::default())
+                    .unwrap()
             })
         },
     );

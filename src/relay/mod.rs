@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::handlers::AppState;
-use crate::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
+use crate::translate::webhooks::{cloud_to_onprem_webhook_owned, WebhookOptions};
 use outbox::{Channel, Outbox, Outcome};
 
 /// Header the inbound post must carry; its value is the channel's secret.
@@ -120,7 +120,7 @@ impl Relay {
             };
             let translated = serde_json::from_slice::<Value>(&raw)
                 .map_err(|e| e.to_string())
-                .and_then(|v| cloud_to_onprem_webhook(&v, options).map_err(|e| e.to_string()));
+                .and_then(|v| cloud_to_onprem_webhook_owned(v, options).map_err(|e| e.to_string()));
             match translated {
                 Ok(translation) => {
                     let ingested = outbox

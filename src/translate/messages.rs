@@ -11,52 +11,55 @@ use super::{as_object, join, required_str, Meta, TranslateError};
 /// Cloud's limit for `text.body`; On-Premise answered 1001 "Message too long" past it.
 pub const TEXT_BODY_MAX_CHARS: usize = 4096;
 
-/// Top-level fields that only On-Premise understood. `preview_url` and `hsm` are rewritten
-/// before removal; `render_mentions` has no Cloud equivalent (Cloud renders mentions itself).
-const ONPREM_ONLY_FIELDS: [&str; 3] = ["preview_url", "render_mentions", "hsm"];
-
 const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"];
 
 /// On-Premise send body -> Cloud `POST /messages` body.
 pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
-    let message = match body {
+    onprem_to_cloud_send_owned(body.clone())
+}
+
+/// [`onprem_to_cloud_send`] taking the parsed body by value: the proxy's hot path moves the
+/// fields it keeps instead of copying them.
+pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> {
+    let mut message = match body {
         Value::Object(map) => map,
         Value::Null => return Err(TranslateError::missing("to")),
         _ => return Err(TranslateError::wrong_type("request body", "an object")),
     };
-    required_str(message, "", "to")?;
-    let kind = required_str(message, "", "type")?;
+    required_str(&message, "", "to")?;
+    let kind = required_str(&message, "", "type")?.to_owned();
 
-    let mut out = Map::with_capacity(message.len() + 2);
+    // On-Premise-only fields: taken out, and rewritten where they have a Cloud form
+    // (`render_mentions` has none: Cloud renders mentions itself).
+    let preview_url = message.remove("preview_url");
+    message.remove("render_mentions");
+    let hsm = message.remove("hsm");
+    let mut out = message;
     out.insert("messaging_product".into(), Value::from("whatsapp"));
-    out.insert("recipient_type".into(), Value::from("individual"));
-    for (key, value) in message {
-        if !ONPREM_ONLY_FIELDS.contains(&key.as_str()) {
-            out.insert(key.clone(), value.clone());
-        }
-    }
-    // A recipient_type of null means "not given": default it like an absent one.
-    if out.get("recipient_type").is_some_and(Value::is_null) {
+    // Absent or null: "not given", so the default applies.
+    if out.get("recipient_type").is_none_or(Value::is_null) {
         out.insert("recipient_type".into(), Value::from("individual"));
     }
 
-    match kind {
-        "text" => rewrite_text(message, &mut out)?,
+    match kind.as_str() {
+        "text" => {
+            let text = take_type_object(&mut out, "text")?;
+            out.insert("text".into(), rewrite_text(text, preview_url)?);
+        }
         "hsm" => {
-            let hsm = message
-                .get("hsm")
+            let hsm = hsm
                 .filter(|v| !v.is_null())
                 .ok_or_else(|| TranslateError::missing("hsm"))?;
             out.insert("type".into(), Value::from("template"));
-            out.insert("template".into(), onprem_hsm_to_cloud_template(hsm)?);
+            out.insert("template".into(), onprem_hsm_to_cloud_template(&hsm)?);
         }
         "template" => {
-            let template = type_object(message, "template")?;
-            out.insert("template".into(), onprem_to_cloud_template(template)?);
+            let template = take_type_object(&mut out, "template")?;
+            out.insert("template".into(), onprem_to_cloud_template(&template)?);
         }
         media if MEDIA_TYPES.contains(&media) => {
-            let rewritten = rewrite_media(media, type_object(message, media)?)?;
-            out.insert(media.to_owned(), rewritten);
+            let object = take_type_object(&mut out, media)?;
+            out.insert(media.to_owned(), rewrite_media(media, object)?);
         }
         // location, contacts, interactive, reaction and anything Cloud-only: unchanged. A type
         // Cloud does not know comes back from it as 131051, answered as On-Premise's 501.
@@ -64,28 +67,27 @@ pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
             if other.is_empty() {
                 return Err(TranslateError::invalid("type", "must not be empty"));
             }
-            type_object(message, other)?;
+            if out.get(other).is_none_or(Value::is_null) {
+                return Err(TranslateError::missing(other));
+            }
         }
     }
     Ok(Value::Object(out))
 }
 
-/// The object named by `type`, which every message must carry.
-fn type_object<'a>(
-    message: &'a Map<String, Value>,
-    kind: &str,
-) -> Result<&'a Value, TranslateError> {
+/// The object named by `type`, which every message must carry, taken out for rewriting.
+fn take_type_object(message: &mut Map<String, Value>, kind: &str) -> Result<Value, TranslateError> {
     message
-        .get(kind)
+        .remove(kind)
         .filter(|v| !v.is_null())
         .ok_or_else(|| TranslateError::missing(kind))
 }
 
-fn rewrite_text(
-    message: &Map<String, Value>,
-    out: &mut Map<String, Value>,
-) -> Result<(), TranslateError> {
-    let mut text = as_object(type_object(message, "text")?, "text")?.clone();
+fn rewrite_text(text: Value, preview_url: Option<Value>) -> Result<Value, TranslateError> {
+    let mut text = match text {
+        Value::Object(text) => text,
+        _ => return Err(TranslateError::wrong_type("text", "an object")),
+    };
     let body = required_str(&text, "text", "body")?;
     if body.chars().count() > TEXT_BODY_MAX_CHARS {
         return Err(TranslateError::MessageTooLong {
@@ -94,21 +96,23 @@ fn rewrite_text(
         });
     }
     // On-Premise put preview_url beside `text`; Cloud wants it inside. One already inside wins.
-    match message.get("preview_url") {
+    match preview_url {
         None | Some(Value::Null) => {}
         Some(Value::Bool(preview)) => {
             if text.get("preview_url").is_none_or(Value::is_null) {
-                text.insert("preview_url".into(), Value::Bool(*preview));
+                text.insert("preview_url".into(), Value::Bool(preview));
             }
         }
         Some(_) => return Err(TranslateError::wrong_type("preview_url", "a boolean")),
     }
-    out.insert("text".into(), Value::Object(text));
-    Ok(())
+    Ok(Value::Object(text))
 }
 
-fn rewrite_media(kind: &str, media: &Value) -> Result<Value, TranslateError> {
-    let mut media = as_object(media, kind)?.clone();
+fn rewrite_media(kind: &str, media: Value) -> Result<Value, TranslateError> {
+    let mut media = match media {
+        Value::Object(media) => media,
+        _ => return Err(TranslateError::wrong_type(kind, "an object")),
+    };
     for key in ["id", "link"] {
         if let Some(v) = media.get(key) {
             if !v.is_null() && !v.is_string() {

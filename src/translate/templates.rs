@@ -31,7 +31,11 @@ pub fn onprem_hsm_to_cloud_template(hsm: &Value) -> Result<Value, TranslateError
                 .collect::<Result<Vec<_>, _>>()?;
             template.insert(
                 "components".into(),
-                json!([{ "type": "body", "parameters": parameters }]),
+                // Built directly: `json!` would serialize the parameters all over again.
+                Value::Array(vec![Value::Object(Map::from_iter([
+                    ("type".to_owned(), Value::from("body")),
+                    ("parameters".to_owned(), Value::Array(parameters)),
+                ]))]),
             );
         }
         Some(_) => {

@@ -43,15 +43,27 @@ pub fn cloud_to_onprem_webhook(
     envelope: &Value,
     options: WebhookOptions,
 ) -> Result<WebhookTranslation, TranslateError> {
-    let Value::Object(envelope) = envelope else {
+    cloud_to_onprem_webhook_owned(envelope.clone(), options)
+}
+
+/// [`cloud_to_onprem_webhook`] taking the parsed post by value: the relay's hot path moves
+/// fields instead of copying them.
+pub fn cloud_to_onprem_webhook_owned(
+    envelope: Value,
+    options: WebhookOptions,
+) -> Result<WebhookTranslation, TranslateError> {
+    let Value::Object(mut envelope) = envelope else {
         return Err(TranslateError::wrong_type("webhook", "an object"));
     };
-    let Some(Value::Array(entries)) = envelope.get("entry") else {
+    let Some(Value::Array(entries)) = envelope.remove("entry") else {
         return Err(TranslateError::missing("entry"));
     };
     let mut translation = WebhookTranslation::default();
     for entry in entries {
-        let Some(Value::Array(changes)) = entry.get("changes") else {
+        let Value::Object(mut entry) = entry else {
+            continue;
+        };
+        let Some(Value::Array(changes)) = entry.remove("changes") else {
             continue;
         };
         for change in changes {
@@ -60,7 +72,10 @@ pub fn cloud_to_onprem_webhook(
                 translation.skipped.push(field.to_owned());
                 continue;
             }
-            let Some(Value::Object(value)) = change.get("value") else {
+            let Value::Object(mut change) = change else {
+                continue;
+            };
+            let Some(Value::Object(value)) = change.remove("value") else {
                 continue;
             };
             if let Some(payload) = messages_change(value, options) {
@@ -71,20 +86,23 @@ pub fn cloud_to_onprem_webhook(
     Ok(translation)
 }
 
-fn messages_change(value: &Map<String, Value>, options: WebhookOptions) -> Option<OnPremWebhook> {
+fn messages_change(
+    mut value: Map<String, Value>,
+    options: WebhookOptions,
+) -> Option<OnPremWebhook> {
     let mut body = Map::new();
-    if let Some(contacts) = value.get("contacts") {
-        body.insert("contacts".into(), contacts.clone());
+    if let Some(contacts) = value.remove("contacts") {
+        body.insert("contacts".into(), contacts);
     }
-    if let Some(Value::Array(messages)) = value.get("messages") {
+    if let Some(Value::Array(messages)) = value.remove("messages") {
         body.insert(
             "messages".into(),
-            Value::Array(messages.iter().map(message).collect()),
+            Value::Array(messages.into_iter().map(message).collect()),
         );
     }
-    if let Some(Value::Array(statuses)) = value.get("statuses") {
+    if let Some(Value::Array(statuses)) = value.remove("statuses") {
         let kept: Vec<Value> = statuses
-            .iter()
+            .into_iter()
             .filter(|s| {
                 options.sent_status || s.get("status").and_then(Value::as_str) != Some("sent")
             })
@@ -94,7 +112,7 @@ fn messages_change(value: &Map<String, Value>, options: WebhookOptions) -> Optio
             body.insert("statuses".into(), Value::Array(kept));
         }
     }
-    if let Some(Value::Array(errors)) = value.get("errors") {
+    if let Some(Value::Array(errors)) = value.remove("errors") {
         body.insert(
             "errors".into(),
             Value::Array(errors.iter().map(cloud_to_onprem_webhook_error).collect()),
@@ -114,11 +132,10 @@ fn messages_change(value: &Map<String, Value>, options: WebhookOptions) -> Optio
     })
 }
 
-fn message(message: &Value) -> Value {
-    let Value::Object(message) = message else {
-        return message.clone();
+fn message(message: Value) -> Value {
+    let Value::Object(mut out) = message else {
+        return message;
     };
-    let mut out = message.clone();
     flatten_errors(&mut out);
     match out.get("type").and_then(Value::as_str) {
         Some("unsupported") => {
@@ -153,11 +170,10 @@ fn message(message: &Value) -> Value {
     Value::Object(out)
 }
 
-fn status(status: &Value) -> Value {
-    let Value::Object(status) = status else {
-        return status.clone();
+fn status(status: Value) -> Value {
+    let Value::Object(mut out) = status else {
+        return status;
     };
-    let mut out = status.clone();
     out.remove("biz_opaque_callback_data");
     // On-Premise had no `played`; a played voice note has certainly been read.
     if out.get("status").and_then(Value::as_str) == Some("played") {
@@ -165,7 +181,10 @@ fn status(status: &Value) -> Value {
     }
     out.insert("type".into(), Value::from("message"));
     if let Some(recipient) = out.get("recipient_id").cloned() {
-        out.insert("message".into(), json!({ "recipient_id": recipient }));
+        out.insert(
+            "message".into(),
+            Value::Object(Map::from_iter([("recipient_id".to_owned(), recipient)])),
+        );
     }
     flatten_errors(&mut out);
     Value::Object(out)
