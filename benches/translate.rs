@@ -6,7 +6,9 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
-use waba_onprem_proxy::translate::messages::{cloud_to_onprem_send_response, onprem_to_cloud_send};
+use waba_onprem_proxy::translate::messages::{
+    cloud_to_onprem_send_response, onprem_to_cloud_send, onprem_to_cloud_send_owned,
+};
 use waba_onprem_proxy::translate::webhooks::{
     cloud_to_onprem_webhook, cloud_to_onprem_webhook_owned, WebhookOptions,
 };
@@ -45,7 +47,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("text send: parse + onprem_to_cloud_send + serialize", |b| {
         b.iter(|| {
             let body = parse_body(black_box(&text_bytes)).unwrap();
-            serde_json::to_vec(&onprem_to_cloud_send(&body).unwrap()).unwrap()
+            serde_json::to_vec(&onprem_to_cloud_send_owned(body).unwrap()).unwrap()
         })
     });
     let hsm_bytes = serde_json::to_vec(&hsm()).unwrap();
@@ -54,7 +56,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let body = parse_body(black_box(&hsm_bytes)).unwrap();
-                serde_json::to_vec(&onprem_to_cloud_send(&body).unwrap()).unwrap()
+                serde_json::to_vec(&onprem_to_cloud_send_owned(body).unwrap()).unwrap()
             })
         },
     );
@@ -94,7 +96,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let body: Value = serde_json::from_slice(black_box(&webhook_bytes)).unwrap();
-                cloud_to_onprem_webhook(&body, WebhookOptions::default()).unwrap()
+                cloud_to_onprem_webhook_owned(body, WebhookOptions::default()).unwrap()
             })
         },
     );
