@@ -78,10 +78,15 @@ fn run(args: &ServeArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        eprintln!(
-            "waba-onprem-proxy listening on http://{address} (upstream {}://{})",
-            config.upstream.scheme, config.upstream.authority
-        );
+        let upstream = if config.dry_run {
+            "dry run: nothing is sent upstream".to_owned()
+        } else {
+            format!(
+                "upstream {}://{}",
+                config.upstream.scheme, config.upstream.authority
+            )
+        };
+        eprintln!("waba-onprem-proxy listening on http://{address} ({upstream})");
         server::run(listener, state, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

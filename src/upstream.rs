@@ -21,6 +21,15 @@ use crate::config::{Config, UpstreamRoot};
 use crate::error::{ProxyError, Unreadable};
 use crate::translate::dryrun;
 
+tokio::task_local! {
+    /// The last upstream status of the request being served, for its access log line.
+    pub static UPSTREAM_STATUS: std::cell::Cell<u16>;
+}
+
+fn note_upstream_status(status: StatusCode) {
+    let _ = UPSTREAM_STATUS.try_with(|s| s.set(status.as_u16()));
+}
+
 /// Redirect hops followed before the answer is taken as it is.
 const MAX_REDIRECTS: usize = 5;
 
@@ -114,6 +123,7 @@ impl Upstream {
                 .map_err(ProxyError::Internal)?;
             let response = self.client.request(request).await.map_err(client_error)?;
             let status = response.status();
+            note_upstream_status(status);
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
             if matches!(
                 status,
@@ -151,8 +161,10 @@ impl Upstream {
         tracing::info!(method = %method, path = %path, body = %logged, "dry run: Cloud request not sent");
         let (status, answer) =
             dryrun::synthetic_cloud_answer(method.as_str(), path_and_query, body.as_ref(), serial);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        note_upstream_status(status);
         CloudAnswer {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            status,
             headers: HeaderMap::new(),
             body: Bytes::from(answer.to_string()),
         }
@@ -180,7 +192,9 @@ impl Upstream {
             h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
-        self.client.request(request).await.map_err(client_error)
+        let response = self.client.request(request).await.map_err(client_error)?;
+        note_upstream_status(response.status());
+        Ok(response)
     }
 
     /// A GET to any host (a client's media link), through the same pool and TLS settings.

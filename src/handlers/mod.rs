@@ -32,7 +32,7 @@ use crate::routes::{route, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, Upstream};
+use crate::upstream::{forwarded_request_headers, Upstream, UPSTREAM_STATUS};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -111,7 +111,12 @@ pub async fn handle(
     let route_name = route.name();
     state.metrics.in_flight.inc();
 
-    let mut response = match serve(&state, request, &request_id, route, &path_and_query).await {
+    let served = UPSTREAM_STATUS.scope(std::cell::Cell::new(0), async {
+        let reply = serve(&state, request, &request_id, route, &path_and_query).await;
+        (reply, UPSTREAM_STATUS.with(std::cell::Cell::get))
+    });
+    let (reply, upstream_status) = served.await;
+    let mut response = match reply {
         Ok(Reply::Json(status, body)) => json_response(status, &body),
         Ok(Reply::Stream(response)) => response,
         Err(error) => {
@@ -165,6 +170,8 @@ pub async fn handle(
         request_id = %request_id,
         method = %method,
         path = %path,
+        route = route_name,
+        upstream_status = (upstream_status != 0).then_some(upstream_status),
         status = response.status().as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
