@@ -1058,3 +1058,27 @@ async fn a_storm_of_upstream_5xx_is_answered_503_every_time() {
     );
     assert_eq!(send_json(&proxy, "GET", "/v1/health", "").await.status, 200);
 }
+
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_is_504_within_the_deadline() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::StallMidBody {
+        status: 200,
+        declared_len: 400,
+        send: Bytes::from_static(br#"{"messaging_product":"whatsapp","#),
+    });
+    let proxy = spawn_proxy_with(&mock.url(), |c| {
+        c.upstream_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -172,6 +172,14 @@ pub enum Behaviour {
         declared_len: u64,
         send: Bytes,
     },
+    /// Send status, `content-length: declared_len` and the bytes of `send`, then
+    /// nothing more, ever — for "upstream stalls mid-body" (the proxy's
+    /// deadline must end it).
+    StallMidBody {
+        status: u16,
+        declared_len: u64,
+        send: Bytes,
+    },
     /// Answer `body` with `transfer-encoding: chunked` (no content-length) —
     /// for downloads whose length is only known from the media metadata.
     /// `headers` must not set content-length or transfer-encoding.
@@ -219,6 +227,16 @@ impl Behaviour {
                         "mock upstream: Behaviour::ResetMidBody must send fewer bytes than it declares (send {} bytes, declared_len {declared_len})",
                         send.len()
                     );
+                }
+            }
+            Behaviour::StallMidBody {
+                status,
+                declared_len,
+                send,
+            } => {
+                check_status(*status);
+                if send.len() as u64 >= *declared_len {
+                    panic!("mock upstream: Behaviour::StallMidBody must send fewer bytes than it declares");
                 }
             }
             Behaviour::BytesChunked {
@@ -632,6 +650,8 @@ struct MockBody {
     length: Option<u64>,
     /// After `rest`: fail the body (hyper then drops the connection).
     abort: Option<Abort>,
+    /// After `rest`: never another frame.
+    stall: bool,
 }
 
 struct Abort {
@@ -648,6 +668,7 @@ impl MockBody {
             rest: bytes,
             chunk: usize::MAX,
             abort: None,
+            stall: false,
         }
     }
 
@@ -673,6 +694,9 @@ impl Body for MockBody {
             let n = this.rest.len().min(this.chunk);
             return Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))));
         }
+        if this.stall {
+            return Poll::Pending;
+        }
         let Some(abort) = &mut this.abort else {
             return Poll::Ready(None);
         };
@@ -693,7 +717,7 @@ impl Body for MockBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.length.is_some() && self.rest.is_empty() && self.abort.is_none()
+        self.length.is_some() && self.rest.is_empty() && self.abort.is_none() && !self.stall
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -802,6 +826,21 @@ async fn handle(
                 ..MockBody::streamed(send)
             };
             let mut resp = scripted(status, headers, body);
+            resp.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(declared_len));
+            Ok(resp)
+        }
+        Behaviour::StallMidBody {
+            status,
+            declared_len,
+            send,
+        } => {
+            let body = MockBody {
+                length: Some(declared_len),
+                stall: true,
+                ..MockBody::streamed(send)
+            };
+            let mut resp = scripted(status, Vec::new(), body);
             resp.headers_mut()
                 .insert(CONTENT_LENGTH, HeaderValue::from(declared_len));
             Ok(resp)
