@@ -110,7 +110,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WABA_PROXY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// JSON file mapping old API keys to new ones ("old": "new") and login users
-    /// ("user:<name>": {"password_sha256", "api_key"}); re-read on SIGHUP.
+    /// (`"user:<name>": {"password_sha256", "api_key"}`); re-read on SIGHUP.
     #[arg(long, env = "WABA_PROXY_KEY_MAP")]
     pub key_map: Option<PathBuf>,
     /// Public base URL of this proxy (https, no port, no `_` in the host: Cloud's rules), used to

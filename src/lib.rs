@@ -3,13 +3,21 @@
 //!
 //! # Layout
 //! - [`config`]: flags and `WABA_PROXY_*` variables -> validated [`config::Config`].
-//! - [`server`]: accept loop, header-read timeout, graceful shutdown.
+//! - [`server`]: accept loop, connection cap, header-read timeout, graceful shutdown, SIGHUP.
 //! - [`routes`]: pure route table, (method, On-Premise path) -> [`routes::Route`].
-//! - [`handlers`]: one request end to end: limited body -> translate -> upstream -> back.
-//! - [`upstream`]: the Cloud API client (pooling, TLS, timeouts, redirects, gzip, headers).
+//! - [`handlers`]: one request end to end (limited body -> translate -> upstream -> back), with
+//!   one module per area: media, profile (photo), providers, settings, webhooks.
+//! - [`upstream`]: the Cloud API client (pooling, TLS, timeouts, redirects, gzip, headers,
+//!   dry-run answers).
+//! - [`body`]: the streaming bodies (multipart upload, media download).
+//! - [`auth`]: the key map and login tokens.
+//! - [`store`]: per-API-key JSON documents in the data directory (providers, settings).
+//! - [`relay`]: inbound webhooks -> SQLite outbox -> delivery to the legacy URL.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: [`error::ProxyError`] and the one function deciding its On-Premise status.
-//! - [`translate`]: the pure core, no I/O: `messages`, `templates` (hsm), `contacts`,
-//!   `errors`, and `request` (whole requests and answers, shared with the `translate` command).
+//! - [`translate`]: the pure core, no I/O: `messages`, `templates` (hsm), `contacts`, `media`,
+//!   `profile`, `settings`, `webhooks`, `errors`, `dryrun`, and `request` (whole requests and
+//!   answers, shared with the `translate` command).
 //! - [`cli`]: the `translate` subcommand.
 
 pub mod auth;

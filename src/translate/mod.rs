@@ -97,7 +97,7 @@ pub(crate) fn as_object<'a>(
     }
 }
 
-/// [`as_object`] for the shell, which validates a few bodies of its own.
+/// `as_object` for the shell, which validates a few bodies of its own.
 pub fn as_object_pub<'a>(
     value: &'a Value,
     path: &str,
