@@ -201,26 +201,42 @@ pub(super) async fn download(
         return translate_answer(&route, answer.status, &answer.body, state);
     }
 
+    let content_type = HeaderValue::from_str(&info.mime_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(relay_media(
+        response,
+        content_type,
+        info.file_size,
+        deadline,
+    ))
+}
+
+/// An upstream media answer relayed to the client as a 200 stream: gzip decoded, and
+/// `Content-Length` from upstream, or `known_size` where upstream's is absent or counts
+/// compressed bytes.
+pub(super) fn relay_media(
+    response: http::Response<Incoming>,
+    content_type: HeaderValue,
+    known_size: Option<u64>,
+    deadline: Instant,
+) -> Reply {
     let gzip = response
         .headers()
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    // A gzip Content-Length counts compressed bytes; the client gets decoded ones.
     let promised = if gzip {
-        info.file_size
+        known_size
     } else {
-        content_length(response.headers()).or(info.file_size)
+        content_length(response.headers()).or(known_size)
     };
     let body = MediaDownload::new(response.into_body(), gzip, promised, deadline);
     let mut reply = Response::new(body.boxed_unsync());
     *reply.status_mut() = StatusCode::OK;
     let reply_headers = reply.headers_mut();
-    if let Ok(mime) = HeaderValue::from_str(&info.mime_type) {
-        reply_headers.insert(header::CONTENT_TYPE, mime);
-    }
+    reply_headers.insert(header::CONTENT_TYPE, content_type);
     if let Some(length) = promised {
         reply_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
-    Ok(Reply::Stream(reply))
+    Reply::Stream(reply)
 }

@@ -5,14 +5,13 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, StatusCode, Uri};
+use http::{Method, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::time::{timeout_at, Instant};
 
-use super::{content_length, translate_answer, Reply};
-use crate::body::MediaDownload;
+use super::{translate_answer, Reply};
 use crate::error::{ProxyError, Unreadable};
 use crate::handlers::AppState;
 use crate::routes::Route;
@@ -76,29 +75,17 @@ pub(super) async fn stream_photo(
             response.status().as_u16(),
         )));
     }
-    let gzip = response
+    let content_type = response
         .headers()
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let promised = if gzip {
-        None
-    } else {
-        content_length(response.headers())
-    };
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let body = MediaDownload::new(response.into_body(), gzip, promised, deadline);
-    let mut reply = Response::new(body.boxed_unsync());
-    *reply.status_mut() = StatusCode::OK;
-    let reply_headers = reply.headers_mut();
-    reply_headers.insert(
-        header::CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("image/jpeg")),
-    );
-    if let Some(length) = promised {
-        reply_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
-    Ok(Reply::Stream(reply))
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("image/jpeg"));
+    Ok(super::media::relay_media(
+        response,
+        content_type,
+        None,
+        deadline,
+    ))
 }
 
 /// `POST /v1/settings/profile/photo`: raw jpeg/png (at most 5 MiB, so it is read whole: the
