@@ -166,8 +166,20 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                 wait(relay, IDLE_POLL).await;
                 continue;
             }
-            Err(_) => return,
+            // The blocking task died (a bug): keep the loop alive rather than stop delivering.
+            Err(error) => {
+                warn!(%error, "outbox read failed; retrying");
+                wait(relay, IDLE_POLL).await;
+                continue;
+            }
         };
+        // Cleanup runs on its own clock, backlog or not.
+        if now - last_prune > 60_000 {
+            last_prune = now;
+            let outbox = relay.outbox.clone();
+            let before = now - state.config.webhook_retry_period.as_millis() as i64;
+            let _ = tokio::task::spawn_blocking(move || outbox.prune(before)).await;
+        }
         if due.is_empty() {
             let outbox = relay.outbox.clone();
             let next = tokio::task::spawn_blocking(move || outbox.next_due_at())
@@ -182,12 +194,6 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                     )
                 })
                 .unwrap_or(IDLE_POLL);
-            if now - last_prune > 60_000 {
-                last_prune = now;
-                let outbox = relay.outbox.clone();
-                let before = now - state.config.webhook_retry_period.as_millis() as i64;
-                let _ = tokio::task::spawn_blocking(move || outbox.prune(before)).await;
-            }
             wait(relay, pause).await;
             continue;
         }

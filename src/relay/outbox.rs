@@ -48,6 +48,8 @@ CREATE INDEX IF NOT EXISTS webhook_outbox_pending_order
     ON webhook_outbox (channel, ordering_key, id) WHERE delivered_at IS NULL AND dead_at IS NULL;
 CREATE INDEX IF NOT EXISTS webhook_outbox_pending_due
     ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL AND dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS webhook_outbox_event
+    ON webhook_outbox (event_id);
 CREATE TABLE IF NOT EXISTS webhook_dead (
     id INTEGER PRIMARY KEY,
     outbox_id BIGINT,
@@ -281,10 +283,16 @@ impl Outbox {
         rows.collect()
     }
 
-    /// When the next pending payload becomes due, if any is pending.
+    /// When the next deliverable payload becomes due: only the head of each recipient's queue
+    /// counts (a later event waits for its head, however old it is itself).
     pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
         self.lock().query_row(
-            "SELECT MIN(next_attempt_at) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+            "SELECT MIN(o.next_attempt_at) FROM webhook_outbox o
+             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL
+               AND NOT EXISTS (
+                   SELECT 1 FROM webhook_outbox p
+                   WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
+                     AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)",
             [],
             |row| row.get(0),
         )
@@ -400,9 +408,10 @@ impl Outbox {
         let Some((channel, ordering_key, payload, Some(outbox_id))) = row else {
             return Ok(false);
         };
+        // From the dead row itself: the outbox row may already be pruned.
         tx.execute(
             "INSERT INTO webhook_outbox (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
-             SELECT event_id, ?2, ?3, NULL, ?4, ?5, ?5 FROM webhook_outbox WHERE id = ?1",
+             VALUES (COALESCE((SELECT event_id FROM webhook_outbox WHERE id = ?1), 0), ?2, ?3, NULL, ?4, ?5, ?5)",
             params![outbox_id, channel, ordering_key, payload, now_ms],
         )?;
         tx.execute("DELETE FROM webhook_dead WHERE id = ?1", params![dead_id])?;
@@ -535,6 +544,49 @@ mod tests {
                 .collect::<Vec<_>>(),
             [2]
         );
+    }
+
+    #[test]
+    fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned() {
+        let outbox = outbox();
+        outbox
+            .ingest("c", "{}", &[payload("1", "a")], 0, 10)
+            .unwrap();
+        outbox
+            .record(
+                &[Outcome::Dead {
+                    id: 1,
+                    error: "gave up".into(),
+                }],
+                20,
+            )
+            .unwrap();
+        outbox.prune(1_000).unwrap();
+        let dead = outbox.dead(10).unwrap();
+        assert!(outbox.replay(dead[0].id, 30).unwrap());
+        let due = outbox.due(30, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].payload.contains("\"a\""));
+    }
+
+    #[test]
+    fn the_next_due_time_ignores_events_waiting_behind_their_recipient() {
+        let outbox = outbox();
+        outbox
+            .ingest("c", "{}", &[payload("1", "a"), payload("1", "b")], 0, 10)
+            .unwrap();
+        outbox
+            .record(
+                &[Outcome::Retry {
+                    id: 1,
+                    next_attempt_at: 5_000,
+                    error: "503".into(),
+                }],
+                20,
+            )
+            .unwrap();
+        // Event b (created at 10) is not deliverable before a: the loop must sleep until 5000.
+        assert_eq!(outbox.next_due_at().unwrap(), Some(5_000));
     }
 
     #[test]
