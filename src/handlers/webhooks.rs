@@ -9,14 +9,15 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::settings::{api_key, APPLICATION_SETTINGS};
-use super::{translate_answer, Reply};
+use super::Reply;
 use crate::error::ProxyError;
 use crate::handlers::AppState;
 use crate::relay::{
-    channel_for_key, configure_channel, now_ms, webhook_config_answer, Refused, SECRET_HEADER,
+    channel_for_key, configure_channel, now_ms, same_secret, webhook_config_answer, Refused,
+    SECRET_HEADER,
 };
 use crate::routes::Route;
-use crate::translate::errors::{onprem_error_for, OnPremError};
+use crate::translate::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
 use crate::translate::{as_object_pub, parse_body, TranslateError};
 
 /// `POST /cloud-webhooks/{channel}`: 200 only once the event is committed to disk.
@@ -164,27 +165,11 @@ pub(super) async fn register(
         )
         .await?;
     if !answer.status.is_success() {
-        return match translate_answer(&Route::WebhookConfig, answer.status, &answer.body, state)? {
-            Reply::Json(status, body) => Err(ProxyError::Rejected(OnPremError {
-                status,
-                code: body["errors"][0]["code"].as_i64().unwrap_or(1000),
-                title: body["errors"][0]["title"]
-                    .as_str()
-                    .unwrap_or("Generic error")
-                    .to_owned(),
-                details: body["errors"][0]["details"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                cloud_code: body["errors"][0]["cloud_code"].as_i64(),
-                cloud_subcode: None,
-            })),
-            Reply::Stream(_) => Err(rejected(
-                502,
-                1000,
-                "upstream refused the webhook registration".to_owned(),
-            )),
-        };
+        // Cloud's refusal, translated like any other answer, is the client's answer.
+        return Err(ProxyError::Rejected(cloud_to_onprem_error(
+            answer.status.as_u16(),
+            &answer.body,
+        )));
     }
     Ok(())
 }
@@ -210,13 +195,7 @@ pub(super) fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(),
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
-    {
+    if same_secret(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
         Err(rejected(

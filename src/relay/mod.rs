@@ -62,7 +62,7 @@ pub fn channel_for_key(api_key: &str) -> (String, String) {
 }
 
 /// Compares secrets without leaking where they differ through timing.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()

@@ -116,16 +116,9 @@ pub fn cloud_to_onprem_webhook_error(error: &Value) -> Value {
         .or_else(|| text("title"))
         .or_else(|| text("message"))
         .unwrap_or_else(|| "Generic error".to_owned());
-    let details = match error.get("error_data") {
-        Some(Value::Object(data)) => data
-            .get("details")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        Some(Value::String(data)) => Some(data.clone()),
-        _ => None,
-    }
-    .or_else(|| text("message"))
-    .unwrap_or_default();
+    let details = error_data_details(error)
+        .or_else(|| text("message"))
+        .unwrap_or_default();
     let mut out = serde_json::Map::new();
     out.insert("code".into(), Value::from(code));
     out.insert("title".into(), Value::from(title));
@@ -191,10 +184,9 @@ pub fn cloud_to_onprem_error(status: u16, body: &[u8]) -> OnPremError {
     }
 }
 
-fn graph_error(status: u16, graph: &serde_json::Map<String, Value>) -> OnPremError {
-    let cloud_code = graph.get("code").and_then(Value::as_i64);
-    let message = graph.get("message").and_then(Value::as_str).unwrap_or("");
-    let details = match graph.get("error_data") {
+/// Cloud puts the human detail in `error_data.details`, or makes `error_data` a string.
+fn error_data_details(error: &serde_json::Map<String, Value>) -> Option<String> {
+    match error.get("error_data") {
         Some(Value::Object(data)) => data
             .get("details")
             .and_then(Value::as_str)
@@ -202,7 +194,12 @@ fn graph_error(status: u16, graph: &serde_json::Map<String, Value>) -> OnPremErr
         Some(Value::String(data)) => Some(data.clone()),
         _ => None,
     }
-    .unwrap_or_else(|| message.to_owned());
+}
+
+fn graph_error(status: u16, graph: &serde_json::Map<String, Value>) -> OnPremError {
+    let cloud_code = graph.get("code").and_then(Value::as_i64);
+    let message = graph.get("message").and_then(Value::as_str).unwrap_or("");
+    let details = error_data_details(graph).unwrap_or_else(|| message.to_owned());
 
     let (code, status) = match cloud_code.and_then(map_cloud_code) {
         Some(mapped) => mapped,
