@@ -517,3 +517,25 @@ async fn events_stored_before_a_restart_are_delivered_after_it() {
         "wamid.Keep"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_premise_style() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(Behaviour::Json {
+        status: 401,
+        body: json!({"error": "Invalid api key"}),
+    });
+    let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.public_url = Some("https://proxy.example.com".into())
+    })
+    .await;
+    let set = send_json(
+        &proxy,
+        "POST",
+        "/v1/configs/webhook",
+        r#"{"url": "https://crm.example/hook"}"#,
+    )
+    .await;
+    assert_eq!((set.status, set.onprem_error_code()), (401, 1005));
+    assert_eq!(set.json()["errors"][0]["details"], "Invalid api key");
+}
