@@ -242,7 +242,9 @@ async fn serve(
             return settings::application(state, &method, &headers, &body).await
         }
         Route::WebhookConfig => return webhooks::config(state, &method, &headers, &body).await,
-        Route::SendMessage => {
+        // Only sends that name a provider are parsed here; every other send is parsed once, by
+        // the translation below.
+        Route::SendMessage if body.windows(10).any(|w| w == b"\"provider\"") => {
             if let Ok(message) = crate::translate::parse_body(&body) {
                 match providers::resolve_provider_link(state, &headers, &message).await? {
                     None => {}
