@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+
+use crate::db::Database;
+use crate::store::key_hash;
 
 /// The header 360dialog authenticates with.
 pub const API_KEY_HEADER: &str = "d360-api-key";
@@ -82,25 +84,29 @@ pub enum LoginRefused {
     NoUsers,
     /// Missing or malformed Basic credentials, unknown user or wrong password.
     BadCredentials,
+    /// The session could not be stored.
+    Storage,
 }
 
 /// A request whose credentials cannot be turned into an API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unauthenticated;
-
-struct Session {
-    api_key: String,
-    expires: SystemTime,
+pub enum Unauthenticated {
+    /// No such login token, or it expired or its user left the key map.
+    UnknownToken,
+    /// The session store could not be asked.
+    Storage,
 }
 
+/// Login sessions live in the database (any replica accepts a token another one issued), as
+/// the SHA-256 of the token and the key map user: the API key itself stays in the key map.
 pub struct Auth {
     path: Option<PathBuf>,
     map: RwLock<Arc<KeyMap>>,
-    sessions: Mutex<HashMap<String, Session>>,
+    db: Database,
 }
 
 impl Auth {
-    pub fn new(path: Option<PathBuf>) -> Result<Auth, KeyMapError> {
+    pub fn new(path: Option<PathBuf>, db: Database) -> Result<Auth, KeyMapError> {
         let map = match &path {
             Some(path) => KeyMap::load(path)?,
             None => KeyMap::default(),
@@ -108,7 +114,7 @@ impl Auth {
         Ok(Auth {
             path,
             map: RwLock::new(Arc::new(map)),
-            sessions: Mutex::new(HashMap::new()),
+            db,
         })
     }
 
@@ -131,11 +137,12 @@ impl Auth {
     /// Rewrites the upstream headers in place: a mapped `D360-API-KEY` is replaced; without
     /// one, a login token (`Authorization: Bearer`) becomes its API key. Headers with neither
     /// pass as they are (upstream answers 401, which is translated).
-    pub fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), Unauthenticated> {
+    pub async fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), Unauthenticated> {
         let map = self.map();
         if let Some(key) = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
             if let Some(new_key) = map.keys.get(key) {
-                let value = HeaderValue::from_str(new_key).map_err(|_| Unauthenticated)?;
+                let value =
+                    HeaderValue::from_str(new_key).map_err(|_| Unauthenticated::UnknownToken)?;
                 headers.insert(API_KEY_HEADER, value);
             }
             return Ok(());
@@ -143,16 +150,18 @@ impl Auth {
         let Some(token) = bearer(headers) else {
             return Ok(());
         };
-        let api_key = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = SystemTime::now();
-            sessions.retain(|_, s| s.expires > now);
-            sessions
-                .get(token)
-                .map(|s| s.api_key.clone())
-                .ok_or(Unauthenticated)?
-        };
-        let value = HeaderValue::from_str(&api_key).map_err(|_| Unauthenticated)?;
+        let user = self
+            .db
+            .session_user(&key_hash(token), epoch_ms(SystemTime::now()))
+            .await
+            .map_err(|_| Unauthenticated::Storage)?
+            .ok_or(Unauthenticated::UnknownToken)?;
+        let api_key = map
+            .users
+            .get(&user)
+            .map(|u| u.api_key.as_str())
+            .ok_or(Unauthenticated::UnknownToken)?;
+        let value = HeaderValue::from_str(api_key).map_err(|_| Unauthenticated::UnknownToken)?;
         headers.remove(header::AUTHORIZATION);
         headers.insert(API_KEY_HEADER, value);
         Ok(())
@@ -160,18 +169,14 @@ impl Auth {
 
     /// Checks Basic credentials against the `user:` entries and opens a session.
     /// Returns the token and when it expires.
-    pub fn login(&self, headers: &HeaderMap) -> Result<(String, SystemTime), LoginRefused> {
+    pub async fn login(&self, headers: &HeaderMap) -> Result<(String, SystemTime), LoginRefused> {
         let map = self.map();
         if map.users.is_empty() {
             return Err(LoginRefused::NoUsers);
         }
         let (name, password) = basic(headers).ok_or(LoginRefused::BadCredentials)?;
         let user = map.users.get(&name).ok_or(LoginRefused::BadCredentials)?;
-        let digest: String = Sha256::digest(password.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if !digest.eq_ignore_ascii_case(user.password_sha256.trim()) {
+        if !key_hash(&password).eq_ignore_ascii_case(user.password_sha256.trim()) {
             return Err(LoginRefused::BadCredentials);
         }
         let token = format!(
@@ -180,31 +185,27 @@ impl Auth {
             uuid::Uuid::new_v4().simple()
         );
         let expires = SystemTime::now() + TOKEN_LIFETIME;
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                token.clone(),
-                Session {
-                    api_key: user.api_key.clone(),
-                    expires,
-                },
-            );
+        self.db
+            .create_session(&key_hash(&token), &name, epoch_ms(expires))
+            .await
+            .map_err(|_| LoginRefused::Storage)?;
         Ok((token, expires))
     }
 
-    /// Ends the session of the request's bearer token; whether there was one.
-    pub fn logout(&self, headers: &HeaderMap) -> bool {
+    /// Ends the session of the request's bearer token; whether there was one (None: the
+    /// session store could not be asked).
+    pub async fn logout(&self, headers: &HeaderMap) -> Option<bool> {
         match bearer(headers) {
-            Some(token) => self
-                .sessions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(token)
-                .is_some(),
-            None => false,
+            Some(token) => self.db.delete_session(&key_hash(token)).await.ok(),
+            None => Some(false),
         }
     }
+}
+
+fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -231,10 +232,17 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 mod tests {
     use super::*;
 
-    fn auth_with(json: &str) -> Auth {
+    async fn database() -> Database {
+        let path = std::env::temp_dir().join(format!("auth-{}.sqlite3", uuid::Uuid::new_v4()));
+        Database::open(&crate::db::DatabaseUrl::Sqlite(path), None)
+            .await
+            .unwrap()
+    }
+
+    async fn auth_with(json: &str) -> Auth {
         let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&path, json).unwrap();
-        Auth::new(Some(path)).unwrap()
+        Auth::new(Some(path), database().await).unwrap()
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -245,57 +253,65 @@ mod tests {
         h
     }
 
-    #[test]
-    fn mapped_keys_are_replaced_and_others_pass() {
-        let auth = auth_with(r#"{"old": "new"}"#);
+    #[tokio::test]
+    async fn mapped_keys_are_replaced_and_others_pass() {
+        let auth = auth_with(r#"{"old": "new"}"#).await;
         let mut mapped = headers(&[("D360-API-KEY", "old")]);
-        auth.authenticate(&mut mapped).unwrap();
+        auth.authenticate(&mut mapped).await.unwrap();
         assert_eq!(mapped["d360-api-key"], "new");
         let mut other = headers(&[("D360-API-KEY", "other")]);
-        auth.authenticate(&mut other).unwrap();
+        auth.authenticate(&mut other).await.unwrap();
         assert_eq!(other["d360-api-key"], "other");
     }
 
-    #[test]
-    fn login_then_bearer_becomes_the_api_key_until_logout() {
+    #[tokio::test]
+    async fn login_then_bearer_becomes_the_api_key_until_logout() {
         // sha256("pw") = 30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4
         let auth = auth_with(
             r#"{"user:admin": {"password_sha256": "30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4", "api_key": "K1"}}"#,
-        );
+        )
+        .await;
         let basic = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("admin:pw")
         );
-        let (token, _) = auth.login(&headers(&[("authorization", &basic)])).unwrap();
+        let (token, _) = auth
+            .login(&headers(&[("authorization", &basic)]))
+            .await
+            .unwrap();
         let bearer = format!("Bearer {token}");
         let mut h = headers(&[("authorization", &bearer)]);
-        auth.authenticate(&mut h).unwrap();
+        auth.authenticate(&mut h).await.unwrap();
         assert_eq!(h["d360-api-key"], "K1");
         assert!(h.get("authorization").is_none());
-        assert!(auth.logout(&headers(&[("authorization", &bearer)])));
         assert_eq!(
-            auth.authenticate(&mut headers(&[("authorization", &bearer)])),
-            Err(Unauthenticated)
+            auth.logout(&headers(&[("authorization", &bearer)])).await,
+            Some(true)
+        );
+        assert_eq!(
+            auth.authenticate(&mut headers(&[("authorization", &bearer)]))
+                .await,
+            Err(Unauthenticated::UnknownToken)
         );
         let wrong = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("admin:nope")
         );
         assert_eq!(
-            auth.login(&headers(&[("authorization", &wrong)])),
+            auth.login(&headers(&[("authorization", &wrong)])).await,
             Err(LoginRefused::BadCredentials)
         );
     }
 
-    #[test]
-    fn reload_keeps_the_old_map_when_the_file_breaks() {
+    #[tokio::test]
+    async fn reload_keeps_the_old_map_when_the_file_breaks() {
         let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&path, r#"{"a": "b"}"#).unwrap();
-        let auth = Auth::new(Some(path.clone())).unwrap();
+        let auth = Auth::new(Some(path.clone()), database().await).unwrap();
         std::fs::write(&path, "not json").unwrap();
         assert!(auth.reload().is_err());
         let mut h = headers(&[("D360-API-KEY", "a")]);
-        auth.authenticate(&mut h).unwrap();
+        auth.authenticate(&mut h).await.unwrap();
         assert_eq!(h["d360-api-key"], "b");
     }
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use crate::db::DatabaseUrl;
 use crate::translate::Meta;
 
 pub const DEFAULT_UPSTREAM: &str = "https://waba-v2.360dialog.io";
@@ -109,6 +110,11 @@ pub struct ServeArgs {
     /// Where the proxy keeps state (media providers, settings), created when first needed.
     #[arg(long, env = "WABA_PROXY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where webhooks, settings, media providers and login sessions are kept:
+    /// `sqlite:<path>` (default: `webhooks.sqlite3` in the data directory, one replica) or
+    /// `postgres://user:password@host:5432/db` (shared by several replicas).
+    #[arg(long, env = "WABA_PROXY_DATABASE")]
+    pub database: Option<String>,
     /// JSON file mapping old API keys to new ones ("old": "new") and login users
     /// (`"user:<name>": {"password_sha256", "api_key"}`); re-read on SIGHUP.
     #[arg(long, env = "WABA_PROXY_KEY_MAP")]
@@ -185,6 +191,8 @@ pub struct Config {
     pub max_upstream_body_bytes: usize,
     pub media_timeout: Duration,
     pub data_dir: PathBuf,
+    /// None: the SQLite file in the data directory.
+    pub database: Option<DatabaseUrl>,
     pub key_map: Option<PathBuf>,
     pub public_url: Option<String>,
     pub legacy_webhook_url: Option<String>,
@@ -301,6 +309,8 @@ pub enum ConfigError {
     },
     #[error("--upstream {url}: {reason}")]
     Upstream { url: String, reason: String },
+    #[error("--database: {reason}")]
+    Database { reason: String },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
 }
@@ -341,6 +351,13 @@ impl ServeArgs {
             max_upstream_body_bytes: self.max_upstream_body_bytes,
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
             data_dir: self.data_dir.clone(),
+            database: self
+                .database
+                .as_deref()
+                .map(|url| {
+                    DatabaseUrl::parse(url).map_err(|reason| ConfigError::Database { reason })
+                })
+                .transpose()?,
             key_map: self.key_map.clone(),
             public_url: self
                 .public_url
@@ -366,6 +383,13 @@ impl ServeArgs {
 }
 
 impl Config {
+    /// The database in use: `--database`, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.database
+            .clone()
+            .unwrap_or_else(|| DatabaseUrl::default_in(&self.data_dir))
+    }
+
     /// Defaults, pointed at `upstream`: what tests and embedders start from.
     pub fn with_upstream(upstream: &str) -> Result<Config, ConfigError> {
         let args = ["waba-onprem-proxy", "serve", "--upstream", upstream].map(str::to_owned);

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod handlers;
 pub mod metrics;

@@ -55,14 +55,16 @@ fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = match AppState::new(config) {
-        Ok(state) => Arc::new(state),
-        Err(error) => {
-            eprintln!("waba-onprem-proxy: {error}");
-            return ExitCode::from(2);
-        }
-    };
     runtime.block_on(async move {
+        // Opened (and migrated) before listening: a replica that cannot reach its database
+        // never reports ready.
+        let state = match AppState::open(config).await {
+            Ok(state) => Arc::new(state),
+            Err(error) => {
+                eprintln!("waba-onprem-proxy: {error}");
+                return ExitCode::from(2);
+            }
+        };
         let config = &state.config;
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
@@ -86,7 +88,10 @@ fn run(args: &ServeArgs) -> ExitCode {
                 config.upstream.scheme, config.upstream.authority
             )
         };
-        eprintln!("waba-onprem-proxy listening on http://{address} ({upstream})");
+        eprintln!(
+            "waba-onprem-proxy listening on http://{address} ({upstream}, database {})",
+            config.database_url().describe()
+        );
         server::run(listener, state, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

@@ -72,8 +72,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     state
         .shutting_down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    // Deliveries in flight are simply retried after the restart (at least once).
+    // Deliveries in flight are simply retried after the restart (at least once); on a shared
+    // database their claims go back at once instead of when the lease ends.
     delivery.abort();
+    if let Err(error) = state.relay.db.release_claims(&state.relay.replica).await {
+        warn!(%error, "claims not released; other replicas take them when the lease ends");
+    }
     info!("shutting down: draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => info!("all connections drained"),

@@ -22,9 +22,10 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::auth::{Auth, KeyMapError};
+use crate::auth::{Auth, KeyMapError, Unauthenticated};
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
+use crate::db::Database;
 use crate::error::{ProxyError, Unreadable};
 use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
 use crate::relay::Relay;
@@ -53,17 +54,32 @@ pub struct AppState {
 pub enum StartError {
     #[error(transparent)]
     KeyMap(#[from] KeyMapError),
-    #[error("cannot open the webhook outbox in the data directory: {0}")]
-    Outbox(#[from] rusqlite::Error),
+    #[error("cannot open the database {database}: {source}")]
+    Database {
+        database: String,
+        source: crate::db::DbError,
+    },
 }
 
 impl AppState {
-    /// Fails when the key map cannot be read or the outbox cannot be opened.
-    pub fn new(config: Config) -> Result<AppState, StartError> {
-        let auth = Auth::new(config.key_map.clone())?;
-        let relay = Relay::open(&config)?;
+    /// Opens (and migrates) the database. Fails when the key map cannot be read or the
+    /// database cannot be opened.
+    pub async fn open(config: Config) -> Result<AppState, StartError> {
+        let url = config.database_url();
+        let failed = |source| StartError::Database {
+            database: url.describe(),
+            source,
+        };
+        // Documents kept as files by earlier versions come along into the default database.
+        let import_dir = config
+            .database
+            .is_none()
+            .then_some(config.data_dir.as_path());
+        let db = Database::open(&url, import_dir).await.map_err(failed)?;
+        let auth = Auth::new(config.key_map.clone(), db.clone())?;
+        let relay = Relay::open(&config, db.clone()).await.map_err(failed)?;
         let upstream = Upstream::new(&config);
-        let store = Store::new(config.data_dir.clone());
+        let store = Store::new(db);
         Ok(AppState {
             config,
             upstream,
@@ -189,8 +205,8 @@ async fn serve(
     let method = request.method().as_str().to_owned();
     let (parts, body) = request.into_parts();
     match &route {
-        Route::Login => return settings::login(state, &parts.headers),
-        Route::Logout => return settings::logout(state, &parts.headers),
+        Route::Login => return settings::login(state, &parts.headers).await,
+        Route::Logout => return settings::logout(state, &parts.headers).await,
         Route::InboundWebhook { channel } => {
             return webhooks::inbound(state, channel, &parts.headers, body).await
         }
@@ -215,13 +231,20 @@ async fn serve(
         _ => {}
     }
     let mut headers = upstream_headers(&parts, request_id);
-    state.auth.authenticate(&mut headers).map_err(|_| {
-        ProxyError::Rejected(OnPremError::new(
-            401,
-            1005,
-            "the login token is unknown or expired; log in again",
-        ))
-    })?;
+    state
+        .auth
+        .authenticate(&mut headers)
+        .await
+        .map_err(|refused| match refused {
+            Unauthenticated::UnknownToken => ProxyError::Rejected(OnPremError::new(
+                401,
+                1005,
+                "the login token is unknown or expired; log in again",
+            )),
+            Unauthenticated::Storage => ProxyError::Storage(std::io::Error::other(
+                "the login session store is unavailable",
+            )),
+        })?;
 
     match &route {
         Route::UploadMedia => return media::upload(state, &parts, headers, body).await,
@@ -293,11 +316,7 @@ async fn serve(
 }
 
 async fn metrics(state: &AppState) -> Reply {
-    let outbox = state.relay.outbox.clone();
-    let stats = tokio::task::spawn_blocking(move || outbox.stats(crate::relay::now_ms()))
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let stats = state.relay.db.stats(crate::relay::now_ms()).await.ok();
     let mut response = Response::new(full(state.metrics.render(stats.as_ref())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -310,11 +329,7 @@ async fn metrics(state: &AppState) -> Reply {
 /// connection within the connect timeout.
 async fn readyz(state: &AppState) -> Reply {
     let shutting_down = state.shutting_down.load(Ordering::SeqCst);
-    let outbox = state.relay.outbox.clone();
-    let outbox_ok = matches!(
-        tokio::task::spawn_blocking(move || outbox.writable()).await,
-        Ok(Ok(()))
-    );
+    let outbox_ok = state.relay.db.writable().await.is_ok();
     let root = &state.config.upstream;
     let port = root
         .authority

@@ -86,8 +86,11 @@ pub(super) async fn application(
 }
 
 /// `POST /v1/users/login`: Basic credentials -> a token, as On-Premise answered it.
-pub(super) fn login(state: &AppState, client_headers: &HeaderMap) -> Result<Reply, ProxyError> {
-    match state.auth.login(client_headers) {
+pub(super) async fn login(
+    state: &AppState,
+    client_headers: &HeaderMap,
+) -> Result<Reply, ProxyError> {
+    match state.auth.login(client_headers).await {
         Ok((token, expires)) => {
             let expires = time::OffsetDateTime::from(expires);
             let expires_after = format!(
@@ -115,21 +118,29 @@ pub(super) fn login(state: &AppState, client_headers: &HeaderMap) -> Result<Repl
             1005,
             "unknown user or wrong password",
         ))),
+        Err(LoginRefused::Storage) => Err(ProxyError::Storage(std::io::Error::other(
+            "the login session store is unavailable",
+        ))),
     }
 }
 
 /// `POST /v1/users/logout`: the token stops working.
-pub(super) fn logout(state: &AppState, client_headers: &HeaderMap) -> Result<Reply, ProxyError> {
-    if state.auth.logout(client_headers) {
-        Ok(Reply::Json(
+pub(super) async fn logout(
+    state: &AppState,
+    client_headers: &HeaderMap,
+) -> Result<Reply, ProxyError> {
+    match state.auth.logout(client_headers).await {
+        Some(true) => Ok(Reply::Json(
             200,
             json!({"meta": state.config.meta.to_value()}),
-        ))
-    } else {
-        Err(ProxyError::Rejected(OnPremError::new(
+        )),
+        Some(false) => Err(ProxyError::Rejected(OnPremError::new(
             401,
             1005,
             "no valid login token in the Authorization header",
-        )))
+        ))),
+        None => Err(ProxyError::Storage(std::io::Error::other(
+            "the login session store is unavailable",
+        ))),
     }
 }

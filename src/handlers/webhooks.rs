@@ -70,11 +70,7 @@ pub(super) async fn config(
     let meta = state.config.meta.to_value();
     if method == "GET" {
         let (name, _) = channel_for_key(key);
-        let outbox = state.relay.outbox.clone();
-        let channel = tokio::task::spawn_blocking(move || outbox.channel(&name))
-            .await
-            .map_err(|_| storage())?
-            .map_err(|_| storage())?;
+        let channel = state.relay.db.channel(&name).await.map_err(|_| storage())?;
         let mut answer = webhook_config_answer(channel.as_ref());
         answer["meta"] = meta;
         return Ok(Reply::Json(200, answer));
@@ -142,14 +138,9 @@ pub(super) async fn register(
         .as_ref()
         .and_then(|s| s.get("sent_status"))
         .and_then(Value::as_bool);
-    let outbox = state.relay.outbox.clone();
-    let legacy_url = legacy_url.to_owned();
-    let channel = tokio::task::spawn_blocking(move || {
-        configure_channel(&outbox, &key, &legacy_url, headers, sent_status)
-    })
-    .await
-    .map_err(|_| storage())?
-    .map_err(|_| storage())?;
+    let channel = configure_channel(&state.relay.db, &key, legacy_url, headers, sent_status)
+        .await
+        .map_err(|_| storage())?;
 
     let registration = json!({
         "url": format!("{public_url}/cloud-webhooks/{}", channel.name),
@@ -177,8 +168,9 @@ pub(super) async fn register(
 /// `sent_status` changed in application settings: the channel's deliveries follow.
 pub(super) async fn follow_sent_status(state: &AppState, api_key: &str, sent_status: bool) {
     let (name, _) = channel_for_key(api_key);
-    let outbox = state.relay.outbox.clone();
-    let _ = tokio::task::spawn_blocking(move || outbox.set_sent_status(&name, sent_status)).await;
+    if let Err(error) = state.relay.db.set_sent_status(&name, sent_status).await {
+        tracing::warn!(%error, "sent_status not applied to the webhook channel");
+    }
 }
 
 /// The admin routes exist only with `--admin-token`, and need it as a bearer token.
@@ -212,17 +204,16 @@ pub(super) async fn admin(
     headers: &HeaderMap,
 ) -> Result<Reply, ProxyError> {
     admin_allowed(state, headers)?;
-    let outbox = state.relay.outbox.clone();
-    let route = route.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<(u16, Value), rusqlite::Error> {
+    let db = &state.relay.db;
+    let answer = async {
         match route {
             Route::AdminStats => Ok((
                 200,
-                serde_json::to_value(outbox.stats(now_ms())?).unwrap_or_default(),
+                serde_json::to_value(db.stats(now_ms()).await?).unwrap_or_default(),
             )),
-            Route::AdminDead => Ok((200, json!({"dead": outbox.dead(1000)?}))),
+            Route::AdminDead => Ok((200, json!({"dead": db.dead(1000).await?}))),
             Route::AdminReplay { dead_id } => match dead_id.parse::<i64>() {
-                Ok(id) if outbox.replay(id, now_ms())? => Ok((200, json!({"replayed": id}))),
+                Ok(id) if db.replay(id, now_ms()).await? => Ok((200, json!({"replayed": id}))),
                 _ => Ok((
                     404,
                     json!({"errors": [{"code": 1006, "title": "Resource not found",
@@ -231,10 +222,9 @@ pub(super) async fn admin(
             },
             _ => Ok((404, json!({}))),
         }
-    })
+    }
     .await
-    .map_err(|_| storage())?
-    .map_err(|_| storage())?;
+    .map_err(|_: crate::db::DbError| storage())?;
     if answer.0 == 200 {
         state.relay.wake();
     }

@@ -2,8 +2,6 @@
 //! On-Premise shape. An event is acknowledged only once committed; delivery is at least once,
 //! retried with backoff, in order per recipient, and resumes after any crash.
 
-pub mod outbox;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,15 +9,14 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::db::{Channel, Claim, Database, DbError, Due, Outcome};
 use crate::handlers::AppState;
 use crate::translate::webhooks::{cloud_to_onprem_webhook_owned, WebhookOptions};
-use outbox::{Channel, Outbox, Outcome};
 
 /// Header the inbound post must carry; its value is the channel's secret.
 pub const SECRET_HEADER: &str = "x-webhook-secret";
@@ -32,7 +29,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const ROUND_SIZE: usize = 256;
 
 pub struct Relay {
-    pub outbox: Arc<Outbox>,
+    pub db: Database,
+    /// This process, in claims on a shared database.
+    pub replica: String,
     wake: Notify,
 }
 
@@ -54,10 +53,7 @@ pub fn now_ms() -> i64 {
 
 /// The channel name for an API key: derived, so the key itself appears nowhere.
 pub fn channel_for_key(api_key: &str) -> (String, String) {
-    let hash: String = Sha256::digest(api_key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = crate::store::key_hash(api_key);
     (format!("k{}", &hash[..24]), hash)
 }
 
@@ -72,13 +68,11 @@ pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 }
 
 impl Relay {
-    pub fn open(config: &Config) -> Result<Relay, rusqlite::Error> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let outbox = Outbox::open(&config.data_dir.join("webhooks.sqlite3"))?;
+    /// Sets up the flag-configured channel (if any) in `db`.
+    pub async fn open(config: &Config, db: Database) -> Result<Relay, DbError> {
         if let (Some(url), Some(secret)) = (&config.legacy_webhook_url, &config.webhook_secret) {
-            let existing = outbox.channel(DEFAULT_CHANNEL)?;
-            outbox.upsert_channel(&Channel {
+            let existing = db.channel(DEFAULT_CHANNEL).await?;
+            db.upsert_channel(&Channel {
                 name: DEFAULT_CHANNEL.to_owned(),
                 secret: secret.clone(),
                 legacy_url: url.clone(),
@@ -88,10 +82,12 @@ impl Relay {
                     .unwrap_or_default(),
                 sent_status: existing.as_ref().map(|c| c.sent_status).unwrap_or(true),
                 api_key_hash: None,
-            })?;
+            })
+            .await?;
         }
         Ok(Relay {
-            outbox: Arc::new(outbox),
+            db,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
             wake: Notify::new(),
         })
     }
@@ -103,46 +99,46 @@ impl Relay {
         secret: Option<&[u8]>,
         raw: Bytes,
     ) -> Result<(), Refused> {
-        let outbox = self.outbox.clone();
-        let channel = channel.to_owned();
-        let secret = secret.map(<[u8]>::to_vec);
-        let result = tokio::task::spawn_blocking(move || {
-            let Some(found) = outbox.channel(&channel).map_err(|_| Refused::Storage)? else {
-                return Err(Refused::UnknownChannel);
-            };
-            match secret {
-                Some(given) if same_secret(&given, found.secret.as_bytes()) => {}
-                _ => return Err(Refused::BadSecret),
-            }
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            let options = WebhookOptions {
-                sent_status: found.sent_status,
-            };
-            let translated = serde_json::from_slice::<Value>(&raw)
-                .map_err(|e| e.to_string())
-                .and_then(|v| cloud_to_onprem_webhook_owned(v, options).map_err(|e| e.to_string()));
-            match translated {
-                Ok(translation) => {
-                    let ingested = outbox
-                        .ingest(&channel, &text, &translation.payloads, translation.skipped.len(), now_ms())
-                        .map_err(|_| Refused::Storage)?;
-                    debug!(channel = %channel, stored = ingested.stored, duplicates = ingested.duplicates,
-                        skipped = translation.skipped.len(), "webhook stored");
-                    Ok(())
-                }
-                // Not a Cloud webhook: kept for the operator, acknowledged (a re-send would not
-                // make it readable).
-                Err(reason) => outbox
-                    .store_unreadable(&channel, &text, &reason, now_ms())
-                    .map_err(|_| Refused::Storage),
-            }
-        })
-        .await
-        .map_err(|_| Refused::Storage)?;
-        if result.is_ok() {
-            self.wake.notify_one();
+        let Some(found) = self
+            .db
+            .channel(channel)
+            .await
+            .map_err(|_| Refused::Storage)?
+        else {
+            return Err(Refused::UnknownChannel);
+        };
+        match secret {
+            Some(given) if same_secret(given, found.secret.as_bytes()) => {}
+            _ => return Err(Refused::BadSecret),
         }
-        result
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let options = WebhookOptions {
+            sent_status: found.sent_status,
+        };
+        let translated = serde_json::from_slice::<Value>(&raw)
+            .map_err(|e| e.to_string())
+            .and_then(|v| cloud_to_onprem_webhook_owned(v, options).map_err(|e| e.to_string()));
+        match translated {
+            Ok(translation) => {
+                let skipped = translation.skipped.len();
+                let ingested = self
+                    .db
+                    .ingest(channel, text, translation.payloads, skipped, now_ms())
+                    .await
+                    .map_err(|_| Refused::Storage)?;
+                debug!(channel = %channel, stored = ingested.stored, duplicates = ingested.duplicates,
+                    skipped, "webhook stored");
+            }
+            // Not a Cloud webhook: kept for the operator, acknowledged (a re-send would not
+            // make it readable).
+            Err(reason) => self
+                .db
+                .store_unreadable(channel, text, reason, now_ms())
+                .await
+                .map_err(|_| Refused::Storage)?,
+        }
+        self.wake.notify_one();
+        Ok(())
     }
 
     pub fn wake(&self) {
@@ -154,21 +150,28 @@ impl Relay {
 /// recipient), delivers them concurrently, and records the outcomes in one transaction.
 pub async fn deliver_forever(state: Arc<AppState>) {
     let relay = &state.relay;
+    let config = &state.config;
+    // On a shared database a round is one wave of deliveries, so it ends within one delivery
+    // timeout and the lease (twice that, and some) never runs out under a live replica.
+    let (round_size, lease) = if relay.db.is_shared() {
+        (
+            config.webhook_concurrency,
+            config.webhook_delivery_timeout * 2 + Duration::from_secs(10),
+        )
+    } else {
+        (ROUND_SIZE, Duration::ZERO)
+    };
     let mut last_prune = 0i64;
     loop {
-        let outbox = relay.outbox.clone();
         let now = now_ms();
-        let due = tokio::task::spawn_blocking(move || outbox.due(now, ROUND_SIZE)).await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(error)) => {
-                warn!(%error, "outbox unreadable; retrying");
-                wait(relay, IDLE_POLL).await;
-                continue;
-            }
-            // The blocking task died (a bug): keep the loop alive rather than stop delivering.
+        let claim = Claim {
+            replica: relay.replica.clone(),
+            until_ms: now + lease.as_millis() as i64,
+        };
+        let due = match relay.db.claim_due(now, round_size, &claim).await {
+            Ok(due) => due,
             Err(error) => {
-                warn!(%error, "outbox read failed; retrying");
+                warn!(%error, "outbox unreadable; retrying");
                 wait(relay, IDLE_POLL).await;
                 continue;
             }
@@ -176,17 +179,13 @@ pub async fn deliver_forever(state: Arc<AppState>) {
         // Cleanup runs on its own clock, backlog or not.
         if now - last_prune > 60_000 {
             last_prune = now;
-            let outbox = relay.outbox.clone();
-            let before = now - state.config.webhook_retry_period.as_millis() as i64;
-            let _ = tokio::task::spawn_blocking(move || outbox.prune(before)).await;
+            let before = now - config.webhook_retry_period.as_millis() as i64;
+            if let Err(error) = relay.db.prune(before, now).await {
+                warn!(%error, "outbox cleanup failed; will try again");
+            }
         }
         if due.is_empty() {
-            let outbox = relay.outbox.clone();
-            let next = tokio::task::spawn_blocking(move || outbox.next_due_at())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+            let next = relay.db.next_due_at().await.ok().flatten();
             let pause = next
                 .map(|at| {
                     Duration::from_millis(
@@ -200,7 +199,7 @@ pub async fn deliver_forever(state: Arc<AppState>) {
         let mut deliveries = JoinSet::new();
         let mut outcomes = Vec::with_capacity(due.len());
         for item in due {
-            if deliveries.len() >= state.config.webhook_concurrency {
+            if deliveries.len() >= config.webhook_concurrency {
                 if let Some(Ok(outcome)) = deliveries.join_next().await {
                     outcomes.push(outcome);
                 }
@@ -213,11 +212,8 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                 outcomes.push(outcome);
             }
         }
-        let outbox = relay.outbox.clone();
-        let recorded =
-            tokio::task::spawn_blocking(move || outbox.record(&outcomes, now_ms())).await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            warn!("delivery outcomes not recorded; those payloads will be delivered again");
+        if let Err(error) = relay.db.record(outcomes, now_ms()).await {
+            warn!(%error, "delivery outcomes not recorded; those payloads will be delivered again");
             wait(relay, IDLE_POLL).await;
         }
     }
@@ -227,21 +223,16 @@ async fn wait(relay: &Relay, at_most: Duration) {
     let _ = tokio::time::timeout(at_most, relay.wake.notified()).await;
 }
 
-async fn deliver_one(state: &AppState, item: outbox::Due) -> Outcome {
+async fn deliver_one(state: &AppState, item: Due) -> Outcome {
     let config = &state.config;
-    let outbox = state.relay.outbox.clone();
-    let channel_name = item.channel.clone();
-    let channel = tokio::task::spawn_blocking(move || outbox.channel(&channel_name))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
+    let channel = state.relay.db.channel(&item.channel).await;
     let result = match channel {
-        None => Err("channel no longer configured".to_owned()),
-        Some(channel) if channel.legacy_url.is_empty() => {
+        Err(error) => Err(format!("channel unreadable: {error}")),
+        Ok(None) => Err("channel no longer configured".to_owned()),
+        Ok(Some(channel)) if channel.legacy_url.is_empty() => {
             Err("channel has no legacy webhook URL".to_owned())
         }
-        Some(channel) => post(state, &channel, &item).await,
+        Ok(Some(channel)) => post(state, &channel, &item).await,
     };
     match result {
         Ok(()) => {
@@ -278,7 +269,7 @@ pub fn backoff(base: Duration, attempts_before: i64) -> Duration {
         .min(Duration::from_secs(3600))
 }
 
-async fn post(state: &AppState, channel: &Channel, item: &outbox::Due) -> Result<(), String> {
+async fn post(state: &AppState, channel: &Channel, item: &Due) -> Result<(), String> {
     let uri: Uri = channel
         .legacy_url
         .parse()
@@ -311,15 +302,15 @@ async fn post(state: &AppState, channel: &Channel, item: &outbox::Due) -> Result
 
 /// Stores the client's legacy URL (and headers) for its API key; returns the channel so the
 /// caller can register the proxy's inbound URL upstream.
-pub fn configure_channel(
-    outbox: &Outbox,
+pub async fn configure_channel(
+    db: &Database,
     api_key: &str,
     legacy_url: &str,
     headers: Vec<(String, String)>,
     sent_status: Option<bool>,
-) -> rusqlite::Result<Channel> {
+) -> Result<Channel, DbError> {
     let (name, hash) = channel_for_key(api_key);
-    let existing = outbox.channel(&name)?;
+    let existing = db.channel(&name).await?;
     let channel = Channel {
         secret: existing
             .as_ref()
@@ -339,7 +330,7 @@ pub fn configure_channel(
         api_key_hash: Some(hash),
         name,
     };
-    outbox.upsert_channel(&channel)?;
+    db.upsert_channel(&channel).await?;
     Ok(channel)
 }
 

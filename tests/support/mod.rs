@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is the failure report
 
 pub mod mock_upstream;
+pub mod postgres;
 pub mod proxy;

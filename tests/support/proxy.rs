@@ -29,8 +29,11 @@ pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) ->
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let state =
-        std::sync::Arc::new(waba_onprem_proxy::handlers::AppState::new(config).expect("state"));
+    let state = std::sync::Arc::new(
+        waba_onprem_proxy::handlers::AppState::open(config)
+            .await
+            .expect("state"),
+    );
     let server = tokio::spawn(waba_onprem_proxy::server::run(listener, state, async {
         let _ = rx.await;
     }));

@@ -1,19 +1,24 @@
-//! The durable outbox: inbound events and their On-Premise payloads in an embedded SQLite
-//! database (WAL mode, `synchronous=FULL`: a committed event survives a crash or power loss).
-//!
-//! The SQL sticks to what PostgreSQL also accepts (partial indexes, `ON CONFLICT ... DO
-//! NOTHING`, `BIGINT` epoch milliseconds, `BOOLEAN`), so the same tables can move to a shared
-//! PostgreSQL for several replicas. The one SQLite-ism is `INTEGER PRIMARY KEY` (the rowid); in
-//! PostgreSQL those columns are `BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY`.
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL` (a committed event
+//! survives a crash or power loss). One connection behind a mutex: the proxy is its only user.
 
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
 
+use super::{
+    dead_payload, headers_from_text, headers_to_text, Channel, Dead, DocumentChange, Due, Ingested,
+    Outcome, Stats,
+};
 use crate::translate::webhooks::OnPremWebhook;
 
-const SCHEMA: &str = "
+/// Numbered migrations, applied in order, each once. Version 1 is the schema from before
+/// versioning (hence `IF NOT EXISTS`: files created then already have it).
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE IF NOT EXISTS webhook_channels (
     name TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -65,91 +70,124 @@ CREATE TABLE IF NOT EXISTS webhook_counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
-";
+",
+    ),
+    (
+        2,
+        "
+ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE webhook_outbox ADD COLUMN claimed_until BIGINT;
+CREATE TABLE documents (
+    kind TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, key_hash)
+);
+CREATE TABLE login_sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+",
+    ),
+];
 
-/// Where inbound events for one legacy receiver come in and go out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Channel {
-    pub name: String,
-    /// Expected in `X-Webhook-Secret` on every inbound post.
-    pub secret: String,
-    pub legacy_url: String,
-    /// Extra headers the client asked for on deliveries.
-    pub headers: Vec<(String, String)>,
-    pub sent_status: bool,
-    /// SHA-256 of the API key the channel belongs to (none for the flag-configured one).
-    pub api_key_hash: Option<String>,
-}
-
-/// A payload due for delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    pub id: i64,
-    pub channel: String,
-    pub payload: String,
-    pub attempts: i64,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Ingested {
-    pub stored: usize,
-    pub duplicates: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    pub pending: i64,
-    pub delivered: i64,
-    pub dead: i64,
-    pub oldest_pending_age_ms: Option<i64>,
-    pub skipped_changes: i64,
-    pub duplicates: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Dead {
-    pub id: i64,
-    pub channel: String,
-    pub ordering_key: String,
-    pub payload: serde_json::Value,
-    pub reason: String,
-    pub attempts: i64,
-    pub created_at: i64,
-    pub died_at: i64,
-}
-
-pub struct Outbox {
+pub struct Sqlite {
     connection: Mutex<Connection>,
 }
 
-impl Outbox {
-    pub fn open(path: &Path) -> rusqlite::Result<Outbox> {
+impl Sqlite {
+    pub fn open(path: &Path) -> rusqlite::Result<Sqlite> {
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit reaches the disk before the event is acknowledged.
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        connection.execute_batch(SCHEMA)?;
-        Ok(Outbox {
+        let sqlite = Sqlite {
             connection: Mutex::new(connection),
-        })
+        };
+        sqlite.migrate()?;
+        Ok(sqlite)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn lock(&self) -> MutexGuard<'_, Connection> {
         self.connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a write transaction can start (the disk and the database lock are usable).
+    fn migrate(&self) -> rusqlite::Result<()> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )?;
+        for (version, sql) in MIGRATIONS {
+            let applied: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM schema_migrations WHERE version = ?1",
+                    params![version],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if applied.is_none() {
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                    params![version, crate::relay::now_ms()],
+                )?;
+            }
+        }
+        tx.commit()
+    }
+
+    pub fn schema_version(&self) -> rusqlite::Result<i64> {
+        self.lock().query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |row| row.get(0),
+        )
+    }
+
+    /// Per-key JSON files from before documents lived in the database (`<dir>/<kind>/<sha256
+    /// of the key>.json`): imported unless the database already has that document.
+    pub fn import_document_files(&self, dir: &Path) -> rusqlite::Result<()> {
+        for kind in ["media_providers", "application_settings"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(kind)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(key_hash) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".json"))
+                else {
+                    continue;
+                };
+                let Ok(body) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                if serde_json::from_str::<Value>(&body).is_err() {
+                    continue;
+                }
+                self.lock().execute(
+                    "INSERT INTO documents (kind, key_hash, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, key_hash) DO NOTHING",
+                    params![kind, key_hash, body, crate::relay::now_ms()],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn writable(&self) -> rusqlite::Result<()> {
-        let connection = self.lock();
-        connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        self.lock().execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
     }
 
     pub fn upsert_channel(&self, channel: &Channel) -> rusqlite::Result<()> {
-        let headers = serde_json::to_string(&channel.headers).unwrap_or_else(|_| "[]".into());
         self.lock().execute(
             "INSERT INTO webhook_channels (name, secret, legacy_url, headers, sent_status, api_key_hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -160,7 +198,7 @@ impl Outbox {
                 channel.name,
                 channel.secret,
                 channel.legacy_url,
-                headers,
+                headers_to_text(&channel.headers),
                 channel.sent_status,
                 channel.api_key_hash
             ],
@@ -180,7 +218,7 @@ impl Outbox {
                         name: row.get(0)?,
                         secret: row.get(1)?,
                         legacy_url: row.get(2)?,
-                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                        headers: headers_from_text(&headers),
                         sent_status: row.get(4)?,
                         api_key_hash: row.get(5)?,
                     })
@@ -197,8 +235,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Stores one inbound event and its payloads in one transaction. Payloads whose dedupe key
-    /// was already stored (an upstream re-send) are left out.
     pub fn ingest(
         &self,
         channel: &str,
@@ -242,7 +278,6 @@ impl Outbox {
         Ok(ingested)
     }
 
-    /// An inbound post that is not a Cloud webhook: kept in the dead-letter table, never lost.
     pub fn store_unreadable(
         &self,
         channel: &str,
@@ -253,13 +288,11 @@ impl Outbox {
         self.lock().execute(
             "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
              VALUES (NULL, ?1, '', ?2, ?3, 0, ?4, ?4)",
-            params![channel, serde_json::Value::String(raw.to_owned()).to_string(), reason, now_ms],
+            params![channel, Value::String(raw.to_owned()).to_string(), reason, now_ms],
         )?;
         Ok(())
     }
 
-    /// Due payloads, oldest first, at most one per (channel, recipient): a later event for a
-    /// recipient waits until every earlier one is delivered or dead.
     pub fn due(&self, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
@@ -283,8 +316,6 @@ impl Outbox {
         rows.collect()
     }
 
-    /// When the next deliverable payload becomes due: only the head of each recipient's queue
-    /// counts (a later event waits for its head, however old it is itself).
     pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
         self.lock().query_row(
             "SELECT MIN(o.next_attempt_at) FROM webhook_outbox o
@@ -298,7 +329,6 @@ impl Outbox {
         )
     }
 
-    /// Records one round of delivery outcomes in one transaction.
     pub fn record(&self, outcomes: &[Outcome], now_ms: i64) -> rusqlite::Result<()> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
@@ -377,13 +407,11 @@ impl Outbox {
              FROM webhook_dead ORDER BY id LIMIT ?1",
         )?;
         let rows = statement.query_map(params![limit as i64], |row| {
-            let payload: String = row.get(3)?;
             Ok(Dead {
                 id: row.get(0)?,
                 channel: row.get(1)?,
                 ordering_key: row.get(2)?,
-                payload: serde_json::from_str(&payload)
-                    .unwrap_or(serde_json::Value::String(payload)),
+                payload: dead_payload(row.get(3)?),
                 reason: row.get(4)?,
                 attempts: row.get(5)?,
                 created_at: row.get(6)?,
@@ -393,8 +421,6 @@ impl Outbox {
         rows.collect()
     }
 
-    /// Puts a dead payload back in the outbox as a fresh event (a new retry period);
-    /// false when there is no such dead payload (or it never was a payload).
     pub fn replay(&self, dead_id: i64, now_ms: i64) -> rusqlite::Result<bool> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
@@ -419,9 +445,7 @@ impl Outbox {
         Ok(true)
     }
 
-    /// Forgets delivered and dead payloads (and raw events) older than the retry period:
-    /// until then they still deduplicate upstream re-sends.
-    pub fn prune(&self, before_ms: i64) -> rusqlite::Result<()> {
+    pub fn prune(&self, before_ms: i64, now_ms: i64) -> rusqlite::Result<()> {
         let connection = self.lock();
         connection.execute(
             "DELETE FROM webhook_outbox WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND created_at < ?1",
@@ -432,25 +456,80 @@ impl Outbox {
                AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = webhook_events.id)",
             params![before_ms],
         )?;
+        connection.execute(
+            "DELETE FROM login_sessions WHERE expires_at <= ?1",
+            params![now_ms],
+        )?;
         Ok(())
     }
-}
 
-/// What became of one delivery attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered {
-        id: i64,
-    },
-    Retry {
-        id: i64,
-        next_attempt_at: i64,
-        error: String,
-    },
-    Dead {
-        id: i64,
-        error: String,
-    },
+    pub fn document(&self, kind: &str, key_hash: &str) -> rusqlite::Result<Option<Value>> {
+        let body: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT body FROM documents WHERE kind = ?1 AND key_hash = ?2",
+                params![kind, key_hash],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    }
+
+    pub fn update_document(
+        &self,
+        kind: &str,
+        key_hash: &str,
+        change: DocumentChange,
+    ) -> rusqlite::Result<Value> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let body: Option<String> = tx
+            .query_row(
+                "SELECT body FROM documents WHERE kind = ?1 AND key_hash = ?2",
+                params![kind, key_hash],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let next = change(body.and_then(|b| serde_json::from_str(&b).ok()));
+        tx.execute(
+            "INSERT INTO documents (kind, key_hash, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, key_hash) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            params![kind, key_hash, next.to_string(), crate::relay::now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    pub fn create_session(
+        &self,
+        token_hash: &str,
+        user: &str,
+        expires_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.lock().execute(
+            "INSERT INTO login_sessions (token_hash, user_name, expires_at) VALUES (?1, ?2, ?3)",
+            params![token_hash, user, expires_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn session_user(&self, token_hash: &str, now_ms: i64) -> rusqlite::Result<Option<String>> {
+        self.lock()
+            .query_row(
+                "SELECT user_name FROM login_sessions WHERE token_hash = ?1 AND expires_at > ?2",
+                params![token_hash, now_ms],
+                |row| row.get(0),
+            )
+            .optional()
+    }
+
+    pub fn delete_session(&self, token_hash: &str) -> rusqlite::Result<bool> {
+        let deleted = self.lock().execute(
+            "DELETE FROM login_sessions WHERE token_hash = ?1",
+            params![token_hash],
+        )?;
+        Ok(deleted > 0)
+    }
 }
 
 fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> rusqlite::Result<()> {
@@ -463,152 +542,4 @@ fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> rusqlite::Result
         params![name, by],
     )?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn outbox() -> Outbox {
-        let path = std::env::temp_dir().join(format!("outbox-{}.db", uuid::Uuid::new_v4()));
-        Outbox::open(&path).unwrap()
-    }
-
-    fn payload(wa_id: &str, id: &str) -> OnPremWebhook {
-        OnPremWebhook {
-            body: json!({"messages": [{"id": id, "from": wa_id}]}),
-            ordering_key: wa_id.to_owned(),
-            dedupe_key: Some(format!("message:{id}")),
-        }
-    }
-
-    #[test]
-    fn resends_are_stored_once() {
-        let outbox = outbox();
-        let first = outbox
-            .ingest("c", "{}", &[payload("1", "a")], 0, 10)
-            .unwrap();
-        let again = outbox
-            .ingest("c", "{}", &[payload("1", "a")], 0, 11)
-            .unwrap();
-        assert_eq!((first.stored, again.stored, again.duplicates), (1, 0, 1));
-    }
-
-    #[test]
-    fn a_recipient_waits_for_its_earlier_event_others_do_not() {
-        let outbox = outbox();
-        outbox
-            .ingest(
-                "c",
-                "{}",
-                &[payload("1", "a"), payload("1", "b"), payload("2", "c")],
-                0,
-                10,
-            )
-            .unwrap();
-        let due: Vec<i64> = outbox.due(10, 10).unwrap().iter().map(|d| d.id).collect();
-        assert_eq!(due, [1, 3]);
-        outbox
-            .record(
-                &[Outcome::Retry {
-                    id: 1,
-                    next_attempt_at: 100,
-                    error: "503".into(),
-                }],
-                10,
-            )
-            .unwrap();
-        // Still waiting on its earlier event, even though that one is not due.
-        assert_eq!(
-            outbox
-                .due(20, 10)
-                .unwrap()
-                .iter()
-                .map(|d| d.id)
-                .collect::<Vec<_>>(),
-            [3]
-        );
-        outbox
-            .record(
-                &[Outcome::Delivered { id: 1 }, Outcome::Delivered { id: 3 }],
-                30,
-            )
-            .unwrap();
-        assert_eq!(
-            outbox
-                .due(30, 10)
-                .unwrap()
-                .iter()
-                .map(|d| d.id)
-                .collect::<Vec<_>>(),
-            [2]
-        );
-    }
-
-    #[test]
-    fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned() {
-        let outbox = outbox();
-        outbox
-            .ingest("c", "{}", &[payload("1", "a")], 0, 10)
-            .unwrap();
-        outbox
-            .record(
-                &[Outcome::Dead {
-                    id: 1,
-                    error: "gave up".into(),
-                }],
-                20,
-            )
-            .unwrap();
-        outbox.prune(1_000).unwrap();
-        let dead = outbox.dead(10).unwrap();
-        assert!(outbox.replay(dead[0].id, 30).unwrap());
-        let due = outbox.due(30, 10).unwrap();
-        assert_eq!(due.len(), 1);
-        assert!(due[0].payload.contains("\"a\""));
-    }
-
-    #[test]
-    fn the_next_due_time_ignores_events_waiting_behind_their_recipient() {
-        let outbox = outbox();
-        outbox
-            .ingest("c", "{}", &[payload("1", "a"), payload("1", "b")], 0, 10)
-            .unwrap();
-        outbox
-            .record(
-                &[Outcome::Retry {
-                    id: 1,
-                    next_attempt_at: 5_000,
-                    error: "503".into(),
-                }],
-                20,
-            )
-            .unwrap();
-        // Event b (created at 10) is not deliverable before a: the loop must sleep until 5000.
-        assert_eq!(outbox.next_due_at().unwrap(), Some(5_000));
-    }
-
-    #[test]
-    fn dead_payloads_unblock_their_recipient_and_can_be_replayed() {
-        let outbox = outbox();
-        outbox
-            .ingest("c", "{}", &[payload("1", "a"), payload("1", "b")], 0, 10)
-            .unwrap();
-        outbox
-            .record(
-                &[Outcome::Dead {
-                    id: 1,
-                    error: "gave up".into(),
-                }],
-                20,
-            )
-            .unwrap();
-        assert_eq!(outbox.due(20, 10).unwrap()[0].id, 2);
-        let dead = outbox.dead(10).unwrap();
-        assert_eq!(dead.len(), 1);
-        assert!(outbox.replay(dead[0].id, 30).unwrap());
-        assert_eq!(outbox.stats(30).unwrap().dead, 0);
-        assert_eq!(outbox.stats(30).unwrap().pending, 2);
-    }
 }

@@ -1,0 +1,657 @@
+//! The shared backend: PostgreSQL behind a connection pool, for several replicas. Deliveries
+//! are claimed with `FOR UPDATE SKIP LOCKED` plus a lease (`claimed_until`): two replicas never
+//! take the same payload at once, and a killed replica's claims return to the pool when their
+//! lease ends.
+
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    dead_payload, headers_from_text, headers_to_text, Channel, Claim, DbError, Dead,
+    DocumentChange, Due, Ingested, Outcome, Stats,
+};
+use crate::translate::webhooks::OnPremWebhook;
+
+/// Any lock id both our migrations and nobody else's use: replicas starting together migrate
+/// one after the other.
+const MIGRATION_LOCK: i64 = 0x7761_6261_5f6d_6967; // "waba_mig"
+
+/// The same tables as the SQLite backend; ids come from identity columns.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
+CREATE TABLE webhook_channels (
+    name TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    legacy_url TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    sent_status BOOLEAN NOT NULL,
+    api_key_hash TEXT
+);
+CREATE TABLE webhook_events (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE webhook_outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id BIGINT NOT NULL,
+    channel TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    dedupe_key TEXT,
+    payload TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    last_error TEXT,
+    delivered_at BIGINT,
+    dead_at BIGINT
+);
+CREATE UNIQUE INDEX webhook_outbox_dedupe
+    ON webhook_outbox (channel, dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX webhook_outbox_pending_order
+    ON webhook_outbox (channel, ordering_key, id) WHERE delivered_at IS NULL AND dead_at IS NULL;
+CREATE INDEX webhook_outbox_pending_due
+    ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL AND dead_at IS NULL;
+CREATE INDEX webhook_outbox_event
+    ON webhook_outbox (event_id);
+CREATE TABLE webhook_dead (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    outbox_id BIGINT,
+    channel TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    died_at BIGINT NOT NULL
+);
+CREATE TABLE webhook_counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+",
+    ),
+    (
+        2,
+        "
+ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE webhook_outbox ADD COLUMN claimed_until BIGINT;
+CREATE TABLE documents (
+    kind TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, key_hash)
+);
+CREATE TABLE login_sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+",
+    ),
+];
+
+/// How long a request may wait for a pooled connection, or for a new one: a database that is
+/// down gives a storage error, never a hang.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+const POOL_SIZE: usize = 16;
+
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+}
+
+impl Postgres {
+    pub async fn open(url: &str) -> Result<Postgres, DbError> {
+        let mut config = deadpool_postgres::Config::new();
+        config.url = Some(url.to_owned());
+        config.manager = Some(ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        });
+        config.pool = Some(PoolConfig {
+            max_size: POOL_SIZE,
+            timeouts: Timeouts {
+                wait: Some(POOL_WAIT),
+                create: Some(POOL_WAIT),
+                recycle: Some(POOL_WAIT),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        let postgres = Postgres { pool };
+        postgres.migrate().await?;
+        Ok(postgres)
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let applied = tx
+                .query_opt(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await?;
+            if applied.is_none() {
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[version, &crate::relay::now_ms()],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, DbError> {
+        Ok(self.pool.get().await?.query_one(sql, params).await?)
+    }
+
+    async fn optional(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError> {
+        Ok(self.pool.get().await?.query_opt(sql, params).await?)
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        Ok(self.pool.get().await?.execute(sql, params).await?)
+    }
+
+    pub async fn schema_version(&self) -> Result<i64, DbError> {
+        let row = self
+            .one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn writable(&self) -> Result<(), DbError> {
+        let read_only: String = self
+            .one("SHOW transaction_read_only", &[])
+            .await?
+            .try_get(0)?;
+        if read_only == "on" {
+            return Err(DbError::Other(
+                "connected to a read-only PostgreSQL (a standby?)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn upsert_channel(&self, channel: &Channel) -> Result<(), DbError> {
+        self.execute(
+            "INSERT INTO webhook_channels (name, secret, legacy_url, headers, sent_status, api_key_hash)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, legacy_url = excluded.legacy_url,
+                 headers = excluded.headers, sent_status = excluded.sent_status,
+                 api_key_hash = excluded.api_key_hash",
+            &[
+                &channel.name,
+                &channel.secret,
+                &channel.legacy_url,
+                &headers_to_text(&channel.headers),
+                &channel.sent_status,
+                &channel.api_key_hash,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn channel(&self, name: &str) -> Result<Option<Channel>, DbError> {
+        let Some(row) = self
+            .optional(
+                "SELECT name, secret, legacy_url, headers, sent_status, api_key_hash
+                 FROM webhook_channels WHERE name = $1",
+                &[&name],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let headers: String = row.try_get(3)?;
+        Ok(Some(Channel {
+            name: row.try_get(0)?,
+            secret: row.try_get(1)?,
+            legacy_url: row.try_get(2)?,
+            headers: headers_from_text(&headers),
+            sent_status: row.try_get(4)?,
+            api_key_hash: row.try_get(5)?,
+        }))
+    }
+
+    pub async fn set_sent_status(&self, name: &str, sent_status: bool) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE webhook_channels SET sent_status = $2 WHERE name = $1",
+            &[&name, &sent_status],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn ingest(
+        &self,
+        channel: &str,
+        raw: &str,
+        payloads: &[OnPremWebhook],
+        skipped: usize,
+        now_ms: i64,
+    ) -> Result<Ingested, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let event_id: i64 = tx
+            .query_one(
+                "INSERT INTO webhook_events (channel, received_at, body) VALUES ($1, $2, $3) RETURNING id",
+                &[&channel, &now_ms, &raw],
+            )
+            .await?
+            .try_get(0)?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO webhook_outbox
+                     (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
+            )
+            .await?;
+        let mut ingested = Ingested::default();
+        for payload in payloads {
+            let inserted = tx
+                .execute(
+                    &insert,
+                    &[
+                        &event_id,
+                        &channel,
+                        &payload.ordering_key,
+                        &payload.dedupe_key,
+                        &payload.body.to_string(),
+                        &now_ms,
+                    ],
+                )
+                .await?;
+            if inserted == 1 {
+                ingested.stored += 1;
+            } else {
+                ingested.duplicates += 1;
+            }
+        }
+        bump(&tx, "skipped_changes", skipped as i64).await?;
+        bump(&tx, "duplicates", ingested.duplicates as i64).await?;
+        tx.commit().await?;
+        Ok(ingested)
+    }
+
+    pub async fn store_unreadable(
+        &self,
+        channel: &str,
+        raw: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        self.execute(
+            "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
+             VALUES (NULL, $1, '', $2, $3, 0, $4, $4)",
+            &[&channel, &Value::String(raw.to_owned()).to_string(), &reason, &now_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The heads of the recipients' queues that are due and not claimed by a live lease, locked
+    /// (`SKIP LOCKED`: another replica's in-flight claim is passed over, not waited for) and
+    /// claimed in one statement. A later event of a recipient whose head is claimed elsewhere
+    /// is not a head, so per-recipient order holds across replicas.
+    pub async fn claim_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        claim: &Claim,
+    ) -> Result<Vec<Due>, DbError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "WITH heads AS (
+                     SELECT o.id FROM webhook_outbox o
+                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= $1
+                       AND (o.claimed_until IS NULL OR o.claimed_until < $1)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM webhook_outbox p
+                           WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
+                             AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)
+                     ORDER BY o.id LIMIT $2
+                     FOR UPDATE OF o SKIP LOCKED)
+                 UPDATE webhook_outbox w SET claimed_by = $3, claimed_until = $4
+                 FROM heads WHERE w.id = heads.id
+                 RETURNING w.id, w.channel, w.payload, w.attempts, w.created_at",
+                &[&now_ms, &(limit as i64), &claim.replica, &claim.until_ms],
+            )
+            .await?;
+        let mut due = rows
+            .iter()
+            .map(|row| {
+                Ok(Due {
+                    id: row.try_get(0)?,
+                    channel: row.try_get(1)?,
+                    payload: row.try_get(2)?,
+                    attempts: row.try_get(3)?,
+                    created_at: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<Due>, tokio_postgres::Error>>()?;
+        // RETURNING has no order of its own.
+        due.sort_by_key(|d| d.id);
+        Ok(due)
+    }
+
+    pub async fn next_due_at(&self) -> Result<Option<i64>, DbError> {
+        let row = self
+            .one(
+                "SELECT MIN(GREATEST(o.next_attempt_at, COALESCE(o.claimed_until, 0)))
+                 FROM webhook_outbox o
+                 WHERE o.delivered_at IS NULL AND o.dead_at IS NULL
+                   AND NOT EXISTS (
+                       SELECT 1 FROM webhook_outbox p
+                       WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
+                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)",
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn record(&self, outcomes: &[Outcome], now_ms: i64) -> Result<(), DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut delivered = 0;
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Delivered { id } => {
+                    // Counted once even when a lease ran out and two replicas delivered it.
+                    delivered += tx
+                        .execute(
+                            "UPDATE webhook_outbox SET delivered_at = $2, attempts = attempts + 1,
+                                 claimed_by = NULL, claimed_until = NULL
+                             WHERE id = $1 AND delivered_at IS NULL",
+                            &[id, &now_ms],
+                        )
+                        .await? as i64;
+                }
+                Outcome::Retry {
+                    id,
+                    next_attempt_at,
+                    error,
+                } => {
+                    tx.execute(
+                        "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2,
+                             last_error = $3, claimed_by = NULL, claimed_until = NULL
+                         WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+                        &[id, next_attempt_at, error],
+                    )
+                    .await?;
+                }
+                Outcome::Dead { id, error } => {
+                    tx.execute(
+                        "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
+                         SELECT id, channel, ordering_key, payload, $2, attempts + 1, created_at, $3
+                         FROM webhook_outbox WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+                        &[id, error, &now_ms],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE webhook_outbox SET dead_at = $2, attempts = attempts + 1, last_error = $3,
+                             claimed_by = NULL, claimed_until = NULL
+                         WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+                        &[id, &now_ms, error],
+                    )
+                    .await?;
+                }
+            }
+        }
+        bump(&tx, "delivered", delivered).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn release_claims(&self, replica: &str) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE webhook_outbox SET claimed_by = NULL, claimed_until = NULL
+             WHERE claimed_by = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+            &[&replica],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn stats(&self, now_ms: i64) -> Result<Stats, DbError> {
+        let row = self
+            .one(
+                "SELECT
+                     (SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL),
+                     (SELECT MIN(created_at) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL),
+                     (SELECT COUNT(*) FROM webhook_dead),
+                     (SELECT COALESCE(MAX(value), 0) FROM webhook_counters WHERE name = 'delivered'),
+                     (SELECT COALESCE(MAX(value), 0) FROM webhook_counters WHERE name = 'skipped_changes'),
+                     (SELECT COALESCE(MAX(value), 0) FROM webhook_counters WHERE name = 'duplicates')",
+                &[],
+            )
+            .await?;
+        let oldest: Option<i64> = row.try_get(1)?;
+        Ok(Stats {
+            pending: row.try_get(0)?,
+            dead: row.try_get(2)?,
+            oldest_pending_age_ms: oldest.map(|o| now_ms - o),
+            delivered: row.try_get(3)?,
+            skipped_changes: row.try_get(4)?,
+            duplicates: row.try_get(5)?,
+        })
+    }
+
+    pub async fn dead(&self, limit: usize) -> Result<Vec<Dead>, DbError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT id, channel, ordering_key, payload, reason, attempts, created_at, died_at
+                 FROM webhook_dead ORDER BY id LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await?;
+        let dead = rows
+            .iter()
+            .map(|row| {
+                Ok(Dead {
+                    id: row.try_get(0)?,
+                    channel: row.try_get(1)?,
+                    ordering_key: row.try_get(2)?,
+                    payload: dead_payload(row.try_get(3)?),
+                    reason: row.try_get(4)?,
+                    attempts: row.try_get(5)?,
+                    created_at: row.try_get(6)?,
+                    died_at: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<Dead>, tokio_postgres::Error>>()?;
+        Ok(dead)
+    }
+
+    pub async fn replay(&self, dead_id: i64, now_ms: i64) -> Result<bool, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Deleted first: two replicas replaying the same dead letter at once replay it once.
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM webhook_dead WHERE id = $1 AND outbox_id IS NOT NULL
+                 RETURNING channel, ordering_key, payload, outbox_id",
+                &[&dead_id],
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let (channel, ordering_key, payload, outbox_id): (String, String, String, i64) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
+        // From the dead row itself: the outbox row may already be pruned.
+        tx.execute(
+            "INSERT INTO webhook_outbox (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
+             VALUES (COALESCE((SELECT event_id FROM webhook_outbox WHERE id = $1), 0), $2, $3, NULL, $4, $5, $5)",
+            &[&outbox_id, &channel, &ordering_key, &payload, &now_ms],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn prune(&self, before_ms: i64, now_ms: i64) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM webhook_outbox WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND created_at < $1",
+                &[&before_ms],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM webhook_events WHERE received_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = webhook_events.id)",
+                &[&before_ms],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM login_sessions WHERE expires_at <= $1",
+                &[&now_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn document(&self, kind: &str, key_hash: &str) -> Result<Option<Value>, DbError> {
+        let row = self
+            .optional(
+                "SELECT body FROM documents WHERE kind = $1 AND key_hash = $2",
+                &[&kind, &key_hash],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => serde_json::from_str(&row.try_get::<_, String>(0)?).ok(),
+            None => None,
+        })
+    }
+
+    pub async fn update_document(
+        &self,
+        kind: &str,
+        key_hash: &str,
+        change: DocumentChange,
+    ) -> Result<Value, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // A row lock cannot cover a document that does not exist yet; this lock does.
+        let lock_name = format!("documents:{kind}:{key_hash}");
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&lock_name],
+        )
+        .await?;
+        let current = tx
+            .query_opt(
+                "SELECT body FROM documents WHERE kind = $1 AND key_hash = $2",
+                &[&kind, &key_hash],
+            )
+            .await?;
+        let current = match current {
+            Some(row) => serde_json::from_str(&row.try_get::<_, String>(0)?).ok(),
+            None => None,
+        };
+        let next = change(current);
+        tx.execute(
+            "INSERT INTO documents (kind, key_hash, body, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (kind, key_hash) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            &[&kind, &key_hash, &next.to_string(), &crate::relay::now_ms()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    pub async fn create_session(
+        &self,
+        token_hash: &str,
+        user: &str,
+        expires_ms: i64,
+    ) -> Result<(), DbError> {
+        self.execute(
+            "INSERT INTO login_sessions (token_hash, user_name, expires_at) VALUES ($1, $2, $3)",
+            &[&token_hash, &user, &expires_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn session_user(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, DbError> {
+        let row = self
+            .optional(
+                "SELECT user_name FROM login_sessions WHERE token_hash = $1 AND expires_at > $2",
+                &[&token_hash, &now_ms],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        })
+    }
+
+    pub async fn delete_session(&self, token_hash: &str) -> Result<bool, DbError> {
+        let deleted = self
+            .execute(
+                "DELETE FROM login_sessions WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+}
+
+async fn bump(tx: &deadpool_postgres::Transaction<'_>, name: &str, by: i64) -> Result<(), DbError> {
+    if by == 0 {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO webhook_counters (name, value) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET value = webhook_counters.value + excluded.value",
+        &[&name, &by],
+    )
+    .await?;
+    Ok(())
+}

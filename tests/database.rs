@@ -1,0 +1,442 @@
+//! The storage the relay and the settings stand on, run against both backends: the SQLite file
+//! (one replica) and a real PostgreSQL (several replicas). Each case is written once and run
+//! twice; the PostgreSQL run gets a fresh database of its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use waba_onprem_proxy::db::{Claim, Database, DatabaseUrl, Outcome};
+use waba_onprem_proxy::translate::webhooks::OnPremWebhook;
+
+async fn sqlite() -> Database {
+    let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
+    Database::open(&DatabaseUrl::Sqlite(path), None)
+        .await
+        .unwrap()
+}
+
+async fn postgres_url() -> Option<DatabaseUrl> {
+    let url = support::postgres::fresh_database().await?;
+    Some(DatabaseUrl::Postgres(url))
+}
+
+fn payload(wa_id: &str, id: &str) -> OnPremWebhook {
+    OnPremWebhook {
+        body: json!({"messages": [{"id": id, "from": wa_id}]}),
+        ordering_key: wa_id.to_owned(),
+        dedupe_key: Some(format!("message:{id}")),
+    }
+}
+
+fn claim(replica: &str, until_ms: i64) -> Claim {
+    Claim {
+        replica: replica.to_owned(),
+        until_ms,
+    }
+}
+
+async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
+    db.claim_due(now, 10, &claim("r", now))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect()
+}
+
+/// Each case once per backend: `sqlite::case` and `postgres::case`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::sqlite().await).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() {
+                if let Some(url) = super::postgres_url().await {
+                    super::$case(waba_onprem_proxy::db::Database::open(&url, None).await.unwrap()).await;
+                }
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    resends_are_stored_once,
+    a_recipient_waits_for_its_earlier_event_others_do_not,
+    the_next_due_time_ignores_events_waiting_behind_their_recipient,
+    dead_payloads_unblock_their_recipient_and_can_be_replayed,
+    a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned,
+    unreadable_posts_are_kept_as_dead_letters,
+    channels_keep_their_url_headers_and_sent_status,
+    documents_change_one_at_a_time,
+    login_sessions_expire_and_end,
+    migrations_are_recorded_and_not_applied_twice,
+);
+
+async fn resends_are_stored_once(db: Database) {
+    let first = db
+        .ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
+        .await
+        .unwrap();
+    let again = db
+        .ingest("c", "{}".into(), vec![payload("1", "a")], 0, 11)
+        .await
+        .unwrap();
+    assert_eq!((first.stored, again.stored, again.duplicates), (1, 0, 1));
+    let stats = db.stats(20).await.unwrap();
+    assert_eq!((stats.pending, stats.duplicates), (1, 1));
+}
+
+async fn a_recipient_waits_for_its_earlier_event_others_do_not(db: Database) {
+    db.ingest(
+        "c",
+        "{}".into(),
+        vec![payload("1", "a"), payload("1", "b"), payload("2", "c")],
+        0,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(due_ids(&db, 10).await, [1, 3]);
+    db.record(
+        vec![Outcome::Retry {
+            id: 1,
+            next_attempt_at: 100,
+            error: "503".into(),
+        }],
+        10,
+    )
+    .await
+    .unwrap();
+    // Still waiting on its earlier event, even though that one is not due.
+    assert_eq!(due_ids(&db, 20).await, [3]);
+    db.record(
+        vec![Outcome::Delivered { id: 1 }, Outcome::Delivered { id: 3 }],
+        30,
+    )
+    .await
+    .unwrap();
+    assert_eq!(due_ids(&db, 30).await, [2]);
+    assert_eq!(db.stats(30).await.unwrap().delivered, 2);
+}
+
+async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(db: Database) {
+    db.ingest(
+        "c",
+        "{}".into(),
+        vec![payload("1", "a"), payload("1", "b")],
+        0,
+        10,
+    )
+    .await
+    .unwrap();
+    db.record(
+        vec![Outcome::Retry {
+            id: 1,
+            next_attempt_at: 5_000,
+            error: "503".into(),
+        }],
+        20,
+    )
+    .await
+    .unwrap();
+    // Event b (created at 10) is not deliverable before a: the loop must sleep until 5000.
+    assert_eq!(db.next_due_at().await.unwrap(), Some(5_000));
+}
+
+async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(db: Database) {
+    db.ingest(
+        "c",
+        "{}".into(),
+        vec![payload("1", "a"), payload("1", "b")],
+        0,
+        10,
+    )
+    .await
+    .unwrap();
+    db.record(
+        vec![Outcome::Dead {
+            id: 1,
+            error: "gave up".into(),
+        }],
+        20,
+    )
+    .await
+    .unwrap();
+    assert_eq!(due_ids(&db, 20).await, [2]);
+    let dead = db.dead(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload["messages"][0]["id"], "a");
+    assert_eq!((dead[0].reason.as_str(), dead[0].attempts), ("gave up", 1));
+    assert!(db.replay(dead[0].id, 30).await.unwrap());
+    assert!(!db.replay(dead[0].id, 30).await.unwrap(), "replayed twice");
+    let stats = db.stats(30).await.unwrap();
+    assert_eq!((stats.dead, stats.pending), (0, 2));
+}
+
+async fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned(db: Database) {
+    db.ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
+        .await
+        .unwrap();
+    db.record(
+        vec![Outcome::Dead {
+            id: 1,
+            error: "gave up".into(),
+        }],
+        20,
+    )
+    .await
+    .unwrap();
+    db.prune(1_000, 1_000).await.unwrap();
+    let dead = db.dead(10).await.unwrap();
+    assert!(db.replay(dead[0].id, 30).await.unwrap());
+    let due = db.claim_due(30, 10, &claim("r", 30)).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(due[0].payload.contains("\"a\""));
+}
+
+async fn unreadable_posts_are_kept_as_dead_letters(db: Database) {
+    db.store_unreadable("c", "not json".into(), "expected value".into(), 10)
+        .await
+        .unwrap();
+    let dead = db.dead(10).await.unwrap();
+    assert_eq!(dead[0].payload, json!("not json"));
+    // Nothing to replay: it never was a deliverable payload.
+    assert!(!db.replay(dead[0].id, 20).await.unwrap());
+}
+
+async fn channels_keep_their_url_headers_and_sent_status(db: Database) {
+    let channel = waba_onprem_proxy::db::Channel {
+        name: "k1".into(),
+        secret: "s".into(),
+        legacy_url: "http://legacy.example/hook".into(),
+        headers: vec![("x-auth".into(), "t".into())],
+        sent_status: true,
+        api_key_hash: Some("h".into()),
+    };
+    db.upsert_channel(&channel).await.unwrap();
+    db.set_sent_status("k1", false).await.unwrap();
+    let stored = db.channel("k1").await.unwrap().unwrap();
+    assert_eq!(stored.headers, channel.headers);
+    assert_eq!(stored.legacy_url, channel.legacy_url);
+    assert!(!stored.sent_status);
+    assert_eq!(db.channel("k2").await.unwrap(), None);
+}
+
+async fn documents_change_one_at_a_time(db: Database) {
+    assert_eq!(db.document("settings", "h").await.unwrap(), None);
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let db = db.clone();
+        writers.spawn(async move {
+            db.update_document(
+                "settings",
+                "h",
+                Box::new(|current: Option<Value>| {
+                    let n = current.and_then(|c| c["n"].as_i64()).unwrap_or(0);
+                    json!({"n": n + 1})
+                }),
+            )
+            .await
+            .unwrap()
+        });
+    }
+    while writers.join_next().await.is_some() {}
+    assert_eq!(
+        db.document("settings", "h").await.unwrap(),
+        Some(json!({"n": 20}))
+    );
+    assert_eq!(db.document("providers", "h").await.unwrap(), None);
+}
+
+async fn login_sessions_expire_and_end(db: Database) {
+    db.create_session("t1", "admin", 1_000).await.unwrap();
+    db.create_session("t2", "admin", 1_000).await.unwrap();
+    assert_eq!(
+        db.session_user("t1", 999).await.unwrap().as_deref(),
+        Some("admin")
+    );
+    assert_eq!(db.session_user("t1", 1_000).await.unwrap(), None, "expired");
+    assert!(db.delete_session("t2").await.unwrap());
+    assert!(!db.delete_session("t2").await.unwrap());
+    assert_eq!(db.session_user("t2", 10).await.unwrap(), None);
+}
+
+async fn migrations_are_recorded_and_not_applied_twice(db: Database) {
+    assert_eq!(db.schema_version().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_sqlite_file_reopens_with_its_events_and_schema() {
+    let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
+    let url = DatabaseUrl::Sqlite(path);
+    let db = Database::open(&url, None).await.unwrap();
+    db.ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
+        .await
+        .unwrap();
+    drop(db);
+    let again = Database::open(&url, None).await.unwrap();
+    assert_eq!(again.schema_version().await.unwrap(), 2);
+    assert_eq!(again.stats(10).await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn documents_kept_as_files_by_earlier_versions_are_imported() {
+    let dir = std::env::temp_dir().join(format!("waba-data-{}", uuid::Uuid::new_v4()));
+    let hash = waba_onprem_proxy::store::key_hash("K1");
+    std::fs::create_dir_all(dir.join("application_settings")).unwrap();
+    std::fs::write(
+        dir.join("application_settings")
+            .join(format!("{hash}.json")),
+        r#"{"sent_status": false}"#,
+    )
+    .unwrap();
+    let db = Database::open(&DatabaseUrl::default_in(&dir), Some(&dir))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.document("application_settings", &hash).await.unwrap(),
+        Some(json!({"sent_status": false}))
+    );
+}
+
+/// Three replicas start at once on one empty database: all of them migrate without error and
+/// the schema is applied once.
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let opens: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Database::open(&url, None).await.map(|_| ()) })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().unwrap();
+    }
+    let db = Database::open(&url, None).await.unwrap();
+    assert_eq!(db.schema_version().await.unwrap(), 2);
+}
+
+/// A claim keeps a payload from other replicas until its lease ends; then it returns.
+#[tokio::test]
+async fn a_claim_excludes_other_replicas_until_its_lease_ends() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let a = Database::open(&url, None).await.unwrap();
+    let b = Database::open(&url, None).await.unwrap();
+    a.ingest(
+        "c",
+        "{}".into(),
+        vec![payload("1", "x"), payload("1", "y"), payload("2", "z")],
+        0,
+        10,
+    )
+    .await
+    .unwrap();
+    let taken: Vec<i64> = a
+        .claim_due(10, 1, &claim("a", 1_000))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(taken, [1]);
+    // Replica b neither takes x nor skips ahead to y (x is still undelivered): only z.
+    let other: Vec<i64> = b
+        .claim_due(20, 10, &claim("b", 5_000))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(other, [3]);
+    // Replica a dies; after its lease, b takes x.
+    let later: Vec<i64> = b
+        .claim_due(1_001, 10, &claim("b", 2_000))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(later, [1]);
+    // Released claims (b's x and z) return at once, long before their lease ends.
+    b.release_claims("b").await.unwrap();
+    assert_eq!(due_ids(&a, 1_002).await, [1, 3]);
+}
+
+/// Four replicas drain one outbox concurrently: every payload is delivered exactly once (no two
+/// replicas hold it at once) and each recipient's payloads go out in order.
+#[tokio::test]
+async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let db = Database::open(&url, None).await.unwrap();
+    let recipients = 10;
+    let per_recipient = 30;
+    for n in 0..per_recipient {
+        let payloads = (0..recipients)
+            .map(|r| payload(&format!("w{r}"), &format!("{r}-{n}")))
+            .collect();
+        db.ingest("c", "{}".into(), payloads, 0, 10).await.unwrap();
+    }
+    let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let mut replicas = tokio::task::JoinSet::new();
+    for r in 0..4 {
+        let url = url.clone();
+        let seen = seen.clone();
+        replicas.spawn(async move {
+            let db = Database::open(&url, None).await.unwrap();
+            let mut idle = 0;
+            while idle < 3 {
+                let due = db
+                    .claim_due(100, 5, &claim(&format!("r{r}"), 10_000))
+                    .await
+                    .unwrap();
+                if due.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                idle = 0;
+                let mut outcomes = Vec::new();
+                for item in due {
+                    let body: Value = serde_json::from_str(&item.payload).unwrap();
+                    let id = body["messages"][0]["id"].as_str().unwrap().to_owned();
+                    seen.lock().unwrap().push((id, item.id));
+                    outcomes.push(Outcome::Delivered { id: item.id });
+                }
+                db.record(outcomes, 100).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = replicas.join_next().await {
+        done.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let unique: HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
+    assert_eq!(seen.len(), recipients * per_recipient, "delivered twice");
+    assert_eq!(unique.len(), recipients * per_recipient);
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (id, _) in seen.iter() {
+        let (recipient, n) = id.split_once('-').unwrap();
+        let n: usize = n.parse().unwrap();
+        if let Some(previous) = last.insert(recipient.to_owned(), n) {
+            assert!(previous < n, "{recipient}: {n} after {previous}");
+        }
+    }
+    assert_eq!(db.stats(200).await.unwrap().pending, 0);
+}
