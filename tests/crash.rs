@@ -1,11 +1,15 @@
 //! Crash safety of the webhook relay, with the real binary: events are posted while the legacy
-//! receiver fails 30 % of deliveries and the proxy is killed with SIGKILL several times and
-//! restarted on the same data directory. Every acknowledged event must arrive at least once,
-//! in order per recipient; duplicates are counted (at-least-once allows them).
+//! receiver fails 30 % of deliveries and proxies are killed with SIGKILL several times and
+//! restarted. Every acknowledged event must arrive at least once, in order per recipient;
+//! duplicates are counted (at-least-once allows them).
+//!
+//! Two runs: one proxy on its SQLite file (the default set-up), and three replicas sharing one
+//! PostgreSQL, with events spread over all three and a random replica killed each time.
 //!
 //! Size: `CRASH_EVENTS` (default 200), `CRASH_RECIPIENTS` (20), `CRASH_KILLS` (3),
-//! `CRASH_SENDERS` (4 concurrent posters, each owning some recipients). `bench/relay`
-//! runs it with 100,000 events and prints the report line.
+//! `CRASH_SENDERS` (4 concurrent posters, each owning some recipients), `CRASH_RUN` (`sqlite`
+//! or `postgres` to run only one). `bench/relay` runs both with 100,000 events and prints the
+//! report lines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -41,10 +45,16 @@ struct Proxy {
     base: String,
 }
 
-async fn start(data_dir: &std::path::Path, receiver: &str) -> Proxy {
-    let mut child = Command::new(BIN)
+async fn start(data_dir: &std::path::Path, database: Option<&str>, receiver: &str) -> Proxy {
+    let mut command = Command::new(BIN);
+    if let Some(url) = database {
+        command.env("WABA_PROXY_DATABASE", url);
+    }
+    let mut child = command
         .args(["--listen", "127.0.0.1:0"])
         .env("WABA_PROXY_DATA_DIR", data_dir)
+        // A killed replica's claims return after twice this plus 10 s.
+        .env("WABA_PROXY_WEBHOOK_TIMEOUT_MS", "1000")
         .env("WABA_PROXY_LEGACY_WEBHOOK_URL", format!("{receiver}/hook"))
         .env("WABA_PROXY_WEBHOOK_SECRET", SECRET)
         .env("WABA_PROXY_WEBHOOK_RETRY_BASE_MS", "20")
@@ -95,6 +105,24 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
+    if std::env::var("CRASH_RUN").is_ok_and(|run| run != "sqlite") {
+        return;
+    }
+    crash_run("one proxy on SQLite", None, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_postgres_lose_nothing_across_random_sigkills() {
+    if std::env::var("CRASH_RUN").is_ok_and(|run| run != "postgres") {
+        return;
+    }
+    let Some(url) = support::postgres::fresh_database().await else {
+        return;
+    };
+    crash_run("three replicas on PostgreSQL", Some(&url), 3).await;
+}
+
+async fn crash_run(name: &str, database: Option<&str>, replicas: usize) {
     let events = setting("CRASH_EVENTS", 200);
     let recipients = setting("CRASH_RECIPIENTS", 20);
     let kills = setting("CRASH_KILLS", 3);
@@ -124,9 +152,17 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         body: json!({}),
     });
 
-    let data_dir = std::env::temp_dir().join(format!("crash-{}", uuid::Uuid::new_v4()));
-    let first = start(&data_dir, &receiver.url()).await;
-    let base = Arc::new(RwLock::new(first.base.clone()));
+    // With SQLite the one proxy restarts on its data directory; replicas each have their own.
+    let data_dirs: Vec<_> = (0..replicas)
+        .map(|_| std::env::temp_dir().join(format!("crash-{}", uuid::Uuid::new_v4())))
+        .collect();
+    let mut proxies = Vec::new();
+    for dir in &data_dirs {
+        proxies.push(start(dir, database, &receiver.url()).await);
+    }
+    let bases = Arc::new(RwLock::new(
+        proxies.iter().map(|p| p.base.clone()).collect::<Vec<_>>(),
+    ));
     let acked = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
 
@@ -135,14 +171,19 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
     let senders = setting("CRASH_SENDERS", 4).min(recipients).max(1);
     let mut tasks = Vec::new();
     for sender in 0..senders {
-        let (base, acked) = (base.clone(), acked.clone());
+        let (bases, acked) = (bases.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
             for i in (0..events).filter(|i| (i % recipients) % senders == sender) {
                 let body = Bytes::from(event(i, recipients).to_string());
+                // Like a load balancer: events go round the replicas, and a failed post is
+                // sent again to the next one.
                 let mut tries = 0;
                 loop {
-                    let current = base.read().unwrap().clone();
+                    let current = {
+                        let bases = bases.read().unwrap();
+                        bases[(i + tries) % bases.len()].clone()
+                    };
                     if post(&client, &current, &body).await {
                         break;
                     }
@@ -155,17 +196,17 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         }));
     }
     // SIGKILL: no shutdown, no flush; whatever was acknowledged must survive.
-    let mut proxy = first;
     let mut restarts = 0;
     while restarts < kills {
         let due = events * (restarts + 1) / (kills + 1);
         while acked.load(Ordering::SeqCst) < due {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        proxy.child.start_kill().unwrap();
-        proxy.child.wait().await.unwrap();
-        proxy = start(&data_dir, &receiver.url()).await;
-        *base.write().unwrap() = proxy.base.clone();
+        let victim = fastrand::usize(..replicas);
+        proxies[victim].child.start_kill().unwrap();
+        proxies[victim].child.wait().await.unwrap();
+        proxies[victim] = start(&data_dirs[victim], database, &receiver.url()).await;
+        bases.write().unwrap()[victim] = proxies[victim].base.clone();
         restarts += 1;
     }
     for task in tasks {
@@ -185,7 +226,9 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         tokio::time::sleep(poll).await;
     };
     let drained_in = started.elapsed();
-    proxy.child.start_kill().unwrap();
+    for proxy in &mut proxies {
+        proxy.child.start_kill().unwrap();
+    }
 
     let seen: HashSet<&String> = delivered.iter().map(|(id, _)| id).collect();
     let lost: Vec<&String> = wanted.iter().filter(|id| !seen.contains(id)).collect();
@@ -205,7 +248,7 @@ async fn no_event_is_lost_across_sigkills_and_a_flaky_receiver() {
         }
     }
     println!(
-        "crash run: {events} events, {recipients} recipients, {restarts} SIGKILLs, lost {}, duplicates {duplicates}, \
+        "crash run ({name}): {events} events, {recipients} recipients, {restarts} SIGKILLs, lost {}, duplicates {duplicates}, \
          posted in {:.1} s ({:.0} events/s), all delivered after {:.1} s ({:.0} events/s)",
         lost.len(),
         posted_in.as_secs_f64(),

@@ -4,20 +4,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+#[macro_use]
 mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+use support::Backend;
 use waba_onprem_proxy::db::{Claim, Database, DatabaseUrl, Outcome};
 use waba_onprem_proxy::translate::webhooks::OnPremWebhook;
 
-async fn sqlite() -> Database {
-    let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
-    Database::open(&DatabaseUrl::Sqlite(path), None)
-        .await
-        .unwrap()
+async fn open(backend: Backend) -> Database {
+    let url = backend.database().unwrap_or_else(|| {
+        let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
+        DatabaseUrl::Sqlite(path)
+    });
+    Database::open(&url, None).await.unwrap()
 }
 
 async fn postgres_url() -> Option<DatabaseUrl> {
@@ -49,26 +52,6 @@ async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
         .collect()
 }
 
-/// Each case once per backend: `sqlite::case` and `postgres::case`.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $case() {
-                super::$case(super::sqlite().await).await;
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $case() {
-                if let Some(url) = super::postgres_url().await {
-                    super::$case(waba_onprem_proxy::db::Database::open(&url, None).await.unwrap()).await;
-                }
-            })*
-        }
-    };
-}
-
 on_both_backends!(
     resends_are_stored_once,
     a_recipient_waits_for_its_earlier_event_others_do_not,
@@ -82,7 +65,8 @@ on_both_backends!(
     migrations_are_recorded_and_not_applied_twice,
 );
 
-async fn resends_are_stored_once(db: Database) {
+async fn resends_are_stored_once(backend: Backend) {
+    let db = open(backend).await;
     let first = db
         .ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
         .await
@@ -96,7 +80,8 @@ async fn resends_are_stored_once(db: Database) {
     assert_eq!((stats.pending, stats.duplicates), (1, 1));
 }
 
-async fn a_recipient_waits_for_its_earlier_event_others_do_not(db: Database) {
+async fn a_recipient_waits_for_its_earlier_event_others_do_not(backend: Backend) {
+    let db = open(backend).await;
     db.ingest(
         "c",
         "{}".into(),
@@ -129,7 +114,8 @@ async fn a_recipient_waits_for_its_earlier_event_others_do_not(db: Database) {
     assert_eq!(db.stats(30).await.unwrap().delivered, 2);
 }
 
-async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(db: Database) {
+async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(backend: Backend) {
+    let db = open(backend).await;
     db.ingest(
         "c",
         "{}".into(),
@@ -153,7 +139,8 @@ async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(db: Dat
     assert_eq!(db.next_due_at().await.unwrap(), Some(5_000));
 }
 
-async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(db: Database) {
+async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Backend) {
+    let db = open(backend).await;
     db.ingest(
         "c",
         "{}".into(),
@@ -183,7 +170,8 @@ async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(db: Database)
     assert_eq!((stats.dead, stats.pending), (0, 2));
 }
 
-async fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned(db: Database) {
+async fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned(backend: Backend) {
+    let db = open(backend).await;
     db.ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
         .await
         .unwrap();
@@ -204,7 +192,8 @@ async fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned(db: Data
     assert!(due[0].payload.contains("\"a\""));
 }
 
-async fn unreadable_posts_are_kept_as_dead_letters(db: Database) {
+async fn unreadable_posts_are_kept_as_dead_letters(backend: Backend) {
+    let db = open(backend).await;
     db.store_unreadable("c", "not json".into(), "expected value".into(), 10)
         .await
         .unwrap();
@@ -214,7 +203,8 @@ async fn unreadable_posts_are_kept_as_dead_letters(db: Database) {
     assert!(!db.replay(dead[0].id, 20).await.unwrap());
 }
 
-async fn channels_keep_their_url_headers_and_sent_status(db: Database) {
+async fn channels_keep_their_url_headers_and_sent_status(backend: Backend) {
+    let db = open(backend).await;
     let channel = waba_onprem_proxy::db::Channel {
         name: "k1".into(),
         secret: "s".into(),
@@ -232,7 +222,8 @@ async fn channels_keep_their_url_headers_and_sent_status(db: Database) {
     assert_eq!(db.channel("k2").await.unwrap(), None);
 }
 
-async fn documents_change_one_at_a_time(db: Database) {
+async fn documents_change_one_at_a_time(backend: Backend) {
+    let db = open(backend).await;
     assert_eq!(db.document("settings", "h").await.unwrap(), None);
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -258,7 +249,8 @@ async fn documents_change_one_at_a_time(db: Database) {
     assert_eq!(db.document("providers", "h").await.unwrap(), None);
 }
 
-async fn login_sessions_expire_and_end(db: Database) {
+async fn login_sessions_expire_and_end(backend: Backend) {
+    let db = open(backend).await;
     db.create_session("t1", "admin", 1_000).await.unwrap();
     db.create_session("t2", "admin", 1_000).await.unwrap();
     assert_eq!(
@@ -271,7 +263,8 @@ async fn login_sessions_expire_and_end(db: Database) {
     assert_eq!(db.session_user("t2", 10).await.unwrap(), None);
 }
 
-async fn migrations_are_recorded_and_not_applied_twice(db: Database) {
+async fn migrations_are_recorded_and_not_applied_twice(backend: Backend) {
+    let db = open(backend).await;
     assert_eq!(db.schema_version().await.unwrap(), 2);
 }
 

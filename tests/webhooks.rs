@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use support::mock_upstream::{Behaviour, MockUpstream};
 use support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
+use support::Backend;
 use waba_onprem_proxy::config::Config;
 
 const SECRET: &str = "cloud-to-proxy-secret";
@@ -44,9 +46,14 @@ fn receiver_down() -> Behaviour {
     }
 }
 
-async fn relay_proxy(receiver: &MockUpstream, tune: impl FnOnce(&mut Config)) -> TestProxy {
+async fn relay_proxy(
+    db: &Backend,
+    receiver: &MockUpstream,
+    tune: impl FnOnce(&mut Config),
+) -> TestProxy {
     let hook = format!("{}/hook", receiver.url());
     spawn_proxy_with("http://127.0.0.1:9", |c| {
+        c.database = db.database();
         c.legacy_webhook_url = Some(hook);
         c.webhook_secret = Some(SECRET.into());
         c.admin_token = Some("admin-token".into());
@@ -73,6 +80,18 @@ async fn post_event(proxy: &TestProxy, channel: &str, secret: Option<&str>, even
     .status
 }
 
+/// The relay's counters once nothing is pending (or after 10 s, for the assertion to show).
+async fn settled_stats(proxy: &TestProxy) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = admin(proxy, "GET", "/admin/webhooks/stats").await;
+        if stats["pending"] == 0 || tokio::time::Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn admin(proxy: &TestProxy, method: &str, path: &str) -> (u16, Value) {
     let answer = send(
         proxy,
@@ -85,11 +104,10 @@ async fn admin(proxy: &TestProxy, method: &str, path: &str) -> (u16, Value) {
     (answer.status, answer.json())
 }
 
-#[tokio::test]
-async fn a_cloud_message_reaches_the_legacy_url_in_on_premise_shape() {
+async fn a_cloud_message_reaches_the_legacy_url_in_on_premise_shape(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = relay_proxy(&receiver, |_| {}).await;
+    let proxy = relay_proxy(&db, &receiver, |_| {}).await;
     assert_eq!(
         post_event(
             &proxy,
@@ -114,11 +132,10 @@ async fn a_cloud_message_reaches_the_legacy_url_in_on_premise_shape() {
     );
 }
 
-#[tokio::test]
-async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored() {
+async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = relay_proxy(&receiver, |c| c.max_webhook_bytes = 2048).await;
+    let proxy = relay_proxy(&db, &receiver, |c| c.max_webhook_bytes = 2048).await;
     let event = text_event("1", "wamid.X", "x");
     assert_eq!(post_event(&proxy, "default", None, &event).await, 401);
     assert_eq!(
@@ -144,13 +161,12 @@ async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored() {
     assert!(receiver.requests().is_empty());
 }
 
-#[tokio::test]
-async fn a_receiver_outage_is_ridden_out_with_retries() {
+async fn a_receiver_outage_is_ridden_out_with_retries(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.push(receiver_down());
     receiver.push(receiver_down());
     receiver.set_default(receiver_ok());
-    let proxy = relay_proxy(&receiver, |_| {}).await;
+    let proxy = relay_proxy(&db, &receiver, |_| {}).await;
     assert_eq!(
         post_event(
             &proxy,
@@ -171,18 +187,18 @@ async fn a_receiver_outage_is_ridden_out_with_retries() {
         "X-Webhook-Id must be stable across retries: {ids:?}"
     );
     assert_eq!(got[2].json()["messages"][0]["id"], "wamid.R");
-    let (_, stats) = admin(&proxy, "GET", "/admin/webhooks/stats").await;
+    // The outcome is recorded just after the receiver answered.
+    let stats = settled_stats(&proxy).await;
     assert_eq!(
         (stats["pending"].as_i64(), stats["delivered"].as_i64()),
         (Some(0), Some(1))
     );
 }
 
-#[tokio::test]
-async fn upstream_resends_are_delivered_once() {
+async fn upstream_resends_are_delivered_once(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = relay_proxy(&receiver, |_| {}).await;
+    let proxy = relay_proxy(&db, &receiver, |_| {}).await;
     let event = status_event("1", "wamid.D", "delivered");
     assert_eq!(
         post_event(&proxy, "default", Some(SECRET), &event).await,
@@ -212,13 +228,15 @@ async fn upstream_resends_are_delivered_once() {
     assert_eq!(got[1].json()["statuses"][0]["type"], "message");
 }
 
-#[tokio::test]
-async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait() {
+async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.push(receiver_down()); // the first delivery (A's `delivered`) fails once
     receiver.set_default(receiver_ok());
     // A full second before A's retry: B, posted meanwhile, is certainly delivered first.
-    let proxy = relay_proxy(&receiver, |c| c.webhook_retry_base = Duration::from_secs(1)).await;
+    let proxy = relay_proxy(&db, &receiver, |c| {
+        c.webhook_retry_base = Duration::from_secs(1)
+    })
+    .await;
     assert_eq!(
         post_event(
             &proxy,
@@ -273,11 +291,10 @@ async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait()
     );
 }
 
-#[tokio::test]
-async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed() {
+async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_down());
-    let proxy = relay_proxy(&receiver, |c| c.webhook_retry_period = Duration::ZERO).await;
+    let proxy = relay_proxy(&db, &receiver, |c| c.webhook_retry_period = Duration::ZERO).await;
     assert_eq!(
         post_event(
             &proxy,
@@ -319,10 +336,9 @@ async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed() 
     );
 }
 
-#[tokio::test]
-async fn admin_routes_need_the_token_and_do_not_exist_without_one() {
+async fn admin_routes_need_the_token_and_do_not_exist_without_one(db: Backend) {
     let receiver = MockUpstream::start().await;
-    let with_token = relay_proxy(&receiver, |_| {}).await;
+    let with_token = relay_proxy(&db, &receiver, |_| {}).await;
     let wrong = send(
         &with_token,
         "GET",
@@ -332,7 +348,7 @@ async fn admin_routes_need_the_token_and_do_not_exist_without_one() {
     )
     .await;
     assert_eq!(wrong.status, 401);
-    let without = relay_proxy(&receiver, |c| c.admin_token = None).await;
+    let without = relay_proxy(&db, &receiver, |c| c.admin_token = None).await;
     let absent = send(
         &without,
         "GET",
@@ -344,8 +360,9 @@ async fn admin_routes_need_the_token_and_do_not_exist_without_one() {
     assert_eq!(absent.status, 404);
 }
 
-#[tokio::test]
-async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it() {
+async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it(
+    db: Backend,
+) {
     let upstream = MockUpstream::start().await;
     upstream.set_default(Behaviour::Json {
         status: 200,
@@ -354,6 +371,7 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
     let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.database = db.database();
         c.public_url = Some("https://proxy.example.com".into())
     })
     .await;
@@ -404,10 +422,9 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
     assert_eq!(got[0].json()["messages"][0]["id"], "wamid.C");
 }
 
-#[tokio::test]
-async fn without_a_public_url_webhook_registration_is_a_clear_501() {
+async fn without_a_public_url_webhook_registration_is_a_clear_501(db: Backend) {
     let upstream = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&upstream.url(), |_| {}).await;
+    let proxy = spawn_proxy_with(&upstream.url(), |c| c.database = db.database()).await;
     let set = send_json(
         &proxy,
         "POST",
@@ -423,8 +440,7 @@ async fn without_a_public_url_webhook_registration_is_a_clear_501() {
     assert!(upstream.requests().is_empty());
 }
 
-#[tokio::test]
-async fn sent_status_off_in_application_settings_drops_sent_statuses() {
+async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend) {
     let upstream = MockUpstream::start().await;
     upstream.set_default(Behaviour::Json {
         status: 200,
@@ -433,6 +449,7 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses() {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
     let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.database = db.database();
         c.public_url = Some("https://proxy.example.com".into())
     })
     .await;
@@ -484,13 +501,12 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses() {
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
 }
 
-#[tokio::test]
-async fn events_stored_before_a_restart_are_delivered_after_it() {
+async fn events_stored_before_a_restart_are_delivered_after_it(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_down());
     let data_dir = std::env::temp_dir().join(format!("relay-restart-{}", uuid::Uuid::new_v4()));
     let dir = data_dir.clone();
-    let mut first = relay_proxy(&receiver, move |c| c.data_dir = dir).await;
+    let mut first = relay_proxy(&db, &receiver, move |c| c.data_dir = dir).await;
     assert_eq!(
         post_event(
             &first,
@@ -510,7 +526,7 @@ async fn events_stored_before_a_restart_are_delivered_after_it() {
 
     receiver.set_default(receiver_ok());
     let dir = data_dir.clone();
-    let _second = relay_proxy(&receiver, move |c| c.data_dir = dir).await;
+    let _second = relay_proxy(&db, &receiver, move |c| c.data_dir = dir).await;
     let got = receiver.wait_for_requests(2).await;
     assert_eq!(
         got.last().unwrap().json()["messages"][0]["id"],
@@ -518,14 +534,16 @@ async fn events_stored_before_a_restart_are_delivered_after_it() {
     );
 }
 
-#[tokio::test]
-async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_premise_style() {
+async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_premise_style(
+    db: Backend,
+) {
     let upstream = MockUpstream::start().await;
     upstream.push(Behaviour::Json {
         status: 401,
         body: json!({"error": "Invalid api key"}),
     });
     let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.database = db.database();
         c.public_url = Some("https://proxy.example.com".into())
     })
     .await;
@@ -539,3 +557,18 @@ async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_pre
     assert_eq!((set.status, set.onprem_error_code()), (401, 1005));
     assert_eq!(set.json()["errors"][0]["details"], "Invalid api key");
 }
+
+on_both_backends!(
+    a_cloud_message_reaches_the_legacy_url_in_on_premise_shape,
+    posts_without_the_secret_or_too_large_are_refused_and_not_stored,
+    a_receiver_outage_is_ridden_out_with_retries,
+    upstream_resends_are_delivered_once,
+    a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait,
+    undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed,
+    admin_routes_need_the_token_and_do_not_exist_without_one,
+    a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it,
+    without_a_public_url_webhook_registration_is_a_clear_501,
+    sent_status_off_in_application_settings_drops_sent_statuses,
+    events_stored_before_a_restart_are_delivered_after_it,
+    an_upstream_refusing_the_webhook_registration_answers_the_client_on_premise_style,
+);

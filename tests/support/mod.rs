@@ -4,3 +4,50 @@
 pub mod mock_upstream;
 pub mod postgres;
 pub mod proxy;
+
+use waba_onprem_proxy::db::DatabaseUrl;
+
+/// The database a test runs on: the default SQLite file in the proxy's data directory, or a
+/// fresh PostgreSQL database of its own.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// None when no PostgreSQL can be had (the reason is printed; CI makes it a failure).
+    pub async fn postgres() -> Option<Backend> {
+        postgres::fresh_database().await.map(Backend::Postgres)
+    }
+
+    /// What goes into the proxy's `--database` (None: the SQLite default).
+    pub fn database(&self) -> Option<DatabaseUrl> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres(url) => Some(DatabaseUrl::Postgres(url.clone())),
+        }
+    }
+}
+
+/// Writes each listed `async fn case(backend: Backend)` as two tests, `sqlite::case` and
+/// `postgres::case`.
+#[allow(unused_macros)] // only the suites that run on both backends use it
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(crate::support::Backend::Sqlite).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() {
+                if let Some(backend) = crate::support::Backend::postgres().await {
+                    super::$case(backend).await;
+                }
+            })*
+        }
+    };
+}
