@@ -387,10 +387,12 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
         db.ingest("c", "{}".into(), payloads, 0, 10).await.unwrap();
     }
     let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    // Recipients with a payload being delivered right now, by any replica.
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut replicas = tokio::task::JoinSet::new();
     for r in 0..4 {
         let url = url.clone();
-        let seen = seen.clone();
+        let (seen, in_flight) = (seen.clone(), in_flight.clone());
         replicas.spawn(async move {
             let db = Database::open(&url, None).await.unwrap();
             let mut idle = 0;
@@ -406,11 +408,23 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
                 }
                 idle = 0;
                 let mut outcomes = Vec::new();
+                let mut recipients_taken = Vec::new();
                 for item in due {
                     let body: Value = serde_json::from_str(&item.payload).unwrap();
                     let id = body["messages"][0]["id"].as_str().unwrap().to_owned();
+                    let recipient = body["messages"][0]["from"].as_str().unwrap().to_owned();
+                    assert!(
+                        in_flight.lock().unwrap().insert(recipient.clone()),
+                        "{id} taken while an earlier payload of {recipient} is in flight"
+                    );
+                    recipients_taken.push(recipient);
                     seen.lock().unwrap().push((id, item.id));
                     outcomes.push(Outcome::Delivered { id: item.id });
+                }
+                // Delivering takes a moment; then the round is recorded.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                for recipient in recipients_taken {
+                    in_flight.lock().unwrap().remove(&recipient);
                 }
                 db.record(outcomes, 100).await.unwrap();
             }
