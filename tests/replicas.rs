@@ -1,0 +1,160 @@
+//! Two replicas on one PostgreSQL answer any client the same way: what a client stored through
+//! one (application settings, media providers, its webhook URL, a login session) the other one
+//! knows, as a load balancer sending consecutive requests to different replicas needs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use base64::Engine as _;
+use serde_json::json;
+use support::mock_upstream::{Behaviour, MockUpstream};
+use support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
+use waba_onprem_proxy::db::DatabaseUrl;
+
+async fn two_replicas(upstream: &MockUpstream) -> Option<(TestProxy, TestProxy)> {
+    let url = support::postgres::fresh_database().await?;
+    let digest: String = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(b"pw-1")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    // The key map is a file every replica is given the same copy of.
+    let key_map = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &key_map,
+        json!({"user:ops": {"password_sha256": digest, "api_key": "KEY-OPS"}}).to_string(),
+    )
+    .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let (url, key_map) = (url.clone(), key_map.clone());
+        replicas.push(
+            spawn_proxy_with(&upstream.url(), move |c| {
+                c.database = Some(DatabaseUrl::Postgres(url));
+                c.key_map = Some(key_map);
+                c.public_url = Some("https://proxy.example.com".into());
+            })
+            .await,
+        );
+    }
+    let b = replicas.pop()?;
+    let a = replicas.pop()?;
+    Some((a, b))
+}
+
+#[tokio::test]
+async fn settings_and_media_providers_stored_through_one_replica_are_read_through_another() {
+    let upstream = MockUpstream::start().await;
+    let Some((a, b)) = two_replicas(&upstream).await else {
+        return;
+    };
+    let patched = send_json(
+        &a,
+        "PATCH",
+        "/v1/settings/application",
+        r#"{"sent_status": false}"#,
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    let read = send_json(&b, "GET", "/v1/settings/application", "").await;
+    assert_eq!(read.json()["settings"]["application"]["sent_status"], false);
+
+    let providers = json!([{"name": "cdn", "type": "www", "config": {"bearer": "tok"}}]);
+    let stored = send_json(
+        &b,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers.to_string(),
+    )
+    .await;
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    let listed = send_json(&a, "GET", "/v1/settings/application/media/providers", "").await;
+    assert_eq!(
+        listed.json()["settings"]["application"]["media"]["providers"],
+        providers
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_url_set_through_one_replica_is_answered_by_another() {
+    let upstream = MockUpstream::start().await;
+    upstream.set_default(Behaviour::Json {
+        status: 200,
+        body: json!({"url": "ok"}),
+    });
+    let Some((a, b)) = two_replicas(&upstream).await else {
+        return;
+    };
+    let set = send_json(
+        &a,
+        "POST",
+        "/v1/configs/webhook",
+        r#"{"url": "https://crm.example/hook"}"#,
+    )
+    .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let read = send_json(&b, "GET", "/v1/configs/webhook", "").await;
+    assert_eq!(read.json()["url"], "https://crm.example/hook");
+}
+
+#[tokio::test]
+async fn a_login_token_from_one_replica_works_on_another_until_logged_out_anywhere() {
+    let upstream = MockUpstream::start().await;
+    let Some((a, b)) = two_replicas(&upstream).await else {
+        return;
+    };
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ops:pw-1")
+    );
+    let login = send(
+        &a,
+        "POST",
+        "/v1/users/login",
+        &[("authorization", &basic)],
+        "",
+    )
+    .await;
+    assert_eq!(login.status, 200, "{:?}", login.body);
+    let bearer = format!(
+        "Bearer {}",
+        login.json()["users"][0]["token"].as_str().unwrap()
+    );
+    let text = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let sent = send(
+        &b,
+        "POST",
+        "/v1/messages",
+        &[("authorization", &bearer)],
+        text,
+    )
+    .await;
+    assert_eq!(sent.status, 201, "{:?}", sent.body);
+    assert_eq!(
+        upstream.requests()[0].header("d360-api-key"),
+        Some("KEY-OPS")
+    );
+
+    let logout = send(
+        &b,
+        "POST",
+        "/v1/users/logout",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(logout.status, 200);
+    let after = send(
+        &a,
+        "POST",
+        "/v1/messages",
+        &[("authorization", &bearer)],
+        text,
+    )
+    .await;
+    assert_eq!((after.status, after.onprem_error_code()), (401, 1005));
+    assert_eq!(upstream.requests().len(), 1);
+}
