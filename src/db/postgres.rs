@@ -161,8 +161,12 @@ impl Postgres {
         Ok(())
     }
 
+    // Statements are prepared once per pooled connection (a plain query would parse and plan
+    // on every call, one more round trip each).
     async fn one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, DbError> {
-        Ok(self.pool.get().await?.query_one(sql, params).await?)
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_one(&statement, params).await?)
     }
 
     async fn optional(
@@ -170,11 +174,15 @@ impl Postgres {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, DbError> {
-        Ok(self.pool.get().await?.query_opt(sql, params).await?)
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_opt(&statement, params).await?)
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
-        Ok(self.pool.get().await?.execute(sql, params).await?)
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
     }
 
     pub async fn schema_version(&self) -> Result<i64, DbError> {
@@ -261,15 +269,17 @@ impl Postgres {
     ) -> Result<Ingested, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let event_id: i64 = tx
-            .query_one(
+        let insert_event = tx
+            .prepare_cached(
                 "INSERT INTO webhook_events (channel, received_at, body) VALUES ($1, $2, $3) RETURNING id",
-                &[&channel, &now_ms, &raw],
             )
+            .await?;
+        let event_id: i64 = tx
+            .query_one(&insert_event, &[&channel, &now_ms, &raw])
             .await?
             .try_get(0)?;
         let insert = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO webhook_outbox
                      (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $6)
@@ -330,8 +340,8 @@ impl Postgres {
         claim: &Claim,
     ) -> Result<Vec<Due>, DbError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
+        let statement = client
+            .prepare_cached(
                 "WITH heads AS (
                      SELECT o.id FROM webhook_outbox o
                      WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= $1
@@ -345,6 +355,11 @@ impl Postgres {
                  UPDATE webhook_outbox w SET claimed_by = $3, claimed_until = $4
                  FROM heads WHERE w.id = heads.id
                  RETURNING w.id, w.channel, w.payload, w.attempts, w.created_at",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &statement,
                 &[&now_ms, &(limit as i64), &claim.replica, &claim.until_ms],
             )
             .await?;
@@ -381,53 +396,76 @@ impl Postgres {
         Ok(row.try_get(0)?)
     }
 
+    /// One statement per kind of outcome, whatever the size of the round.
     pub async fn record(&self, outcomes: &[Outcome], now_ms: i64) -> Result<(), DbError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut delivered = 0;
+        let mut delivered_ids = Vec::new();
+        let (mut retry_ids, mut retry_at, mut retry_errors) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dead_ids, mut dead_errors) = (Vec::new(), Vec::new());
         for outcome in outcomes {
             match outcome {
-                Outcome::Delivered { id } => {
-                    // Counted once even when a lease ran out and two replicas delivered it.
-                    delivered += tx
-                        .execute(
-                            "UPDATE webhook_outbox SET delivered_at = $2, attempts = attempts + 1,
-                                 claimed_by = NULL, claimed_until = NULL
-                             WHERE id = $1 AND delivered_at IS NULL",
-                            &[id, &now_ms],
-                        )
-                        .await? as i64;
-                }
+                Outcome::Delivered { id } => delivered_ids.push(*id),
                 Outcome::Retry {
                     id,
                     next_attempt_at,
                     error,
                 } => {
-                    tx.execute(
-                        "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $2,
-                             last_error = $3, claimed_by = NULL, claimed_until = NULL
-                         WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
-                        &[id, next_attempt_at, error],
-                    )
-                    .await?;
+                    retry_ids.push(*id);
+                    retry_at.push(*next_attempt_at);
+                    retry_errors.push(error.as_str());
                 }
                 Outcome::Dead { id, error } => {
-                    tx.execute(
-                        "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
-                         SELECT id, channel, ordering_key, payload, $2, attempts + 1, created_at, $3
-                         FROM webhook_outbox WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
-                        &[id, error, &now_ms],
-                    )
-                    .await?;
-                    tx.execute(
-                        "UPDATE webhook_outbox SET dead_at = $2, attempts = attempts + 1, last_error = $3,
-                             claimed_by = NULL, claimed_until = NULL
-                         WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
-                        &[id, &now_ms, error],
-                    )
-                    .await?;
+                    dead_ids.push(*id);
+                    dead_errors.push(error.as_str());
                 }
             }
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut delivered = 0;
+        if !delivered_ids.is_empty() {
+            // Counted once even when a lease ran out and two replicas delivered it.
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE webhook_outbox SET delivered_at = $2, attempts = attempts + 1,
+                         claimed_by = NULL, claimed_until = NULL
+                     WHERE id = ANY($1) AND delivered_at IS NULL",
+                )
+                .await?;
+            delivered = tx.execute(&statement, &[&delivered_ids, &now_ms]).await? as i64;
+        }
+        if !retry_ids.is_empty() {
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = r.next_at,
+                         last_error = r.error, claimed_by = NULL, claimed_until = NULL
+                     FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[]) AS r(id, next_at, error)
+                     WHERE o.id = r.id AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+                )
+                .await?;
+            tx.execute(&statement, &[&retry_ids, &retry_at, &retry_errors])
+                .await?;
+        }
+        if !dead_ids.is_empty() {
+            let copy = tx
+                .prepare_cached(
+                    "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
+                     SELECT o.id, o.channel, o.ordering_key, o.payload, r.error, o.attempts + 1, o.created_at, $3
+                     FROM webhook_outbox o JOIN unnest($1::BIGINT[], $2::TEXT[]) AS r(id, error) ON o.id = r.id
+                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL",
+                )
+                .await?;
+            tx.execute(&copy, &[&dead_ids, &dead_errors, &now_ms])
+                .await?;
+            let mark = tx
+                .prepare_cached(
+                    "UPDATE webhook_outbox o SET dead_at = $3, attempts = o.attempts + 1, last_error = r.error,
+                         claimed_by = NULL, claimed_until = NULL
+                     FROM unnest($1::BIGINT[], $2::TEXT[]) AS r(id, error)
+                     WHERE o.id = r.id AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+                )
+                .await?;
+            tx.execute(&mark, &[&dead_ids, &dead_errors, &now_ms])
+                .await?;
         }
         bump(&tx, "delivered", delivered).await?;
         tx.commit().await?;
@@ -647,11 +685,12 @@ async fn bump(tx: &deadpool_postgres::Transaction<'_>, name: &str, by: i64) -> R
     if by == 0 {
         return Ok(());
     }
-    tx.execute(
-        "INSERT INTO webhook_counters (name, value) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET value = webhook_counters.value + excluded.value",
-        &[&name, &by],
-    )
-    .await?;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO webhook_counters (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = webhook_counters.value + excluded.value",
+        )
+        .await?;
+    tx.execute(&statement, &[&name, &by]).await?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! On-Premise shape. An event is acknowledged only once committed; delivery is at least once,
 //! retried with backoff, in order per recipient, and resumes after any crash.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -196,6 +197,17 @@ pub async fn deliver_forever(state: Arc<AppState>) {
             wait(relay, pause).await;
             continue;
         }
+        // Each channel is read once per round, not once per payload.
+        let mut channels: HashMap<String, Result<Option<Arc<Channel>>, String>> = HashMap::new();
+        for item in &due {
+            if !channels.contains_key(&item.channel) {
+                let channel = relay.db.channel(&item.channel).await;
+                channels.insert(
+                    item.channel.clone(),
+                    channel.map(|c| c.map(Arc::new)).map_err(|e| e.to_string()),
+                );
+            }
+        }
         let mut deliveries = JoinSet::new();
         let mut outcomes = Vec::with_capacity(due.len());
         for item in due {
@@ -205,7 +217,8 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                 }
             }
             let state = state.clone();
-            deliveries.spawn(async move { deliver_one(&state, item).await });
+            let channel = channels.get(&item.channel).cloned().unwrap_or(Ok(None));
+            deliveries.spawn(async move { deliver_one(&state, channel, item).await });
         }
         while let Some(joined) = deliveries.join_next().await {
             if let Ok(outcome) = joined {
@@ -223,9 +236,12 @@ async fn wait(relay: &Relay, at_most: Duration) {
     let _ = tokio::time::timeout(at_most, relay.wake.notified()).await;
 }
 
-async fn deliver_one(state: &AppState, item: Due) -> Outcome {
+async fn deliver_one(
+    state: &AppState,
+    channel: Result<Option<Arc<Channel>>, String>,
+    item: Due,
+) -> Outcome {
     let config = &state.config;
-    let channel = state.relay.db.channel(&item.channel).await;
     let result = match channel {
         Err(error) => Err(format!("channel unreadable: {error}")),
         Ok(None) => Err("channel no longer configured".to_owned()),
