@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// `postgres://user:password@host:5432/db` (shared by several replicas).
     #[arg(long, env = "WABA_PROXY_DATABASE")]
     pub database: Option<String>,
+    /// PEM file of the CA that signed the PostgreSQL server's certificate: TLS connections then
+    /// verify the server (certificate and host name). Without it TLS (`sslmode=prefer`, the
+    /// default, or `require`) encrypts without verifying, as libpq does.
+    #[arg(long, env = "WABA_PROXY_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// JSON file mapping old API keys to new ones ("old": "new") and login users
     /// (`"user:<name>": {"password_sha256", "api_key"}`); re-read on SIGHUP.
     #[arg(long, env = "WABA_PROXY_KEY_MAP")]
@@ -193,6 +198,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// None: the SQLite file in the data directory.
     pub database: Option<DatabaseUrl>,
+    pub database_ca_file: Option<PathBuf>,
     pub key_map: Option<PathBuf>,
     pub public_url: Option<String>,
     pub legacy_webhook_url: Option<String>,
@@ -358,6 +364,7 @@ impl ServeArgs {
                     DatabaseUrl::parse(url).map_err(|reason| ConfigError::Database { reason })
                 })
                 .transpose()?,
+            database_ca_file: self.database_ca_file.clone(),
             key_map: self.key_map.clone(),
             public_url: self
                 .public_url
@@ -417,6 +424,36 @@ mod tests {
         match parse(args).command {
             Command::Serve(serve) => *serve,
             other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn database_urls_are_checked_at_start_and_never_shown_with_their_password() {
+        let config = serve(&["x"]).validate().unwrap();
+        assert_eq!(
+            config.database_url(),
+            DatabaseUrl::Sqlite(PathBuf::from("./data/webhooks.sqlite3"))
+        );
+        let pg = "postgres://proxy:hunter2@db.internal:5432/waba?sslmode=require";
+        let config = serve(&["x", "--database", pg]).validate().unwrap();
+        assert_eq!(config.database_url(), DatabaseUrl::Postgres(pg.into()));
+        let shown = config.database_url().describe();
+        assert_eq!(shown, "postgres://db.internal/waba");
+        let sqlite = serve(&["x", "--database", "sqlite:/var/lib/waba/state.db"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            sqlite.database_url(),
+            DatabaseUrl::Sqlite(PathBuf::from("/var/lib/waba/state.db"))
+        );
+        for bad in [
+            "mysql://x/y",
+            "sqlite:",
+            "postgres://x/y?sslmode=verify-full",
+            "postgres://x/y?nonsense=1",
+        ] {
+            let error = serve(&["x", "--database", bad]).validate().unwrap_err();
+            assert!(error.to_string().starts_with("--database: "), "{error}");
         }
     }
 

@@ -120,10 +120,12 @@ impl ProxyError {
                 400,
                 format!("the media link could not be fetched with its provider: {cause}"),
             ),
+            // A database outage is passing: Service not ready, like On-Premise before its
+            // database came up, and clients retry.
             ProxyError::Storage(_) => OnPremError::new(
-                500,
-                1014,
-                "the proxy could not read or write its data directory",
+                503,
+                1011,
+                "the proxy's database is unavailable; retry shortly",
             ),
             ProxyError::NotInDryRun(what) => OnPremError::new(
                 501,
@@ -180,7 +182,7 @@ mod tests {
             (400, 400)
         );
         let io = std::io::Error::other("disk full");
-        assert_eq!(status(ProxyError::Storage(io)), (500, 1014));
+        assert_eq!(status(ProxyError::Storage(io)), (503, 1011));
         let internal = http::Request::builder().uri("\n").body(()).unwrap_err();
         assert_eq!(status(ProxyError::Internal(internal)), (500, 1014));
     }

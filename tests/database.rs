@@ -265,7 +265,7 @@ async fn login_sessions_expire_and_end(backend: Backend) {
 
 async fn migrations_are_recorded_and_not_applied_twice(backend: Backend) {
     let db = open(backend).await;
-    assert_eq!(db.schema_version().await.unwrap(), 2);
+    assert_eq!(db.schema_version().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -278,7 +278,7 @@ async fn a_sqlite_file_reopens_with_its_events_and_schema() {
         .unwrap();
     drop(db);
     let again = Database::open(&url, None).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 2);
+    assert_eq!(again.schema_version().await.unwrap(), 3);
     assert_eq!(again.stats(10).await.unwrap().pending, 1);
 }
 
@@ -319,7 +319,7 @@ async fn replicas_starting_together_migrate_once() {
         open.await.unwrap().unwrap();
     }
     let db = Database::open(&url, None).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 2);
+    assert_eq!(db.schema_version().await.unwrap(), 3);
 }
 
 /// A claim keeps a payload from other replicas until its lease ends; then it returns.
@@ -446,4 +446,33 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
         }
     }
     assert_eq!(db.stats(200).await.unwrap().pending, 0);
+}
+
+/// TLS to PostgreSQL, against a server that refuses unencrypted TCP: reached with
+/// `sslmode=require` (and the default `prefer`), verified when the CA is given, and a
+/// certificate from another CA is refused with a reason an operator can act on.
+#[tokio::test]
+async fn postgres_over_tls_is_encrypted_and_verified_against_the_given_ca() {
+    let Some(cluster) = support::postgres::tls_cluster().await else {
+        return;
+    };
+    let url = |mode: &str| DatabaseUrl::Postgres(format!("{}?sslmode={mode}", cluster.url));
+    let verified = Database::open_with(&url("require"), None, Some(&cluster.ca_file))
+        .await
+        .unwrap();
+    verified.writable().await.unwrap();
+    assert_eq!(verified.schema_version().await.unwrap(), 3);
+    // Encrypted without verification, as libpq does when no CA is given.
+    Database::open_with(&url("prefer"), None, None)
+        .await
+        .unwrap();
+    let refused = Database::open_with(&url("require"), None, Some(&cluster.other_ca_file))
+        .await
+        .err()
+        .expect("a certificate from another CA must be refused");
+    assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
+    // The server takes no unencrypted TCP: the connections above were encrypted.
+    assert!(Database::open_with(&url("disable"), None, None)
+        .await
+        .is_err());
 }

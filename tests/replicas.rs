@@ -158,3 +158,46 @@ async fn a_login_token_from_one_replica_works_on_another_until_logged_out_anywhe
     assert_eq!((after.status, after.onprem_error_code()), (401, 1005));
     assert_eq!(upstream.requests().len(), 1);
 }
+
+/// The database going away under a running replica: requests that need it get a prompt
+/// On-Premise 503 (clients and Cloud retry), readiness turns 503, and nothing hangs.
+#[tokio::test]
+async fn a_lost_database_is_a_prompt_503_not_a_hang() {
+    let upstream = MockUpstream::start().await;
+    let Some(url) = support::postgres::fresh_database().await else {
+        return;
+    };
+    let database = url.clone();
+    let proxy = spawn_proxy_with(&upstream.url(), move |c| {
+        c.database = Some(DatabaseUrl::Postgres(database));
+        c.legacy_webhook_url = Some("http://127.0.0.1:9/hook".into());
+        c.webhook_secret = Some("s".into());
+    })
+    .await;
+    let before = send_json(&proxy, "GET", "/v1/settings/application", "").await;
+    assert_eq!(before.status, 200);
+
+    support::postgres::drop_database(&url).await;
+    let started = std::time::Instant::now();
+    let settings = send_json(&proxy, "GET", "/v1/settings/application", "").await;
+    assert_eq!((settings.status, settings.onprem_error_code()), (503, 1011));
+    let inbound = send(
+        &proxy,
+        "POST",
+        "/cloud-webhooks/default",
+        &[
+            ("x-webhook-secret", "s"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"object":"whatsapp_business_account","entry":[]}"#,
+    )
+    .await;
+    assert_eq!(inbound.status, 503, "Cloud must send it again");
+    let ready = send(&proxy, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -8,6 +8,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,11 @@ impl DatabaseUrl {
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            if text.contains("sslmode=verify-") {
+                return Err("sslmode=verify-ca/verify-full: use sslmode=require with \
+                     --database-ca-file (the server is then verified, host name included)"
+                    .into());
+            }
             text.parse::<tokio_postgres::Config>()
                 .map_err(|e| format!("not a usable PostgreSQL URL: {e}"))?;
             return Ok(DatabaseUrl::Postgres(text.to_owned()));
@@ -71,18 +77,34 @@ impl DatabaseUrl {
     }
 }
 
+// The drivers' own messages stop at the outermost layer ("db error", "error performing TLS
+// handshake"); the reason an operator needs is further down the source chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("sqlite: {0}")]
+    #[error("sqlite: {}", chain(.0))]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("postgres pool: {0}")]
+    #[error("postgres: {}", chain(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("postgres pool: {0}")]
+    #[error("postgres: {}", chain(.0))]
     CreatePool(#[from] deadpool_postgres::CreatePoolError),
     #[error("{0}")]
     Other(String),
+}
+
+/// An error and its causes, each said once.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Where inbound events for one legacy receiver come in and go out.
@@ -177,6 +199,16 @@ impl Database {
     /// Opens (creating when needed) and migrates. `import_dir` is the data directory whose
     /// per-key JSON files (from before documents moved into the database) are imported once.
     pub async fn open(url: &DatabaseUrl, import_dir: Option<&Path>) -> Result<Database, DbError> {
+        Database::open_with(url, import_dir, None).await
+    }
+
+    /// [`Database::open`], with the CA that must have signed a PostgreSQL server's certificate
+    /// (see [`tls`]).
+    pub async fn open_with(
+        url: &DatabaseUrl,
+        import_dir: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<Database, DbError> {
         match url {
             DatabaseUrl::Sqlite(path) => {
                 let path = path.clone();
@@ -196,9 +228,9 @@ impl Database {
                 .map_err(|e| DbError::Other(e.to_string()))??;
                 Ok(Database::Sqlite(Arc::new(sqlite)))
             }
-            DatabaseUrl::Postgres(url) => {
-                Ok(Database::Postgres(postgres::Postgres::open(url).await?))
-            }
+            DatabaseUrl::Postgres(url) => Ok(Database::Postgres(
+                postgres::Postgres::open(url, tls::connector(ca_file)?).await?,
+            )),
         }
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, Channel, Claim, DbError, Dead,
@@ -97,6 +98,15 @@ CREATE TABLE login_sessions (
 );
 ",
     ),
+    // Delivery rounds take the oldest pending payloads: without this index they walk past every
+    // delivered row first (half a second per round at 100,000 events).
+    (
+        3,
+        "
+CREATE INDEX webhook_outbox_pending_id
+    ON webhook_outbox (id) WHERE delivered_at IS NULL AND dead_at IS NULL;
+",
+    ),
 ];
 
 /// How long a request may wait for a pooled connection, or for a new one: a database that is
@@ -110,7 +120,7 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub async fn open(url: &str) -> Result<Postgres, DbError> {
+    pub async fn open(url: &str, tls: MakeRustlsConnect) -> Result<Postgres, DbError> {
         let mut config = deadpool_postgres::Config::new();
         config.url = Some(url.to_owned());
         config.manager = Some(ManagerConfig {
@@ -125,7 +135,7 @@ impl Postgres {
             },
             ..PoolConfig::default()
         });
-        let pool = config.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        let pool = config.create_pool(Some(Runtime::Tokio1), tls)?;
         let postgres = Postgres { pool };
         postgres.migrate().await?;
         Ok(postgres)

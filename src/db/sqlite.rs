@@ -91,6 +91,15 @@ CREATE TABLE login_sessions (
 );
 ",
     ),
+    // Delivery rounds take the oldest pending payloads: without this index they walk past every
+    // delivered row first (half a second per round at 100,000 events).
+    (
+        3,
+        "
+CREATE INDEX webhook_outbox_pending_id
+    ON webhook_outbox (id) WHERE delivered_at IS NULL AND dead_at IS NULL;
+",
+    ),
 ];
 
 pub struct Sqlite {

@@ -75,7 +75,9 @@ impl AppState {
             .database
             .is_none()
             .then_some(config.data_dir.as_path());
-        let db = Database::open(&url, import_dir).await.map_err(failed)?;
+        let db = Database::open_with(&url, import_dir, config.database_ca_file.as_deref())
+            .await
+            .map_err(failed)?;
         let auth = Auth::new(config.key_map.clone(), db.clone())?;
         let relay = Relay::open(&config, db.clone()).await.map_err(failed)?;
         let upstream = Upstream::new(&config);

@@ -128,8 +128,8 @@ async fn start_cluster() -> Result<Cluster, String> {
     let base =
         std::env::temp_dir().join(format!("waba-proxy-pg-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
-    match init_and_spawn(&bindir, &base).await {
-        Ok((admin_url, child)) => wait_until_ready(admin_url, child).await,
+    match init_and_spawn(&bindir, &base, &[], None).await {
+        Ok((admin_url, _, child)) => wait_until_ready(admin_url, child).await,
         Err(reason) => {
             // Nothing is running yet, so the supervisor script will not clean this up.
             let _ = std::fs::remove_dir_all(&base);
@@ -138,7 +138,14 @@ async fn start_cluster() -> Result<Cluster, String> {
     }
 }
 
-async fn init_and_spawn(bindir: &Path, base: &Path) -> Result<(String, Child), String> {
+/// initdb into `base/data`, then the server with extra `settings` (`-c name=value` pairs) and,
+/// when given, its own pg_hba.conf. Returns the admin URL, the port and the supervisor.
+async fn init_and_spawn(
+    bindir: &Path,
+    base: &Path,
+    settings: &[&str],
+    hba: Option<&str>,
+) -> Result<(String, u16, Child), String> {
     // The directory we just made is owned by our effective uid: no libc needed to ask.
     let as_root = std::fs::metadata(base)
         .map_err(|e| format!("{}: {e}", base.display()))?
@@ -147,7 +154,7 @@ async fn init_and_spawn(bindir: &Path, base: &Path) -> Result<(String, Child), S
     if as_root {
         // initdb and postgres refuse to run as root; the distribution's `postgres` user runs them.
         let mut chown = Command::new("chown");
-        chown.arg("postgres:").arg(base);
+        chown.arg("-R").arg("postgres:").arg(base);
         run(chown).await?;
     }
     let mut initdb = as_server_user(as_root, &bindir.join("initdb"));
@@ -164,6 +171,10 @@ async fn init_and_spawn(bindir: &Path, base: &Path) -> Result<(String, Child), S
         .arg(base.join("data"))
         .current_dir(base);
     run(initdb).await?;
+    if let Some(hba) = hba {
+        std::fs::write(base.join("data").join("pg_hba.conf"), hba)
+            .map_err(|e| format!("writing pg_hba.conf: {e}"))?;
+    }
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -175,6 +186,7 @@ async fn init_and_spawn(bindir: &Path, base: &Path) -> Result<(String, Child), S
         .arg(bindir.join("postgres"))
         .arg(base)
         .arg(port.to_string())
+        .args(settings)
         .current_dir(base)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -187,6 +199,7 @@ async fn init_and_spawn(bindir: &Path, base: &Path) -> Result<(String, Child), S
         .map_err(|e| format!("starting postgres: {e}"))?;
     Ok((
         format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        port,
         child,
     ))
 }
@@ -196,8 +209,9 @@ async fn init_and_spawn(bindir: &Path, base: &Path) -> Result<(String, Child), S
 // if the server dies on its own, so a failed start is reported instead of waited out.
 const SUPERVISOR: &str = r#"
 postgres=$1 base=$2 port=$3
+shift 3
 "$postgres" -D "$base/data" -p "$port" -k "$base" -c listen_addresses=127.0.0.1 \
-    -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$base/log" 2>&1 &
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off "$@" >"$base/log" 2>&1 &
 pid=$!
 exec 3<&0
 (read _ <&3; kill -INT "$pid") >/dev/null 2>&1 &
@@ -294,4 +308,107 @@ fn find_bindir() -> Result<PathBuf, String> {
         .ok_or_else(|| {
             "no initdb in /usr/lib/postgresql/*/bin or on PATH (apt-get install postgresql)".into()
         })
+}
+
+/// A throwaway cluster of its own that accepts TCP connections only over TLS, with a server
+/// certificate for `localhost` signed by a CA made for it.
+pub struct TlsCluster {
+    /// `postgres://postgres@localhost:<port>/postgres`, no `sslmode`.
+    pub url: String,
+    /// The CA that signed the server's certificate (PEM).
+    pub ca_file: PathBuf,
+    /// A CA that did not.
+    pub other_ca_file: PathBuf,
+    _supervisor: Child,
+}
+
+/// Starts a [`TlsCluster`] (each call its own); None (with the reason printed) when PostgreSQL
+/// or openssl is missing, unless PostgreSQL is required.
+pub async fn tls_cluster() -> Option<TlsCluster> {
+    match start_tls_cluster().await {
+        Ok(cluster) => Some(cluster),
+        Err(reason) => {
+            if std::env::var(REQUIRED_ENV).is_ok_and(|v| v == "1") {
+                panic!("PostgreSQL is required ({REQUIRED_ENV}=1) but a TLS cluster could not start: {reason}");
+            }
+            eprintln!("SKIPPED (no PostgreSQL with TLS): {reason}");
+            None
+        }
+    }
+}
+
+async fn start_tls_cluster() -> Result<TlsCluster, String> {
+    let bindir = find_bindir()?;
+    let base = std::env::temp_dir().join(format!(
+        "waba-proxy-pgtls-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+    let certificates = async {
+        let openssl = |args: &str| {
+            let mut command = Command::new("openssl");
+            command.args(args.split_whitespace()).current_dir(&base);
+            command
+        };
+        for ca in ["ca", "other-ca"] {
+            run(openssl(&format!(
+                "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=waba-test-{ca} -keyout {ca}.key -out {ca}.crt"
+            )))
+            .await?;
+        }
+        run(openssl(
+            "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+        ))
+        .await?;
+        std::fs::write(
+            base.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .map_err(|e| e.to_string())?;
+        run(openssl(
+            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.crt",
+        ))
+        .await?;
+        // The server refuses a key others can read.
+        std::fs::set_permissions(
+            base.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    };
+    if let Err(reason) = certificates.await {
+        let _ = std::fs::remove_dir_all(&base);
+        return Err(format!("making certificates: {reason}"));
+    }
+    let settings = [
+        "-c",
+        "ssl=on",
+        "-c",
+        "ssl_cert_file=../server.crt",
+        "-c",
+        "ssl_key_file=../server.key",
+    ];
+    // TCP only over TLS; the socket (used to see the server is up) without.
+    let hba =
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
+    match init_and_spawn(&bindir, &base, &settings, Some(hba)).await {
+        Ok((_, port, child)) => {
+            let socket = format!(
+                "host={} port={port} user=postgres dbname=postgres",
+                base.display()
+            );
+            let cluster = wait_until_ready(socket, child).await?;
+            Ok(TlsCluster {
+                url: format!("postgres://postgres@localhost:{port}/postgres"),
+                ca_file: base.join("ca.crt"),
+                other_ca_file: base.join("other-ca.crt"),
+                _supervisor: cluster._supervisor,
+            })
+        }
+        Err(reason) => {
+            let _ = std::fs::remove_dir_all(&base);
+            Err(reason)
+        }
+    }
 }
