@@ -239,6 +239,15 @@ impl Database {
         matches!(self, Database::Postgres(_))
     }
 
+    /// Keeps the query planner's picture of the outbox current (PostgreSQL; SQLite's planner
+    /// needs none).
+    pub async fn refresh_statistics(&self) -> Result<(), DbError> {
+        match self {
+            Database::Sqlite(_) => Ok(()),
+            Database::Postgres(db) => db.refresh_statistics().await,
+        }
+    }
+
     /// The highest migration applied.
     pub async fn schema_version(&self) -> Result<i64, DbError> {
         match self {

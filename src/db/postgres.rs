@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -113,6 +113,15 @@ CREATE INDEX webhook_outbox_pending_id
 /// down gives a storage error, never a hang.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 16;
+/// Session settings of every connection:
+/// - each statement is planned for its actual values: a generic plan for the claim query, made
+///   while the outbox was small, can walk the whole pending index for every candidate;
+/// - a replica killed mid-query must not leave its query running, holding row locks that stall
+///   the other replicas' deliveries: the server checks every second that the client is there;
+/// - no statement and no idle transaction outlives a few minutes, whatever happens.
+const SESSION_SETTINGS: &str = "-c plan_cache_mode=force_custom_plan \
+     -c client_connection_check_interval=1000 -c statement_timeout=300000 \
+     -c idle_in_transaction_session_timeout=60000";
 
 #[derive(Clone)]
 pub struct Postgres {
@@ -121,21 +130,27 @@ pub struct Postgres {
 
 impl Postgres {
     pub async fn open(url: &str, tls: MakeRustlsConnect) -> Result<Postgres, DbError> {
-        let mut config = deadpool_postgres::Config::new();
-        config.url = Some(url.to_owned());
-        config.manager = Some(ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        });
-        config.pool = Some(PoolConfig {
-            max_size: POOL_SIZE,
-            timeouts: Timeouts {
-                wait: Some(POOL_WAIT),
-                create: Some(POOL_WAIT),
-                recycle: Some(POOL_WAIT),
+        let mut config: tokio_postgres::Config = url.parse()?;
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {SESSION_SETTINGS}"),
+            None => SESSION_SETTINGS.to_owned(),
+        };
+        config.options(&options);
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
             },
-            ..PoolConfig::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1), tls)?;
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Other(format!("connection pool: {e}")))?;
         let postgres = Postgres { pool };
         postgres.migrate().await?;
         Ok(postgres)
@@ -193,6 +208,17 @@ impl Postgres {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
         Ok(client.execute(&statement, params).await?)
+    }
+
+    /// Fresh planner statistics for the outbox, whose size swings from empty to a backlog
+    /// faster than autovacuum looks at it.
+    pub async fn refresh_statistics(&self) -> Result<(), DbError> {
+        self.pool
+            .get()
+            .await?
+            .batch_execute("ANALYZE webhook_outbox")
+            .await?;
+        Ok(())
     }
 
     pub async fn schema_version(&self) -> Result<i64, DbError> {

@@ -26,6 +26,8 @@ pub const DEFAULT_CHANNEL: &str = "default";
 
 /// Upper bound on one wait of the delivery loop when nothing is due sooner.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the planner's statistics of the outbox are refreshed (shared database).
+const STATISTICS_EVERY_MS: i64 = 15_000;
 /// Payloads fetched per delivery round.
 const ROUND_SIZE: usize = 256;
 
@@ -163,8 +165,15 @@ pub async fn deliver_forever(state: Arc<AppState>) {
         (ROUND_SIZE, Duration::ZERO)
     };
     let mut last_prune = 0i64;
+    let mut last_statistics = 0i64;
     loop {
         let now = now_ms();
+        if now - last_statistics > STATISTICS_EVERY_MS {
+            last_statistics = now;
+            if let Err(error) = relay.db.refresh_statistics().await {
+                warn!(%error, "outbox statistics not refreshed");
+            }
+        }
         let claim = Claim {
             replica: relay.replica.clone(),
             until_ms: now + lease.as_millis() as i64,
