@@ -6,6 +6,8 @@ WORKDIR /src
 # Dependencies first, so source edits do not rebuild them. The stubs stand in for every target
 # Cargo.toml names (the bench is declared explicitly, so it must exist).
 COPY Cargo.toml Cargo.lock ./
+# Build settings (mimalloc's lazy arena commit): part of the dependency build.
+COPY .cargo ./.cargo
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > benches/translate.rs \
