@@ -43,13 +43,18 @@ fn claim(replica: &str, until_ms: i64) -> Claim {
     }
 }
 
-async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
-    db.claim_due(now, 10, &claim("r", now))
+/// The ids `replica` claims at `now` (at most `limit`), its lease ending at `until`.
+async fn claimed_ids(db: &Database, now: i64, limit: usize, replica: &str, until: i64) -> Vec<i64> {
+    db.claim_due(now, limit, &claim(replica, until))
         .await
         .unwrap()
         .iter()
         .map(|d| d.id)
         .collect()
+}
+
+async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
+    claimed_ids(db, now, 10, "r", now).await
 }
 
 on_both_backends!(
@@ -339,32 +344,11 @@ async fn a_claim_excludes_other_replicas_until_its_lease_ends() {
     )
     .await
     .unwrap();
-    let taken: Vec<i64> = a
-        .claim_due(10, 1, &claim("a", 1_000))
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.id)
-        .collect();
-    assert_eq!(taken, [1]);
+    assert_eq!(claimed_ids(&a, 10, 1, "a", 1_000).await, [1]);
     // Replica b neither takes x nor skips ahead to y (x is still undelivered): only z.
-    let other: Vec<i64> = b
-        .claim_due(20, 10, &claim("b", 5_000))
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.id)
-        .collect();
-    assert_eq!(other, [3]);
+    assert_eq!(claimed_ids(&b, 20, 10, "b", 5_000).await, [3]);
     // Replica a dies; after its lease, b takes x.
-    let later: Vec<i64> = b
-        .claim_due(1_001, 10, &claim("b", 2_000))
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.id)
-        .collect();
-    assert_eq!(later, [1]);
+    assert_eq!(claimed_ids(&b, 1_001, 10, "b", 2_000).await, [1]);
     // Released claims (b's x and z) return at once, long before their lease ends.
     b.release_claims("b").await.unwrap();
     assert_eq!(due_ids(&a, 1_002).await, [1, 3]);
@@ -475,4 +459,39 @@ async fn postgres_over_tls_is_encrypted_and_verified_against_the_given_ca() {
     assert!(Database::open_with(&url("disable"), None, None)
         .await
         .is_err());
+}
+
+/// A webhook outbox written by a version from before migrations (no `schema_migrations`, no
+/// claim columns) opens, migrates to the current schema, and keeps its pending events.
+#[tokio::test]
+async fn an_outbox_from_before_migrations_is_migrated_in_place() {
+    let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE webhook_channels (name TEXT PRIMARY KEY, secret TEXT NOT NULL,
+                 legacy_url TEXT NOT NULL, headers TEXT NOT NULL, sent_status BOOLEAN NOT NULL,
+                 api_key_hash TEXT);
+             CREATE TABLE webhook_outbox (id INTEGER PRIMARY KEY, event_id BIGINT NOT NULL,
+                 channel TEXT NOT NULL, ordering_key TEXT NOT NULL, dedupe_key TEXT,
+                 payload TEXT NOT NULL, created_at BIGINT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT NOT NULL,
+                 last_error TEXT, delivered_at BIGINT, dead_at BIGINT);
+             INSERT INTO webhook_outbox (event_id, channel, ordering_key, dedupe_key, payload,
+                 created_at, next_attempt_at)
+                 VALUES (1, 'default', '1', 'message:a', '{\"messages\":[]}', 10, 10);",
+        )
+        .unwrap();
+    }
+    let db = Database::open(&DatabaseUrl::Sqlite(path), None)
+        .await
+        .unwrap();
+    assert_eq!(db.schema_version().await.unwrap(), 3);
+    assert_eq!(due_ids(&db, 20).await, [1]);
+    // The old dedupe key still holds.
+    let again = db
+        .ingest("default", "{}".into(), vec![payload("1", "a")], 0, 30)
+        .await
+        .unwrap();
+    assert_eq!(again.duplicates, 1);
 }

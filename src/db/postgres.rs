@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    dead_payload, headers_from_text, headers_to_text, Channel, Claim, DbError, Dead,
+    dead_payload, headers_from_text, headers_to_text, migrations, Channel, Claim, DbError, Dead,
     DocumentChange, Due, Ingested, Outcome, Stats,
 };
 use crate::translate::webhooks::OnPremWebhook;
@@ -20,94 +20,6 @@ use crate::translate::webhooks::OnPremWebhook;
 /// Any lock id both our migrations and nobody else's use: replicas starting together migrate
 /// one after the other.
 const MIGRATION_LOCK: i64 = 0x7761_6261_5f6d_6967; // "waba_mig"
-
-/// The same tables as the SQLite backend; ids come from identity columns.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "
-CREATE TABLE webhook_channels (
-    name TEXT PRIMARY KEY,
-    secret TEXT NOT NULL,
-    legacy_url TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    sent_status BOOLEAN NOT NULL,
-    api_key_hash TEXT
-);
-CREATE TABLE webhook_events (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    channel TEXT NOT NULL,
-    received_at BIGINT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE webhook_outbox (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id BIGINT NOT NULL,
-    channel TEXT NOT NULL,
-    ordering_key TEXT NOT NULL,
-    dedupe_key TEXT,
-    payload TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    next_attempt_at BIGINT NOT NULL,
-    last_error TEXT,
-    delivered_at BIGINT,
-    dead_at BIGINT
-);
-CREATE UNIQUE INDEX webhook_outbox_dedupe
-    ON webhook_outbox (channel, dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX webhook_outbox_pending_order
-    ON webhook_outbox (channel, ordering_key, id) WHERE delivered_at IS NULL AND dead_at IS NULL;
-CREATE INDEX webhook_outbox_pending_due
-    ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL AND dead_at IS NULL;
-CREATE INDEX webhook_outbox_event
-    ON webhook_outbox (event_id);
-CREATE TABLE webhook_dead (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    outbox_id BIGINT,
-    channel TEXT NOT NULL,
-    ordering_key TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    attempts BIGINT NOT NULL,
-    created_at BIGINT NOT NULL,
-    died_at BIGINT NOT NULL
-);
-CREATE TABLE webhook_counters (
-    name TEXT PRIMARY KEY,
-    value BIGINT NOT NULL
-);
-",
-    ),
-    (
-        2,
-        "
-ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT;
-ALTER TABLE webhook_outbox ADD COLUMN claimed_until BIGINT;
-CREATE TABLE documents (
-    kind TEXT NOT NULL,
-    key_hash TEXT NOT NULL,
-    body TEXT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    PRIMARY KEY (kind, key_hash)
-);
-CREATE TABLE login_sessions (
-    token_hash TEXT PRIMARY KEY,
-    user_name TEXT NOT NULL,
-    expires_at BIGINT NOT NULL
-);
-",
-    ),
-    // Delivery rounds take the oldest pending payloads: without this index they walk past every
-    // delivered row first (half a second per round at 100,000 events).
-    (
-        3,
-        "
-CREATE INDEX webhook_outbox_pending_id
-    ON webhook_outbox (id) WHERE delivered_at IS NULL AND dead_at IS NULL;
-",
-    ),
-];
 
 /// How long a request may wait for a pooled connection, or for a new one: a database that is
 /// down gives a storage error, never a hang.
@@ -166,18 +78,18 @@ impl Postgres {
                  version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
         .await?;
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in migrations("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY") {
             let applied = tx
                 .query_opt(
                     "SELECT version FROM schema_migrations WHERE version = $1",
-                    &[version],
+                    &[&version],
                 )
                 .await?;
             if applied.is_none() {
-                tx.batch_execute(sql).await?;
+                tx.batch_execute(&sql).await?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                    &[version, &crate::relay::now_ms()],
+                    &[&version, &crate::relay::now_ms()],
                 )
                 .await?;
             }

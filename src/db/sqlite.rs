@@ -8,99 +8,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 
 use super::{
-    dead_payload, headers_from_text, headers_to_text, Channel, Dead, DocumentChange, Due, Ingested,
-    Outcome, Stats,
+    dead_payload, headers_from_text, headers_to_text, migrations, Channel, Dead, DocumentChange,
+    Due, Ingested, Outcome, Stats,
 };
 use crate::translate::webhooks::OnPremWebhook;
-
-/// Numbered migrations, applied in order, each once. Version 1 is the schema from before
-/// versioning (hence `IF NOT EXISTS`: files created then already have it).
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "
-CREATE TABLE IF NOT EXISTS webhook_channels (
-    name TEXT PRIMARY KEY,
-    secret TEXT NOT NULL,
-    legacy_url TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    sent_status BOOLEAN NOT NULL,
-    api_key_hash TEXT
-);
-CREATE TABLE IF NOT EXISTS webhook_events (
-    id INTEGER PRIMARY KEY,
-    channel TEXT NOT NULL,
-    received_at BIGINT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_outbox (
-    id INTEGER PRIMARY KEY,
-    event_id BIGINT NOT NULL,
-    channel TEXT NOT NULL,
-    ordering_key TEXT NOT NULL,
-    dedupe_key TEXT,
-    payload TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at BIGINT NOT NULL,
-    last_error TEXT,
-    delivered_at BIGINT,
-    dead_at BIGINT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS webhook_outbox_dedupe
-    ON webhook_outbox (channel, dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS webhook_outbox_pending_order
-    ON webhook_outbox (channel, ordering_key, id) WHERE delivered_at IS NULL AND dead_at IS NULL;
-CREATE INDEX IF NOT EXISTS webhook_outbox_pending_due
-    ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL AND dead_at IS NULL;
-CREATE INDEX IF NOT EXISTS webhook_outbox_event
-    ON webhook_outbox (event_id);
-CREATE TABLE IF NOT EXISTS webhook_dead (
-    id INTEGER PRIMARY KEY,
-    outbox_id BIGINT,
-    channel TEXT NOT NULL,
-    ordering_key TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    created_at BIGINT NOT NULL,
-    died_at BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_counters (
-    name TEXT PRIMARY KEY,
-    value BIGINT NOT NULL
-);
-",
-    ),
-    (
-        2,
-        "
-ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT;
-ALTER TABLE webhook_outbox ADD COLUMN claimed_until BIGINT;
-CREATE TABLE documents (
-    kind TEXT NOT NULL,
-    key_hash TEXT NOT NULL,
-    body TEXT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    PRIMARY KEY (kind, key_hash)
-);
-CREATE TABLE login_sessions (
-    token_hash TEXT PRIMARY KEY,
-    user_name TEXT NOT NULL,
-    expires_at BIGINT NOT NULL
-);
-",
-    ),
-    // Delivery rounds take the oldest pending payloads: without this index they walk past every
-    // delivered row first (half a second per round at 100,000 events).
-    (
-        3,
-        "
-CREATE INDEX webhook_outbox_pending_id
-    ON webhook_outbox (id) WHERE delivered_at IS NULL AND dead_at IS NULL;
-",
-    ),
-];
 
 pub struct Sqlite {
     connection: Mutex<Connection>,
@@ -133,7 +44,8 @@ impl Sqlite {
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )?;
-        for (version, sql) in MIGRATIONS {
+        // The rowid itself: SQLite numbers it.
+        for (version, sql) in migrations("INTEGER PRIMARY KEY") {
             let applied: Option<i64> = tx
                 .query_row(
                     "SELECT version FROM schema_migrations WHERE version = ?1",
@@ -142,7 +54,7 @@ impl Sqlite {
                 )
                 .optional()?;
             if applied.is_none() {
-                tx.execute_batch(sql)?;
+                tx.execute_batch(&sql)?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                     params![version, crate::relay::now_ms()],
