@@ -75,6 +75,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     // Deliveries in flight are simply retried after the restart (at least once); on a shared
     // database their claims go back at once instead of when the lease ends.
     delivery.abort();
+    // Stopped before its claims go back: no post of ours may still be on its way then.
+    let _ = delivery.await;
     if let Err(error) = state.relay.db.release_claims(&state.relay.replica).await {
         warn!(%error, "claims not released; other replicas take them when the lease ends");
     }

@@ -104,6 +104,7 @@ async fn a_recipient_waits_for_its_earlier_event_others_do_not(backend: Backend)
             error: "503".into(),
         }],
         10,
+        "r",
     )
     .await
     .unwrap();
@@ -112,6 +113,7 @@ async fn a_recipient_waits_for_its_earlier_event_others_do_not(backend: Backend)
     db.record(
         vec![Outcome::Delivered { id: 1 }, Outcome::Delivered { id: 3 }],
         30,
+        "r",
     )
     .await
     .unwrap();
@@ -137,6 +139,7 @@ async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(backend
             error: "503".into(),
         }],
         20,
+        "r",
     )
     .await
     .unwrap();
@@ -161,6 +164,7 @@ async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Back
             error: "gave up".into(),
         }],
         20,
+        "r",
     )
     .await
     .unwrap();
@@ -186,6 +190,7 @@ async fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned(backend:
             error: "gave up".into(),
         }],
         20,
+        "r",
     )
     .await
     .unwrap();
@@ -218,7 +223,16 @@ async fn channels_keep_their_url_headers_and_sent_status(backend: Backend) {
         sent_status: true,
         api_key_hash: Some("h".into()),
     };
-    db.upsert_channel(&channel).await.unwrap();
+    assert_eq!(db.upsert_channel(&channel, true).await.unwrap(), "s");
+    // A second registration racing the first keeps the stored secret (both register it
+    // upstream); the operator's flag-configured channel replaces it.
+    let racing = waba_onprem_proxy::db::Channel {
+        secret: "other".into(),
+        ..channel.clone()
+    };
+    assert_eq!(db.upsert_channel(&racing, true).await.unwrap(), "s");
+    assert_eq!(db.upsert_channel(&racing, false).await.unwrap(), "other");
+    db.upsert_channel(&channel, false).await.unwrap();
     db.set_sent_status("k1", false).await.unwrap();
     let stored = db.channel("k1").await.unwrap().unwrap();
     assert_eq!(stored.headers, channel.headers);
@@ -410,7 +424,7 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
                 for recipient in recipients_taken {
                     in_flight.lock().unwrap().remove(&recipient);
                 }
-                db.record(outcomes, 100).await.unwrap();
+                db.record(outcomes, 100, &format!("r{r}")).await.unwrap();
             }
         });
     }

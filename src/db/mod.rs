@@ -107,6 +107,26 @@ CREATE INDEX webhook_outbox_pending_id
     ),
 ];
 
+/// A channel stored whole (the flag-configured one: the operator's secret wins); placeholders
+/// are `?N` (SQLite), made `$N` for PostgreSQL. Returns the stored secret.
+const UPSERT_CHANNEL: &str = "INSERT INTO webhook_channels
+         (name, secret, legacy_url, headers, sent_status, api_key_hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, legacy_url = excluded.legacy_url,
+         headers = excluded.headers, sent_status = excluded.sent_status,
+         api_key_hash = excluded.api_key_hash
+     RETURNING secret";
+
+/// A channel whose secret, once stored, stays: two replicas registering the same key at once
+/// both get (and register upstream) the first one's secret.
+const UPSERT_CHANNEL_KEEPING_SECRET: &str = "INSERT INTO webhook_channels
+         (name, secret, legacy_url, headers, sent_status, api_key_hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (name) DO UPDATE SET legacy_url = excluded.legacy_url,
+         headers = excluded.headers, sent_status = excluded.sent_status,
+         api_key_hash = excluded.api_key_hash
+     RETURNING secret";
+
 /// The migrations with `{id}` filled in for a backend.
 fn migrations(id_column: &str) -> impl Iterator<Item = (i64, String)> + '_ {
     MIGRATIONS
@@ -326,7 +346,7 @@ impl Database {
                 Ok(Database::Sqlite(Arc::new(sqlite)))
             }
             DatabaseUrl::Postgres(url) => Ok(Database::Postgres(
-                postgres::Postgres::open(url, tls::connector(ca_file)?).await?,
+                postgres::Postgres::open(url, tls::connector(ca_file)?, ca_file.is_some()).await?,
             )),
         }
     }
@@ -361,13 +381,19 @@ impl Database {
         }
     }
 
-    pub async fn upsert_channel(&self, channel: &Channel) -> Result<(), DbError> {
+    /// Stores a channel; with `keep_secret` an already stored secret is kept. Returns the
+    /// secret now stored.
+    pub async fn upsert_channel(
+        &self,
+        channel: &Channel,
+        keep_secret: bool,
+    ) -> Result<String, DbError> {
         match self {
             Database::Sqlite(db) => {
                 let channel = channel.clone();
-                blocking(db, move |db| db.upsert_channel(&channel)).await
+                blocking(db, move |db| db.upsert_channel(&channel, keep_secret)).await
             }
-            Database::Postgres(db) => db.upsert_channel(channel).await,
+            Database::Postgres(db) => db.upsert_channel(channel, keep_secret).await,
         }
     }
 
@@ -459,11 +485,17 @@ impl Database {
         }
     }
 
-    /// Records one round of delivery outcomes in one transaction (and ends their claims).
-    pub async fn record(&self, outcomes: Vec<Outcome>, now_ms: i64) -> Result<(), DbError> {
+    /// Records one round of delivery outcomes in one transaction (and ends their claims), as
+    /// `replica`, which claimed them.
+    pub async fn record(
+        &self,
+        outcomes: Vec<Outcome>,
+        now_ms: i64,
+        replica: &str,
+    ) -> Result<(), DbError> {
         match self {
             Database::Sqlite(db) => blocking(db, move |db| db.record(&outcomes, now_ms)).await,
-            Database::Postgres(db) => db.record(&outcomes, now_ms).await,
+            Database::Postgres(db) => db.record(&outcomes, now_ms, replica).await,
         }
     }
 

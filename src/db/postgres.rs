@@ -13,7 +13,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, Claim, DbError, Dead,
-    DocumentChange, Due, Ingested, Outcome, Stats,
+    DocumentChange, Due, Ingested, Outcome, Stats, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
 };
 use crate::translate::webhooks::OnPremWebhook;
 
@@ -41,13 +41,29 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    pub async fn open(url: &str, tls: MakeRustlsConnect) -> Result<Postgres, DbError> {
+    pub async fn open(
+        url: &str,
+        tls: MakeRustlsConnect,
+        verified_tls: bool,
+    ) -> Result<Postgres, DbError> {
         let mut config: tokio_postgres::Config = url.parse()?;
         let options = match config.get_options() {
             Some(given) => format!("{given} {SESSION_SETTINGS}"),
             None => SESSION_SETTINGS.to_owned(),
         };
         config.options(&options);
+        // A connection that died silently (failover, NAT drop) fails within seconds instead of
+        // when TCP gives up retransmitting, minutes later.
+        config
+            .connect_timeout(POOL_WAIT)
+            .tcp_user_timeout(POOL_WAIT * 2)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        if verified_tls {
+            // A CA to verify against means TLS is wanted: no silent fallback to plaintext
+            // (`prefer`) that anyone in the path could force.
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let manager = deadpool_postgres::Manager::from_config(
             config,
             tls,
@@ -156,24 +172,30 @@ impl Postgres {
         Ok(())
     }
 
-    pub async fn upsert_channel(&self, channel: &Channel) -> Result<(), DbError> {
-        self.execute(
-            "INSERT INTO webhook_channels (name, secret, legacy_url, headers, sent_status, api_key_hash)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, legacy_url = excluded.legacy_url,
-                 headers = excluded.headers, sent_status = excluded.sent_status,
-                 api_key_hash = excluded.api_key_hash",
-            &[
-                &channel.name,
-                &channel.secret,
-                &channel.legacy_url,
-                &headers_to_text(&channel.headers),
-                &channel.sent_status,
-                &channel.api_key_hash,
-            ],
-        )
-        .await?;
-        Ok(())
+    pub async fn upsert_channel(
+        &self,
+        channel: &Channel,
+        keep_secret: bool,
+    ) -> Result<String, DbError> {
+        let sql = if keep_secret {
+            UPSERT_CHANNEL_KEEPING_SECRET
+        } else {
+            UPSERT_CHANNEL
+        };
+        let row = self
+            .one(
+                &sql.replace("?", "$"),
+                &[
+                    &channel.name,
+                    &channel.secret,
+                    &channel.legacy_url,
+                    &headers_to_text(&channel.headers),
+                    &channel.sent_status,
+                    &channel.api_key_hash,
+                ],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     pub async fn channel(&self, name: &str) -> Result<Option<Channel>, DbError> {
@@ -217,6 +239,22 @@ impl Postgres {
     ) -> Result<Ingested, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // Ids are handed out at insert, rows become visible at commit: two ingests of one
+        // recipient on two connections could commit out of id order, and a delivery round in
+        // between would take the later event as the head. One ingest per recipient at a time
+        // (until commit) keeps id order and commit order the same. Sorted: no deadlocks.
+        let mut recipients: Vec<String> = payloads
+            .iter()
+            .map(|p| format!("{channel}:{}", p.ordering_key))
+            .collect();
+        recipients.sort();
+        recipients.dedup();
+        let lock = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+            .await?;
+        for recipient in &recipients {
+            tx.execute(&lock, &[recipient]).await?;
+        }
         let insert_event = tx
             .prepare_cached(
                 "INSERT INTO webhook_events (channel, received_at, body) VALUES ($1, $2, $3) RETURNING id",
@@ -344,8 +382,16 @@ impl Postgres {
         Ok(row.try_get(0)?)
     }
 
-    /// One statement per kind of outcome, whatever the size of the round.
-    pub async fn record(&self, outcomes: &[Outcome], now_ms: i64) -> Result<(), DbError> {
+    /// One statement per kind of outcome, whatever the size of the round. A retry or a death
+    /// is recorded only while `replica` still holds the claim: after its lease ran out another
+    /// replica may be delivering the payload, and must not lose its claim (or see the payload
+    /// dead-lettered under it).
+    pub async fn record(
+        &self,
+        outcomes: &[Outcome],
+        now_ms: i64,
+        replica: &str,
+    ) -> Result<(), DbError> {
         let mut delivered_ids = Vec::new();
         let (mut retry_ids, mut retry_at, mut retry_errors) = (Vec::new(), Vec::new(), Vec::new());
         let (mut dead_ids, mut dead_errors) = (Vec::new(), Vec::new());
@@ -376,7 +422,7 @@ impl Postgres {
                 .prepare_cached(
                     "UPDATE webhook_outbox SET delivered_at = $2, attempts = attempts + 1,
                          claimed_by = NULL, claimed_until = NULL
-                     WHERE id = ANY($1) AND delivered_at IS NULL",
+                     WHERE id = ANY($1) AND delivered_at IS NULL AND dead_at IS NULL",
                 )
                 .await?;
             delivered = tx.execute(&statement, &[&delivered_ids, &now_ms]).await? as i64;
@@ -387,11 +433,15 @@ impl Postgres {
                     "UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = r.next_at,
                          last_error = r.error, claimed_by = NULL, claimed_until = NULL
                      FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[]) AS r(id, next_at, error)
-                     WHERE o.id = r.id AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+                     WHERE o.id = r.id AND o.delivered_at IS NULL AND o.dead_at IS NULL
+                       AND (o.claimed_by = $4 OR o.claimed_by IS NULL)",
                 )
                 .await?;
-            tx.execute(&statement, &[&retry_ids, &retry_at, &retry_errors])
-                .await?;
+            tx.execute(
+                &statement,
+                &[&retry_ids, &retry_at, &retry_errors, &replica],
+            )
+            .await?;
         }
         if !dead_ids.is_empty() {
             let copy = tx
@@ -399,20 +449,22 @@ impl Postgres {
                     "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
                      SELECT o.id, o.channel, o.ordering_key, o.payload, r.error, o.attempts + 1, o.created_at, $3
                      FROM webhook_outbox o JOIN unnest($1::BIGINT[], $2::TEXT[]) AS r(id, error) ON o.id = r.id
-                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL",
+                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL
+                       AND (o.claimed_by = $4 OR o.claimed_by IS NULL)",
                 )
                 .await?;
-            tx.execute(&copy, &[&dead_ids, &dead_errors, &now_ms])
+            tx.execute(&copy, &[&dead_ids, &dead_errors, &now_ms, &replica])
                 .await?;
             let mark = tx
                 .prepare_cached(
                     "UPDATE webhook_outbox o SET dead_at = $3, attempts = o.attempts + 1, last_error = r.error,
                          claimed_by = NULL, claimed_until = NULL
                      FROM unnest($1::BIGINT[], $2::TEXT[]) AS r(id, error)
-                     WHERE o.id = r.id AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+                     WHERE o.id = r.id AND o.delivered_at IS NULL AND o.dead_at IS NULL
+                       AND (o.claimed_by = $4 OR o.claimed_by IS NULL)",
                 )
                 .await?;
-            tx.execute(&mark, &[&dead_ids, &dead_errors, &now_ms])
+            tx.execute(&mark, &[&dead_ids, &dead_errors, &now_ms, &replica])
                 .await?;
         }
         bump(&tx, "delivered", delivered).await?;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, Dead, DocumentChange,
-    Due, Ingested, Outcome, Stats,
+    Due, Ingested, Outcome, Stats, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
 };
 use crate::translate::webhooks::OnPremWebhook;
 
@@ -108,13 +108,14 @@ impl Sqlite {
         self.lock().execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
     }
 
-    pub fn upsert_channel(&self, channel: &Channel) -> rusqlite::Result<()> {
-        self.lock().execute(
-            "INSERT INTO webhook_channels (name, secret, legacy_url, headers, sent_status, api_key_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, legacy_url = excluded.legacy_url,
-                 headers = excluded.headers, sent_status = excluded.sent_status,
-                 api_key_hash = excluded.api_key_hash",
+    pub fn upsert_channel(&self, channel: &Channel, keep_secret: bool) -> rusqlite::Result<String> {
+        let sql = if keep_secret {
+            UPSERT_CHANNEL_KEEPING_SECRET
+        } else {
+            UPSERT_CHANNEL
+        };
+        self.lock().query_row(
+            sql,
             params![
                 channel.name,
                 channel.secret,
@@ -123,8 +124,8 @@ impl Sqlite {
                 channel.sent_status,
                 channel.api_key_hash
             ],
-        )?;
-        Ok(())
+            |row| row.get(0),
+        )
     }
 
     pub fn channel(&self, name: &str) -> rusqlite::Result<Option<Channel>> {

@@ -26,6 +26,8 @@ pub const DEFAULT_CHANNEL: &str = "default";
 
 /// Upper bound on one wait of the delivery loop when nothing is due sooner.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Shortest wait of the delivery loop after a round that found nothing to take.
+const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// How often the planner's statistics of the outbox are refreshed (shared database).
 const STATISTICS_EVERY_MS: i64 = 15_000;
 /// Payloads fetched per delivery round.
@@ -75,17 +77,20 @@ impl Relay {
     pub async fn open(config: &Config, db: Database) -> Result<Relay, DbError> {
         if let (Some(url), Some(secret)) = (&config.legacy_webhook_url, &config.webhook_secret) {
             let existing = db.channel(DEFAULT_CHANNEL).await?;
-            db.upsert_channel(&Channel {
-                name: DEFAULT_CHANNEL.to_owned(),
-                secret: secret.clone(),
-                legacy_url: url.clone(),
-                headers: existing
-                    .as_ref()
-                    .map(|c| c.headers.clone())
-                    .unwrap_or_default(),
-                sent_status: existing.as_ref().map(|c| c.sent_status).unwrap_or(true),
-                api_key_hash: None,
-            })
+            db.upsert_channel(
+                &Channel {
+                    name: DEFAULT_CHANNEL.to_owned(),
+                    secret: secret.clone(),
+                    legacy_url: url.clone(),
+                    headers: existing
+                        .as_ref()
+                        .map(|c| c.headers.clone())
+                        .unwrap_or_default(),
+                    sent_status: existing.as_ref().map(|c| c.sent_status).unwrap_or(true),
+                    api_key_hash: None,
+                },
+                false,
+            )
             .await?;
         }
         Ok(Relay {
@@ -174,6 +179,16 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                 warn!(%error, "outbox statistics not refreshed");
             }
         }
+        // Cleanup runs on its own clock, backlog or not, and before claiming: however long it
+        // takes, it must not eat into a round's lease.
+        if now - last_prune > 60_000 {
+            last_prune = now;
+            let before = now - config.webhook_retry_period.as_millis() as i64;
+            if let Err(error) = relay.db.prune(before, now).await {
+                warn!(%error, "outbox cleanup failed; will try again");
+            }
+        }
+        let now = now_ms();
         let claim = Claim {
             replica: relay.replica.clone(),
             until_ms: now + lease.as_millis() as i64,
@@ -186,20 +201,16 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                 continue;
             }
         };
-        // Cleanup runs on its own clock, backlog or not.
-        if now - last_prune > 60_000 {
-            last_prune = now;
-            let before = now - config.webhook_retry_period.as_millis() as i64;
-            if let Err(error) = relay.db.prune(before, now).await {
-                warn!(%error, "outbox cleanup failed; will try again");
-            }
-        }
         if due.is_empty() {
             let next = relay.db.next_due_at().await.ok().flatten();
+            // Something due but nothing taken means another replica holds it (or its lock): a
+            // short pause, not a tight loop of queries.
             let pause = next
                 .map(|at| {
                     Duration::from_millis(
-                        (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64
+                        (at - now_ms())
+                            .clamp(MIN_PAUSE.as_millis() as i64, IDLE_POLL.as_millis() as i64)
+                            as u64,
                     )
                 })
                 .unwrap_or(IDLE_POLL);
@@ -234,7 +245,7 @@ pub async fn deliver_forever(state: Arc<AppState>) {
                 outcomes.push(outcome);
             }
         }
-        if let Err(error) = relay.db.record(outcomes, now_ms()).await {
+        if let Err(error) = relay.db.record(outcomes, now_ms(), &relay.replica).await {
             warn!(%error, "delivery outcomes not recorded; those payloads will be delivered again");
             wait(relay, IDLE_POLL).await;
         }
@@ -336,7 +347,7 @@ pub async fn configure_channel(
 ) -> Result<Channel, DbError> {
     let (name, hash) = channel_for_key(api_key);
     let existing = db.channel(&name).await?;
-    let channel = Channel {
+    let mut channel = Channel {
         secret: existing
             .as_ref()
             .map(|c| c.secret.clone())
@@ -355,7 +366,7 @@ pub async fn configure_channel(
         api_key_hash: Some(hash),
         name,
     };
-    db.upsert_channel(&channel).await?;
+    channel.secret = db.upsert_channel(&channel, true).await?;
     Ok(channel)
 }
 
