@@ -361,8 +361,24 @@ async fn a_claim_excludes_other_replicas_until_its_lease_ends() {
     assert_eq!(claimed_ids(&a, 10, 1, "a", 1_000).await, [1]);
     // Replica b neither takes x nor skips ahead to y (x is still undelivered): only z.
     assert_eq!(claimed_ids(&b, 20, 10, "b", 5_000).await, [3]);
-    // Replica a dies; after its lease, b takes x.
+    // Replica a stalls; after its lease, b takes x.
     assert_eq!(claimed_ids(&b, 1_001, 10, "b", 2_000).await, [1]);
+    // a comes back and records a failure for x: b is delivering it, and keeps its claim.
+    a.record(
+        vec![Outcome::Retry {
+            id: 1,
+            next_attempt_at: 0,
+            error: "503".into(),
+        }],
+        1_001,
+        "a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        claimed_ids(&a, 1_002, 10, "a", 3_000).await,
+        Vec::<i64>::new()
+    );
     // Released claims (b's x and z) return at once, long before their lease ends.
     b.release_claims("b").await.unwrap();
     assert_eq!(due_ids(&a, 1_002).await, [1, 3]);
@@ -508,4 +524,45 @@ async fn an_outbox_from_before_migrations_is_migrated_in_place() {
         .await
         .unwrap();
     assert_eq!(again.duplicates, 1);
+}
+
+/// Ids are taken at insert and rows seen at commit. While one ingest of a recipient is open,
+/// another ingest of the same recipient waits for it, so the later event can never commit (and
+/// be delivered) ahead of the earlier one. Other recipients do not wait.
+#[tokio::test]
+async fn ingests_of_one_recipient_commit_in_id_order() {
+    let Some(url) = support::postgres::fresh_database().await else {
+        return;
+    };
+    let db = Database::open(&DatabaseUrl::Postgres(url.clone()), None)
+        .await
+        .unwrap();
+    // An ingest of recipient 1 in flight: its transaction holds the recipient until commit.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 1))",
+            &[&"c:1"],
+        )
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.ingest("c", "{}".into(), vec![payload("1", "later")], 0, 10)
+                .await
+                .unwrap()
+        }
+    });
+    db.ingest("c", "{}".into(), vec![payload("2", "other")], 0, 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the later ingest did not wait");
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiting.await.unwrap().stored, 1);
 }
