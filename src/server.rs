@@ -31,7 +31,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
-    reload_key_map_on_sighup(state.clone());
+    let hangups = reload_key_map_on_sighup(state.clone());
     // Undelivered webhooks from before a crash start going out at once.
     let delivery = tokio::spawn(crate::relay::deliver_forever(state.clone()));
     let graceful = GracefulShutdown::new();
@@ -77,6 +77,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     delivery.abort();
     // Stopped before its claims go back: no post of ours may still be on its way then.
     let _ = delivery.await;
+    hangups.abort();
+    let _ = hangups.await;
     if let Err(error) = state.relay.db.release_claims(&state.relay.replica).await {
         warn!(%error, "claims not released; other replicas take them when the lease ends");
     }
@@ -107,24 +109,27 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream, meta: crate::trans
     let _ = stream.shutdown().await;
 }
 
-/// SIGHUP re-reads the key map; connections and sessions are untouched.
-fn reload_key_map_on_sighup(state: Arc<AppState>) {
-    #[cfg(unix)]
+/// SIGHUP re-reads the key map; connections and sessions are untouched. The task is stopped
+/// at shutdown, so nothing keeps the state (and the database) open after the server ends.
+fn reload_key_map_on_sighup(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            warn!("cannot listen for SIGHUP: the key map will not be reloaded");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            match state.auth.reload() {
-                Ok(()) => info!("key map reloaded"),
-                Err(error) => {
-                    warn!(%error, "key map not reloaded; the previous one stays in force")
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                warn!("cannot listen for SIGHUP: the key map will not be reloaded");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match state.auth.reload() {
+                    Ok(()) => info!("key map reloaded"),
+                    Err(error) => {
+                        warn!(%error, "key map not reloaded; the previous one stays in force")
+                    }
                 }
             }
         }
-    });
-    #[cfg(not(unix))]
-    let _ = state;
+        #[cfg(not(unix))]
+        let _ = state;
+    })
 }

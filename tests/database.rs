@@ -566,3 +566,19 @@ async fn ingests_of_one_recipient_commit_in_id_order() {
     client.batch_execute("COMMIT").await.unwrap();
     assert_eq!(waiting.await.unwrap().stored, 1);
 }
+
+/// One SQLite file serves one process: a second proxy on the same data directory would deliver
+/// every webhook again, so it is refused at start with the reason, until the first one ends.
+#[tokio::test]
+async fn a_sqlite_file_in_use_is_refused_until_released() {
+    let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
+    let url = DatabaseUrl::Sqlite(path);
+    let first = Database::open(&url, None).await.unwrap();
+    let refused = Database::open(&url, None)
+        .await
+        .err()
+        .expect("a second open must be refused");
+    assert!(refused.to_string().contains("in use"), "{refused}");
+    drop(first);
+    Database::open(&url, None).await.unwrap();
+}

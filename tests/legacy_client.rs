@@ -35,7 +35,8 @@ async fn start_binary_with(upstream: &str, env: &[(&str, &str)]) -> RunningProxy
         .env("RUST_LOG", "trace")
         .env(
             "WABA_PROXY_DATA_DIR",
-            std::env::temp_dir().join(format!("waba-legacy-{}", std::process::id())),
+            // One per binary: a data directory (its SQLite file) serves one process.
+            std::env::temp_dir().join(format!("waba-legacy-{}", uuid::Uuid::new_v4())),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -8,17 +8,44 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 
 use super::{
-    dead_payload, headers_from_text, headers_to_text, migrations, Channel, Dead, DocumentChange,
-    Due, Ingested, Outcome, Stats, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
+    dead_payload, headers_from_text, headers_to_text, migrations, Channel, DbError, Dead,
+    DocumentChange, Due, Ingested, Outcome, Stats, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
 };
 use crate::translate::webhooks::OnPremWebhook;
 
 pub struct Sqlite {
     connection: Mutex<Connection>,
+    /// Held while open: a second process on the same file would deliver every webhook again.
+    _lock: std::fs::File,
 }
 
 impl Sqlite {
-    pub fn open(path: &Path) -> rusqlite::Result<Sqlite> {
+    /// Fails when another process (or another open in this one) holds the file.
+    pub fn open(path: &Path) -> Result<Sqlite, DbError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| DbError::Other(format!("{}: {e}", Path::new(&lock_path).display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DbError::Other(format!(
+                    "{} is in use by another waba-onprem-proxy; one SQLite file serves one \
+                     process (several replicas need --database postgres://...)",
+                    path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(DbError::Other(format!(
+                    "{}: {e}",
+                    Path::new(&lock_path).display()
+                )))
+            }
+        }
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit reaches the disk before the event is acknowledged.
@@ -26,6 +53,7 @@ impl Sqlite {
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let sqlite = Sqlite {
             connection: Mutex::new(connection),
+            _lock: lock,
         };
         sqlite.migrate()?;
         Ok(sqlite)
