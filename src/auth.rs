@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use crate::db::Database;
+use crate::relay::epoch_ms;
 use crate::store::key_hash;
 
 /// The header 360dialog authenticates with.
@@ -200,12 +201,6 @@ impl Auth {
             None => Some(false),
         }
     }
-}
-
-fn epoch_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -107,7 +107,8 @@ pub struct ServeArgs {
     /// Deadline for one media transfer (upload, download or provider fetch), in milliseconds.
     #[arg(long, env = "WABA_PROXY_MEDIA_TIMEOUT_MS", default_value_t = 600_000)]
     pub media_timeout_ms: u64,
-    /// Where the proxy keeps state (media providers, settings), created when first needed.
+    /// Where the default SQLite database (all state without `--database`) lives, created when
+    /// first needed.
     #[arg(long, env = "WABA_PROXY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Where webhooks, settings, media providers and login sessions are kept:

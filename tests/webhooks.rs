@@ -80,6 +80,15 @@ async fn post_event(proxy: &TestProxy, channel: &str, secret: Option<&str>, even
     .status
 }
 
+/// A proxy that registers its own inbound URL upstream when a client sets its webhook.
+async fn registering_proxy(db: &Backend, upstream: &MockUpstream) -> TestProxy {
+    spawn_proxy_with(&upstream.url(), |c| {
+        c.database = db.database();
+        c.public_url = Some("https://proxy.example.com".into())
+    })
+    .await
+}
+
 /// The relay's counters once nothing is pending (or after 10 s, for the assertion to show).
 async fn settled_stats(proxy: &TestProxy) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -370,11 +379,7 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
     });
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = spawn_proxy_with(&upstream.url(), |c| {
-        c.database = db.database();
-        c.public_url = Some("https://proxy.example.com".into())
-    })
-    .await;
+    let proxy = registering_proxy(&db, &upstream).await;
     let legacy = format!("{}/crm/whatsapp", receiver.url());
     let set = send_json(
         &proxy,
@@ -448,11 +453,7 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend
     });
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
-    let proxy = spawn_proxy_with(&upstream.url(), |c| {
-        c.database = db.database();
-        c.public_url = Some("https://proxy.example.com".into())
-    })
-    .await;
+    let proxy = registering_proxy(&db, &upstream).await;
     let patch =
         json!({"webhooks": {"url": format!("{}/hook", receiver.url())}, "sent_status": false});
     let set = send_json(
@@ -542,11 +543,7 @@ async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_pre
         status: 401,
         body: json!({"error": "Invalid api key"}),
     });
-    let proxy = spawn_proxy_with(&upstream.url(), |c| {
-        c.database = db.database();
-        c.public_url = Some("https://proxy.example.com".into())
-    })
-    .await;
+    let proxy = registering_proxy(&db, &upstream).await;
     let set = send_json(
         &proxy,
         "POST",
