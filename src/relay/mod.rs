@@ -263,16 +263,18 @@ async fn wait(relay: &Relay, at_most: Duration) {
 async fn deliver_one(
     state: &AppState,
     channel: Result<Option<Arc<Channel>>, String>,
-    item: Due,
+    mut item: Due,
 ) -> Outcome {
     let config = &state.config;
+    // The payload goes out once per attempt: moved into the request, not copied.
+    let payload = Bytes::from(std::mem::take(&mut item.payload));
     let result = match channel {
         Err(error) => Err(format!("channel unreadable: {error}")),
         Ok(None) => Err("channel no longer configured".to_owned()),
         Ok(Some(channel)) if channel.legacy_url.is_empty() => {
             Err("channel has no legacy webhook URL".to_owned())
         }
-        Ok(Some(channel)) => post(state, &channel, &item).await,
+        Ok(Some(channel)) => post(state, &channel, item.id, payload).await,
     };
     match result {
         Ok(()) => {
@@ -309,7 +311,7 @@ pub fn backoff(base: Duration, attempts_before: i64) -> Duration {
         .min(Duration::from_secs(3600))
 }
 
-async fn post(state: &AppState, channel: &Channel, item: &Due) -> Result<(), String> {
+async fn post(state: &AppState, channel: &Channel, id: i64, payload: Bytes) -> Result<(), String> {
     let uri: Uri = channel
         .legacy_url
         .parse()
@@ -328,10 +330,8 @@ async fn post(state: &AppState, channel: &Channel, item: &Due) -> Result<(), Str
         HeaderValue::from_static("application/json"),
     );
     // Stable across retries: the receiver can drop what it already processed.
-    headers.insert("x-webhook-id", HeaderValue::from(item.id));
-    let send = state
-        .upstream
-        .post_absolute(uri, headers, Bytes::from(item.payload.clone()));
+    headers.insert("x-webhook-id", HeaderValue::from(id));
+    let send = state.upstream.post_absolute(uri, headers, payload);
     match tokio::time::timeout(state.config.webhook_delivery_timeout, send).await {
         Err(_) => Err("legacy receiver did not answer in time".to_owned()),
         Ok(Err(error)) => Err(format!("legacy receiver unreachable: {error}")),
