@@ -164,7 +164,8 @@ pub struct ServeArgs {
     /// Connections served at once; past it new connections get 503 with Retry-After.
     #[arg(long, env = "WABA_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Runtime worker threads (0: one per core).
+    /// Serving threads (0: one per core). Each runs its own single-threaded runtime and its
+    /// own upstream connection pool, and accepts from the one listening socket.
     #[arg(long, env = "WABA_PROXY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
     /// Log format on stderr.
@@ -211,6 +212,8 @@ pub struct Config {
     pub webhook_concurrency: usize,
     pub max_webhook_bytes: usize,
     pub max_connections: usize,
+    /// At least 1: `--worker-threads`, or one per core.
+    pub serving_threads: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -385,6 +388,10 @@ impl ServeArgs {
             webhook_concurrency: self.webhook_concurrency.max(1),
             max_webhook_bytes: self.max_webhook_bytes,
             max_connections: self.max_connections.max(1),
+            serving_threads: match self.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }

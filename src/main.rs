@@ -44,11 +44,12 @@ fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        runtime.worker_threads(args.worker_threads);
-    }
-    let runtime = match runtime.enable_all().build() {
+    // This thread serves too, beside the delivery loop and the signal handlers; the server
+    // starts the other serving threads (see `server::run`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("waba-onprem-proxy: cannot start the runtime: {error}");

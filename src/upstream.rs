@@ -41,8 +41,23 @@ pub struct CloudAnswer {
     pub body: Bytes,
 }
 
+type Pool = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+thread_local! {
+    /// Which serving thread this is (0 outside them). Set once when the thread starts.
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving thread `index`: its requests use pool `index`.
+pub fn enter_serving_thread(index: usize) {
+    SERVING_THREAD.with(|thread| thread.set(index));
+}
+
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// One pool per serving thread. A pooled connection is driven by a task on the runtime
+    /// that opened it; sharing one pool across threads made most requests hand over to, and
+    /// wake, another thread (measured: about a third more CPU per request).
+    pools: Vec<Pool>,
     dry_run: bool,
     serial: std::sync::atomic::AtomicU64,
     root: UpstreamRoot,
@@ -61,11 +76,15 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+        let pools = (0..config.serving_threads.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(https.clone())
+            })
+            .collect();
         Upstream {
-            client,
+            pools,
             dry_run: config.dry_run,
             serial: std::sync::atomic::AtomicU64::new(1),
             root: config.upstream.clone(),
@@ -121,7 +140,7 @@ impl Upstream {
             let request = request
                 .body(full(body.clone().unwrap_or_default()))
                 .map_err(ProxyError::Internal)?;
-            let response = self.client.request(request).await.map_err(client_error)?;
+            let response = self.pool().request(request).await.map_err(client_error)?;
             let status = response.status();
             note_upstream_status(status);
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
@@ -138,6 +157,11 @@ impl Upstream {
             }
             return self.read_answer(response).await;
         }
+    }
+
+    fn pool(&self) -> &Pool {
+        let index = SERVING_THREAD.with(std::cell::Cell::get);
+        &self.pools[index % self.pools.len()]
     }
 
     pub fn is_dry_run(&self) -> bool {
@@ -192,7 +216,7 @@ impl Upstream {
             h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
-        let response = self.client.request(request).await.map_err(client_error)?;
+        let response = self.pool().request(request).await.map_err(client_error)?;
         note_upstream_status(response.status());
         Ok(response)
     }
@@ -213,7 +237,7 @@ impl Upstream {
         let request = request
             .body(crate::body::empty())
             .map_err(ProxyError::Internal)?;
-        self.client.request(request).await.map_err(client_error)
+        self.pool().request(request).await.map_err(client_error)
     }
 
     /// POSTs bytes to any URL (a legacy webhook receiver) and drains the answer; the status
@@ -229,7 +253,7 @@ impl Upstream {
             *h = headers;
         }
         let request = request.body(full(body)).map_err(ProxyError::Internal)?;
-        let response = self.client.request(request).await.map_err(client_error)?;
+        let response = self.pool().request(request).await.map_err(client_error)?;
         let status = response.status();
         // Read (a bounded amount of) the answer so the connection can be reused.
         let _ = Limited::new(response.into_body(), 64 * 1024)

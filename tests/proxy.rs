@@ -680,6 +680,55 @@ async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones()
         .unwrap();
 }
 
+/// With three serving threads, six held connections are spread two to a thread (each new
+/// connection goes to the thread with the fewest). At shutdown every thread drains what it
+/// holds, and once the server has returned nothing keeps the data directory locked.
+#[tokio::test]
+async fn every_serving_thread_drains_at_shutdown_and_lets_go_of_the_state() {
+    let mock = MockUpstream::start().await;
+    for _ in 1..6 {
+        mock.push(Behaviour::WaitForRelease);
+    }
+    // The last one, on a serving thread of its own, answers well after the others: the
+    // server must not return before that thread has drained.
+    mock.push(Behaviour::Delay(
+        Duration::from_millis(500),
+        Box::new(Behaviour::WaitForRelease),
+    ));
+    let data_dir = std::env::temp_dir().join(format!("waba-proxy-test-{}", uuid::Uuid::new_v4()));
+    let mut proxy = spawn_proxy_with(&mock.url(), |c| {
+        c.serving_threads = 3;
+        c.data_dir = data_dir.clone();
+    })
+    .await;
+    let mut in_flight = Vec::new();
+    for n in 1..=6 {
+        let proxy_ref = support::proxy::TestProxyRef::new(proxy.addr);
+        in_flight.push(tokio::spawn(async move { proxy_ref.send_text().await }));
+        // One at a time, so each connection is placed knowing where the earlier ones went.
+        mock.wait_for_requests(n).await;
+    }
+    assert_eq!(
+        mock.connections_accepted(),
+        6,
+        "each thread keeps its own upstream connections"
+    );
+    proxy.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.release();
+    for request in in_flight {
+        assert_eq!(request.await.unwrap(), 201);
+    }
+    tokio::time::timeout(Duration::from_secs(5), proxy.server)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut config = waba_onprem_proxy::config::Config::with_upstream(&mock.url()).unwrap();
+    config.data_dir = data_dir;
+    let reopened = waba_onprem_proxy::handlers::AppState::open(config).await;
+    assert!(reopened.is_ok(), "the data directory is still held");
+}
+
 // ---- client abuse and probes ---------------------------------------------------------------
 
 #[tokio::test]

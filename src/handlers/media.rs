@@ -30,7 +30,13 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ProxyError> {
-    let (kind, declared) = checked_upload(&parts.headers)?;
+    let (kind, declared) = match checked_upload(&parts.headers) {
+        Ok(checked) => checked,
+        Err(refused) => {
+            super::discard(body, state.config.body_read_timeout);
+            return Err(refused);
+        }
+    };
     let deadline = Instant::now() + state.config.media_timeout;
     let answer = stream_to_cloud(state, &kind, declared, body, headers, deadline).await?;
     translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)

@@ -96,13 +96,23 @@ pub(super) async fn upload_photo(
     body: Incoming,
 ) -> Result<Reply, ProxyError> {
     let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
-    let (kind, _) = super::media::checked_upload(&parts.headers)?;
-    if kind.mime != "image/jpeg" && kind.mime != "image/png" {
-        return Err(rejected(TranslateError::invalid(
-            "Content-Type",
-            "must be image/jpeg or image/png for a profile photo",
-        )));
-    }
+    let checked = super::media::checked_upload(&parts.headers).and_then(|(kind, _)| {
+        if kind.mime == "image/jpeg" || kind.mime == "image/png" {
+            Ok(kind)
+        } else {
+            Err(rejected(TranslateError::invalid(
+                "Content-Type",
+                "must be image/jpeg or image/png for a profile photo",
+            )))
+        }
+    });
+    let kind = match checked {
+        Ok(kind) => kind,
+        Err(refused) => {
+            super::discard(body, state.config.body_read_timeout);
+            return Err(refused);
+        }
+    };
     let limit = usize::try_from(kind.limit).unwrap_or(usize::MAX);
     let photo = super::read_limited(
         &parts.headers,
