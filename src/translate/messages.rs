@@ -138,8 +138,20 @@ fn rewrite_media(kind: &str, media: Value) -> Result<Value, TranslateError> {
 /// Ids and `wa_id`s are kept exactly: later statuses and mark-as-read use them, and clients
 /// update their stored number when `wa_id` differs from what they sent.
 pub fn cloud_to_onprem_send_response(body: &Value, meta: &Meta) -> Result<Value, TranslateError> {
-    let answer = as_object(body, "response")?;
-    let mut out = answer.clone();
+    cloud_to_onprem_send_response_owned(body.clone(), meta)
+}
+
+/// As [`cloud_to_onprem_send_response`], keeping the parsed answer's own maps (the proxy's
+/// path: the answer is not needed afterwards).
+pub fn cloud_to_onprem_send_response_owned(
+    body: Value,
+    meta: &Meta,
+) -> Result<Value, TranslateError> {
+    let mut out = match body {
+        Value::Object(answer) => answer,
+        Value::Null => return Err(TranslateError::missing("response")),
+        _ => return Err(TranslateError::wrong_type("response", "an object")),
+    };
     out.remove("messaging_product");
     match out.get_mut("messages") {
         Some(Value::Array(messages)) => {
