@@ -29,12 +29,22 @@ struct Load {
     next: AtomicU64,
 }
 
-/// One connection's share: it takes the next due request whenever it is free.
+/// Opens one keep-alive connection.
+async fn open(authority: &str) -> Option<http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(authority).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+/// One connection's share: it takes the next due request whenever it is free. The connection
+/// is opened before the first request falls due, so its set-up is not timed.
 async fn connection(load: Arc<Load>) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut failures = 0;
-    let authority = load.uri.authority().expect("URL with a host").clone();
-    let mut sender = None;
+    let authority = load.uri.authority().expect("URL with a host").to_string();
+    let mut sender = open(&authority).await;
     loop {
         let i = load.next.fetch_add(1, Ordering::Relaxed);
         if i >= load.requests {
@@ -48,20 +58,10 @@ async fn connection(load: Arc<Load>) -> (Vec<Duration>, u64) {
         // ticks in milliseconds) is not the server's.
         let origin = if free > due { due } else { Instant::now() };
         if sender.is_none() {
-            match TcpStream::connect(authority.as_str()).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let (send, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-                    tokio::spawn(conn);
-                    sender = Some(send);
-                }
-                Err(_) => {
-                    failures += 1;
-                    continue;
-                }
-            }
+            sender = open(&authority).await;
         }
         let Some(send) = sender.as_mut() else {
+            failures += 1;
             continue;
         };
         let request = Request::post(load.uri.clone())
@@ -77,8 +77,9 @@ async fn connection(load: Arc<Load>) -> (Vec<Duration>, u64) {
             }
             Err(_) => false,
         };
-        latencies.push(origin.elapsed());
-        if !answered {
+        if answered {
+            latencies.push(origin.elapsed());
+        } else {
             failures += 1;
             sender = None;
         }
@@ -107,7 +108,7 @@ async fn main() {
         uri: args[1].parse().expect("URL"),
         body: Bytes::from(args[2].clone()),
         // A moment to open the connections before the first request is due.
-        start: Instant::now() + Duration::from_millis(200),
+        start: Instant::now() + Duration::from_millis(500),
         interval: Duration::from_secs_f64(1.0 / rate),
         requests: (rate * seconds) as u64,
         next: AtomicU64::new(0),

@@ -34,21 +34,22 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     let hangups = reload_key_map_on_sighup(state.clone());
     // Undelivered webhooks from before a crash start going out at once.
     let delivery = tokio::spawn(crate::relay::deliver_forever(state.clone()));
-    let (stop, stopped) = watch::channel(false);
+    let (release, released) = watch::channel(false);
     let mut threads = vec![ServingThread::here()];
     let mut helpers = Vec::new();
     for index in 1..state.config.serving_threads {
-        match spawn_serving_thread(index, &state, &stopped) {
-            Ok((thread, finished)) => {
+        match spawn_serving_thread(index, &state, &released) {
+            Ok((thread, helper)) => {
                 threads.push(thread);
-                helpers.push(finished);
+                helpers.push(helper);
             }
             Err(error) => warn!(%error, index, "serving thread not started; serving on fewer"),
         }
     }
 
-    let graceful = accept_until(listener, &state, &threads[0], &threads, shutdown).await;
-    let _ = stop.send(true);
+    let graceful = accept_until(listener, &state, &threads, shutdown).await;
+    // Closes the hand-over channels: each serving thread serves what is queued, then drains.
+    drop(threads);
     state
         .shutting_down
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -69,8 +70,33 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         () = tokio::time::sleep(grace) => warn!(?grace, "grace period over, closing remaining connections"),
     }
     // They drain under the same grace period, started when this thread stopped accepting.
-    for finished in helpers {
-        let _ = finished.await;
+    for helper in &mut helpers {
+        let _ = tokio::time::timeout(grace + HELPER_MARGIN, &mut helper.drained).await;
+    }
+    // Only now may their runtimes end: database connections they opened are driven there, and
+    // this thread and the others used them until here.
+    let _ = release.send(true);
+    for helper in helpers {
+        let _ = tokio::time::timeout(2 * HELPER_MARGIN, helper.finished).await;
+    }
+}
+
+/// How much longer than the grace period a serving thread is waited for.
+const HELPER_MARGIN: Duration = Duration::from_secs(2);
+
+/// Counts a connection as open on its serving thread until dropped, however it ends.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn count(open: &Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -80,6 +106,7 @@ struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    open: OpenConnection,
 }
 
 /// Where connections can be served, and how many each has open.
@@ -98,14 +125,21 @@ impl ServingThread {
     }
 }
 
+/// What the accepting thread keeps of a serving thread: one signal once it has drained, one
+/// once it has dropped everything it held (the state among it).
+struct Helper {
+    drained: oneshot::Receiver<()>,
+    finished: oneshot::Receiver<()>,
+}
+
 /// Serves HTTP/1.1 on `stream` in a task of the current runtime.
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    open: OpenConnection,
     state: &Arc<AppState>,
     graceful: &GracefulShutdown,
-    open: &Arc<AtomicUsize>,
 ) {
     let mut builder = http1::Builder::new();
     // header_read_timeout does nothing without a timer.
@@ -116,22 +150,20 @@ fn serve_connection(
     let state = state.clone();
     let service = service_fn(move |request| handle(state.clone(), request));
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-    let open = open.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             debug!(%peer, %error, "connection ended with an error");
         }
-        open.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
+        drop((open, permit));
     });
 }
 
 /// Accepts until `shutdown` resolves, handing each connection to the serving thread with the
-/// fewest open (this one on a tie). Its own connections are then still open, to be drained.
+/// fewest open (`threads[0]`, this one, on a tie). Its own connections are then still open,
+/// to be drained.
 async fn accept_until(
     listener: TcpListener,
     state: &Arc<AppState>,
-    here: &ServingThread,
     threads: &[ServingThread],
     shutdown: impl Future<Output = ()>,
 ) -> GracefulShutdown {
@@ -155,23 +187,32 @@ async fn accept_until(
                     tokio::spawn(refuse_connection(stream, state.config.meta.clone()));
                     continue;
                 };
-                let thread = threads
-                    .iter()
-                    .min_by_key(|t| t.open.load(Ordering::Relaxed))
-                    .unwrap_or(here);
-                thread.open.fetch_add(1, Ordering::Relaxed);
-                let Some(handover) = &thread.handover else {
-                    serve_connection(stream, peer, permit, state, &graceful, &here.open);
+                let Some(thread) = threads.iter().min_by_key(|t| t.open.load(Ordering::Relaxed)) else {
                     continue;
                 };
-                let handed = stream.into_std().and_then(|stream| {
-                    handover
-                        .send(Accepted { stream, peer, permit })
-                        .map_err(|_| std::io::Error::other("the serving thread has ended"))
-                });
-                if let Err(error) = handed {
-                    thread.open.fetch_sub(1, Ordering::Relaxed);
-                    warn!(%peer, %error, "connection dropped: not handed to its serving thread");
+                let open = OpenConnection::count(&thread.open);
+                let Some(handover) = &thread.handover else {
+                    serve_connection(stream, peer, permit, open, state, &graceful);
+                    continue;
+                };
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        warn!(%peer, %error, "connection dropped: socket unusable");
+                        continue;
+                    }
+                };
+                if let Err(mpsc::error::SendError(back)) = handover.send(Accepted { stream, peer, permit, open }) {
+                    // That thread has ended (it never does on purpose): never chosen again,
+                    // and this connection is served here.
+                    warn!("a serving thread has ended; serving on the others");
+                    thread.open.store(usize::MAX / 2, Ordering::Relaxed);
+                    let Accepted { stream, peer, permit, .. } = back;
+                    let open = OpenConnection::count(&threads[0].open);
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => serve_connection(stream, peer, permit, open, state, &graceful),
+                        Err(error) => warn!(%peer, %error, "connection dropped: socket unusable"),
+                    }
                 }
             }
             () = &mut shutdown => break,
@@ -180,14 +221,14 @@ async fn accept_until(
     graceful
 }
 
-/// Starts serving thread `index`. The receiver resolves when the thread has drained and
-/// dropped everything it held (the state among it), so a server that has returned keeps
-/// nothing open.
+/// Starts serving thread `index`: it serves the connections handed to it until the channel
+/// closes, drains them, and keeps its runtime until `released` turns true (or its sender is
+/// dropped without that: the server's own future was dropped, and it stops at once).
 fn spawn_serving_thread(
     index: usize,
     state: &Arc<AppState>,
-    stopped: &watch::Receiver<bool>,
-) -> std::io::Result<(ServingThread, oneshot::Receiver<()>)> {
+    released: &watch::Receiver<bool>,
+) -> std::io::Result<(ServingThread, Helper)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -196,47 +237,55 @@ fn spawn_serving_thread(
         handover: Some(handover),
         open: Arc::new(AtomicUsize::new(0)),
     };
-    let (state, open) = (state.clone(), thread.open.clone());
-    let (mut drain_signal, mut gone_signal) = (stopped.clone(), stopped.clone());
-    let (finished, done) = oneshot::channel();
+    let state = state.clone();
+    let (mut release, mut gone) = (released.clone(), released.clone());
+    let (drained, drained_signal) = oneshot::channel();
+    let (finished, finished_signal) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("serving-{index}"))
         .spawn(move || {
             crate::upstream::enter_serving_thread(index);
             runtime.block_on(async move {
                 let graceful = GracefulShutdown::new();
-                let drain = async {
-                    loop {
-                        tokio::select! {
-                            accepted = handed.recv() => {
-                                let Some(Accepted { stream, peer, permit }) = accepted else { break };
-                                match TcpStream::from_std(stream) {
-                                    Ok(stream) => serve_connection(stream, peer, permit, &state, &graceful, &open),
-                                    Err(error) => {
-                                        open.fetch_sub(1, Ordering::Relaxed);
-                                        warn!(%peer, %error, "connection dropped: socket unusable");
-                                    }
-                                }
+                let work = async {
+                    while let Some(Accepted {
+                        stream,
+                        peer,
+                        permit,
+                        open,
+                    }) = handed.recv().await
+                    {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                serve_connection(stream, peer, permit, open, &state, &graceful)
                             }
-                            _ = drain_signal.wait_for(|stop| *stop) => break,
+                            Err(error) => {
+                                warn!(%peer, %error, "connection dropped: socket unusable")
+                            }
                         }
                     }
                     let grace = state.config.shutdown_grace;
                     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+                    let _ = drained.send(());
+                    let _ = release.wait_for(|released| *released).await;
                 };
-                // The server's own future was dropped without a shutdown: stop at once.
-                let gone = async { while gone_signal.changed().await.is_ok() {} };
+                let abandoned = async { while gone.changed().await.is_ok() {} };
                 tokio::select! {
                     biased;
-                    () = gone => {},
-                    () = drain => {},
+                    () = abandoned => {},
+                    () = work => {},
                 }
             });
-            // Connections still open end here, and with them their hold on the state.
-            drop(runtime);
+            // Connections still open end here, and with them their hold on the state. Blocking
+            // tasks (a database call, a DNS lookup) are not waited for past this.
+            runtime.shutdown_timeout(HELPER_MARGIN);
             let _ = finished.send(());
         })?;
-    Ok((thread, done))
+    let helper = Helper {
+        drained: drained_signal,
+        finished: finished_signal,
+    };
+    Ok((thread, helper))
 }
 
 /// Answers 503 with `Retry-After` on a connection over the cap, then closes it.

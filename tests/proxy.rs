@@ -689,10 +689,11 @@ async fn every_serving_thread_drains_at_shutdown_and_lets_go_of_the_state() {
     for _ in 1..6 {
         mock.push(Behaviour::WaitForRelease);
     }
-    // The last one, on a serving thread of its own, answers well after the others: the
-    // server must not return before that thread has drained.
+    // The last one, on a serving thread of its own, answers well after the others (and after
+    // the few seconds the server allows a drained thread to wind down): the server must wait
+    // for that thread to drain before anything ends.
     mock.push(Behaviour::Delay(
-        Duration::from_millis(500),
+        Duration::from_millis(5000),
         Box::new(Behaviour::WaitForRelease),
     ));
     let data_dir = std::env::temp_dir().join(format!("waba-proxy-test-{}", uuid::Uuid::new_v4()));
