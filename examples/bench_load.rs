@@ -70,17 +70,24 @@ async fn connection(load: Arc<Load>) -> (Vec<Duration>, u64) {
             .header("d360-api-key", "bench")
             .body(Full::new(load.body.clone()))
             .unwrap();
-        let answered = match send.send_request(request).await {
+        let (answered, closing) = match send.send_request(request).await {
             Ok(response) => {
                 let ok = response.status().is_success();
-                response.into_body().collect().await.is_ok() && ok
+                // nginx closes a keep-alive connection after 1,000 requests by default.
+                let closing = response
+                    .headers()
+                    .get(http::header::CONNECTION)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                (response.into_body().collect().await.is_ok() && ok, closing)
             }
-            Err(_) => false,
+            Err(_) => (false, true),
         };
         if answered {
             latencies.push(origin.elapsed());
         } else {
             failures += 1;
+        }
+        if closing {
             sender = None;
         }
     }
