@@ -145,6 +145,79 @@ async fn uploads_without_a_usable_type_or_over_the_limit_never_reach_upstream() 
     assert!(mock.requests().is_empty());
 }
 
+/// Refused before its body is read (too large by its length, or an unknown login token), an
+/// upload is still read to its end and thrown away: the client can finish sending, reads the
+/// refusal, and its keep-alive connection carries the next request.
+#[tokio::test]
+async fn a_refused_upload_is_read_to_its_end_and_the_connection_stays_usable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let refusals = [
+        (
+            format!("d360-api-key: {API_KEY}"),
+            16 * 1024 * 1024 + 1,
+            "413",
+        ),
+        (
+            "authorization: Bearer not-a-session".to_owned(),
+            4 * 1024 * 1024,
+            "401",
+        ),
+    ];
+    for (credential, length, status) in refusals {
+        let head = format!(
+            "POST /v1/media HTTP/1.1\r\nhost: proxy\r\n{credential}\r\n\
+             content-type: video/mp4\r\ncontent-length: {length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // All of it is taken in, although the proxy answered before reading any.
+        stream.write_all(&vec![0u8; length]).await.unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+    }
+    stream
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let health = read_response(&mut stream).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(mock.requests().is_empty());
+
+    /// One response with a `content-length` body, read off the stream.
+    async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if seen.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_chunked_upload_that_outgrows_its_limit_is_cut_off_with_413() {
     let mock = MockUpstream::start().await;
