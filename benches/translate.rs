@@ -98,7 +98,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let body: Value = serde_json::from_slice(black_box(answer)).unwrap();
-                serde_json::to_vec(&cloud_to_onprem_send_response(&body, &meta).unwrap()).unwrap()
+                serde_json::to_vec(&cloud_to_onprem_send_response(body, &meta).unwrap()).unwrap()
             })
         },
     );

@@ -136,17 +136,9 @@ fn rewrite_media(kind: &str, media: Value) -> Result<Value, TranslateError> {
 
 /// Cloud send answer -> On-Premise send answer (sent with HTTP 201 by the caller).
 /// Ids and `wa_id`s are kept exactly: later statuses and mark-as-read use them, and clients
-/// update their stored number when `wa_id` differs from what they sent.
-pub fn cloud_to_onprem_send_response(body: &Value, meta: &Meta) -> Result<Value, TranslateError> {
-    cloud_to_onprem_send_response_owned(body.clone(), meta)
-}
-
-/// As [`cloud_to_onprem_send_response`], keeping the parsed answer's own maps (the proxy's
-/// path: the answer is not needed afterwards).
-pub fn cloud_to_onprem_send_response_owned(
-    body: Value,
-    meta: &Meta,
-) -> Result<Value, TranslateError> {
+/// update their stored number when `wa_id` differs from what they sent. Takes the parsed
+/// answer by value and keeps its maps: nothing needs it afterwards.
+pub fn cloud_to_onprem_send_response(body: Value, meta: &Meta) -> Result<Value, TranslateError> {
     let mut out = match body {
         Value::Object(answer) => answer,
         Value::Null => return Err(TranslateError::missing("response")),

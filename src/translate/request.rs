@@ -253,10 +253,7 @@ pub fn cloud_to_onprem_response(
     }
     match route {
         // On-Premise answered 201 for a created message.
-        Route::SendMessage => Ok((
-            201,
-            messages::cloud_to_onprem_send_response_owned(parsed, meta)?,
-        )),
+        Route::SendMessage => Ok((201, messages::cloud_to_onprem_send_response(parsed, meta)?)),
         Route::BusinessProfileGet => Ok((
             200,
             profile::cloud_to_onprem_business_profile(&parsed, meta)?,
