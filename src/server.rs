@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1.1 connections with an armed header-read timeout, and graceful
-//! shutdown (stop accepting, drain in-flight requests, bounded by the grace period).
+//! The accept loop and the serving threads (one single-threaded runtime per core): HTTP/1.1
+//! connections with an armed header-read timeout, and graceful shutdown (stop accepting, drain
+//! in-flight requests on every thread, bounded by the grace period).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,9 +51,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     let graceful = accept_until(listener, &state, &threads, shutdown).await;
     // Closes the hand-over channels: each serving thread serves what is queued, then drains.
     drop(threads);
-    state
-        .shutting_down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    state.shutting_down.store(true, Ordering::SeqCst);
     // Deliveries in flight are simply retried after the restart (at least once); on a shared
     // database their claims go back at once instead of when the lease ends.
     delivery.abort();
@@ -158,6 +157,20 @@ fn serve_connection(
     });
 }
 
+/// Serves a connection that crossed threads as a plain socket.
+fn serve_handed(accepted: Accepted, state: &Arc<AppState>, graceful: &GracefulShutdown) {
+    let Accepted {
+        stream,
+        peer,
+        permit,
+        open,
+    } = accepted;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve_connection(stream, peer, permit, open, state, graceful),
+        Err(error) => warn!(%peer, %error, "connection dropped: socket unusable"),
+    }
+}
+
 /// Accepts until `shutdown` resolves, handing each connection to the serving thread with the
 /// fewest open (`threads[0]`, this one, on a tie). Its own connections are then still open,
 /// to be drained.
@@ -207,12 +220,8 @@ async fn accept_until(
                     // and this connection is served here.
                     warn!("a serving thread has ended; serving on the others");
                     thread.open.store(usize::MAX / 2, Ordering::Relaxed);
-                    let Accepted { stream, peer, permit, .. } = back;
                     let open = OpenConnection::count(&threads[0].open);
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => serve_connection(stream, peer, permit, open, state, &graceful),
-                        Err(error) => warn!(%peer, %error, "connection dropped: socket unusable"),
-                    }
+                    serve_handed(Accepted { open, ..back }, state, &graceful);
                 }
             }
             () = &mut shutdown => break,
@@ -248,21 +257,8 @@ fn spawn_serving_thread(
             runtime.block_on(async move {
                 let graceful = GracefulShutdown::new();
                 let work = async {
-                    while let Some(Accepted {
-                        stream,
-                        peer,
-                        permit,
-                        open,
-                    }) = handed.recv().await
-                    {
-                        match TcpStream::from_std(stream) {
-                            Ok(stream) => {
-                                serve_connection(stream, peer, permit, open, &state, &graceful)
-                            }
-                            Err(error) => {
-                                warn!(%peer, %error, "connection dropped: socket unusable")
-                            }
-                        }
+                    while let Some(accepted) = handed.recv().await {
+                        serve_handed(accepted, &state, &graceful);
                     }
                     let grace = state.config.shutdown_grace;
                     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;

@@ -680,6 +680,36 @@ async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones()
         .unwrap();
 }
 
+/// Two clients, each on its own keep-alive connection, take turns. The second connection goes
+/// to the other serving thread (the one with fewer open), and each thread sends upstream over
+/// its own pooled connection: two upstream connections, each reused. One thread, or one pool
+/// for both, would have used a single upstream connection.
+#[tokio::test]
+async fn keep_alive_clients_spread_over_serving_threads_each_with_its_own_upstream_pool() {
+    use http_body_util::{BodyExt, Full};
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy_with(&mock.url(), |c| c.serving_threads = 2).await;
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>()
+        })
+        .collect();
+    for turn in 0..6 {
+        let request = http::Request::post(proxy.url("/v1/messages"))
+            .header("d360-api-key", API_KEY)
+            .body(Full::new(Bytes::from_static(
+                br#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+            )))
+            .unwrap();
+        let response = clients[turn % 2].request(request).await.unwrap();
+        assert_eq!(response.status(), 201);
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(mock.requests().len(), 6);
+    assert_eq!(mock.connections_accepted(), 2);
+}
+
 /// With three serving threads, six held connections are spread two to a thread (each new
 /// connection goes to the thread with the fewest). At shutdown every thread drains what it
 /// holds, and once the server has returned nothing keeps the data directory locked.
