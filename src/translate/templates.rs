@@ -48,17 +48,43 @@ pub fn onprem_hsm_to_cloud_template(hsm: &Value) -> Result<Value, TranslateError
     Ok(Value::Object(template))
 }
 
-/// Very old clients sent `fallback_lc` (and `fallback`) instead of a `language` object.
+/// The Cloud `language.code` of an `hsm`. Clients older than On-Premise 2.21 sent no `language`
+/// object: `fallback_lg` (or `fallback`) held the language (`en`, `pt`) and `fallback_lc` the
+/// locale (`US`, `BR`); Cloud names the pair `en_US` / `pt_BR`, and the language alone when
+/// there is no locale. Sending the locale alone would ask Cloud for a language called `US`
+/// (132001, "template does not exist in the translation").
 fn hsm_language_code(hsm: &Map<String, Value>) -> Result<String, TranslateError> {
     match hsm.get("language") {
         Some(Value::Object(language)) => {
-            Ok(required_str(language, "hsm.language", "code")?.to_owned())
+            return Ok(required_str(language, "hsm.language", "code")?.to_owned())
         }
-        None | Some(Value::Null) => match optional_str(hsm, "hsm", "fallback_lc")? {
-            Some(code) => Ok(code.to_owned()),
-            None => Err(TranslateError::missing("hsm.language.code")),
-        },
-        Some(_) => Err(TranslateError::wrong_type("hsm.language", "an object")),
+        None | Some(Value::Null) => {}
+        Some(_) => return Err(TranslateError::wrong_type("hsm.language", "an object")),
+    }
+    let language = match optional_str(hsm, "hsm", "fallback_lg")? {
+        Some(language) => Some(language),
+        None => optional_str(hsm, "hsm", "fallback")?,
+    }
+    .map(str::trim)
+    .filter(|l| !l.is_empty());
+    let locale = optional_str(hsm, "hsm", "fallback_lc")?
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    match (language, locale) {
+        // Some clients put the whole code in one field (`en_US`, or `pt-BR` as a browser
+        // writes it): it already names language and locale.
+        (_, Some(code)) if code.contains(['_', '-']) => Ok(code.replace('-', "_")),
+        (Some(code), _) if code.contains(['_', '-']) => Ok(code.replace('-', "_")),
+        (Some(language), Some(locale)) => Ok(format!(
+            "{}_{}",
+            language.to_ascii_lowercase(),
+            locale.to_ascii_uppercase()
+        )),
+        (Some(language), None) => Ok(language.to_ascii_lowercase()),
+        (None, Some(_)) => Err(TranslateError::missing(
+            "hsm.fallback_lg (the language that goes with hsm.fallback_lc)",
+        )),
+        (None, None) => Err(TranslateError::missing("hsm.language.code")),
     }
 }
 
@@ -154,6 +180,19 @@ fn rewrite_parameter(parameter: &mut Value, path: &str) -> Result<(), TranslateE
         return Err(TranslateError::wrong_type(path, "an object"));
     };
     match parameter.get("type").and_then(Value::as_str) {
+        // A header's media parameter may name On-Premise's `provider` like any media object;
+        // Cloud refuses the key ("Unexpected key"). A configured provider's link was already
+        // replaced by an uploaded id in the shell.
+        Some(kind @ ("image" | "video" | "document")) => {
+            let kind: &'static str = match kind {
+                "image" => "image",
+                "video" => "video",
+                _ => "document",
+            };
+            if let Some(Value::Object(media)) = parameter.get_mut(kind) {
+                media.remove("provider");
+            }
+        }
         Some("date_time") => {
             let date_time_path = join(path, "date_time");
             let Some(date_time) = present(parameter, "date_time") else {
