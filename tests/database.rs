@@ -221,6 +221,8 @@ async fn channels_keep_their_url_headers_and_sent_status(backend: Backend) {
         legacy_url: "http://legacy.example/hook".into(),
         headers: vec![("x-auth".into(), "t".into())],
         sent_status: true,
+        delivered_status: true,
+        read_status: true,
         api_key_hash: Some("h".into()),
     };
     assert_eq!(db.upsert_channel(&channel, true).await.unwrap(), "s");
@@ -233,11 +235,15 @@ async fn channels_keep_their_url_headers_and_sent_status(backend: Backend) {
     assert_eq!(db.upsert_channel(&racing, true).await.unwrap(), "s");
     assert_eq!(db.upsert_channel(&racing, false).await.unwrap(), "other");
     db.upsert_channel(&channel, false).await.unwrap();
-    db.set_sent_status("k1", false).await.unwrap();
+    db.set_relayed_statuses("k1", [false, true, false])
+        .await
+        .unwrap();
     let stored = db.channel("k1").await.unwrap().unwrap();
     assert_eq!(stored.headers, channel.headers);
     assert_eq!(stored.legacy_url, channel.legacy_url);
     assert!(!stored.sent_status);
+    assert!(stored.delivered_status);
+    assert!(!stored.read_status);
     assert_eq!(db.channel("k2").await.unwrap(), None);
 }
 

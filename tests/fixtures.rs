@@ -9,7 +9,8 @@
 //!   `translate` command prints) or `<case>.error.json`;
 //! - `media_providers/<case>.onprem.json` (a providers POST body) -> `<case>.stored.json` (what
 //!   the proxy keeps) or `<case>.error.json`;
-//! - `webhooks/<case>.cloud.json` (a Cloud webhook post, or `{"_options","envelope"}`) ->
+//! - `webhooks/<case>.cloud.json` (a Cloud webhook post, or `{"_options","envelope"}` where
+//!   `_options` is the client's application settings) ->
 //!   `<case>.onprem.json` (`{"payloads","skipped"}`) or `<case>.error.json` (refused);
 //! - `responses/<case>.cloud.json` (`{"route","status","body"|"body_text"}`) ->
 //!   `<case>.onprem.json` (`{"status","body"}`).
@@ -306,9 +307,8 @@ fn webhooks_fixtures_translate_cloud_events_to_onprem_payloads() {
         let (envelope, options) = match input.get("_options") {
             Some(options) => (
                 input["envelope"].clone(),
-                WebhookOptions {
-                    sent_status: options["sent_status"].as_bool().unwrap_or(true),
-                },
+                // `_options` is the client's application settings document.
+                WebhookOptions::from_application_settings(options),
             ),
             None => (input.clone(), WebhookOptions::default()),
         };

@@ -185,8 +185,8 @@ proptest! {
     }
 
     #[test]
-    fn any_json_as_a_webhook_translates_or_refuses(value in json_value(), sent_status in any::<bool>()) {
-        if let Ok(translation) = cloud_to_onprem_webhook(&value, WebhookOptions { sent_status }) {
+    fn any_json_as_a_webhook_translates_or_refuses(value in json_value(), sent in any::<bool>(), delivered in any::<bool>(), read in any::<bool>()) {
+        if let Ok(translation) = cloud_to_onprem_webhook(&value, WebhookOptions { sent, delivered, read }) {
             for payload in translation.payloads {
                 prop_assert!(payload.body.is_object());
                 prop_assert!(payload.body.get("metadata").is_none());

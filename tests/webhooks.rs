@@ -464,18 +464,7 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend
     )
     .await;
     assert_eq!(set.status, 200, "{:?}", set.body);
-    let registration = upstream.requests()[0].json();
-    let channel = registration["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let secret = registration["headers"]["X-Webhook-Secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (channel, secret) = registered_channel(&upstream);
 
     assert_eq!(
         post_event(
@@ -500,6 +489,72 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend
     let got = receiver.wait_for_requests(1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
+}
+
+/// The channel name and secret the proxy registered upstream (its first request).
+fn registered_channel(upstream: &MockUpstream) -> (String, String) {
+    let registration = upstream.requests()[0].json();
+    let channel = registration["url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret = registration["headers"]["X-Webhook-Secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (channel, secret)
+}
+
+/// On-Premise 2.41.2's `webhooks.message.*` filter statuses like `sent_status`, and resetting
+/// the application settings relays everything again.
+async fn webhooks_message_read_off_drops_read_statuses_until_the_settings_are_reset(db: Backend) {
+    let upstream = MockUpstream::start().await;
+    upstream.set_default(Behaviour::Json {
+        status: 200,
+        body: json!({"url": "ok"}),
+    });
+    let receiver = MockUpstream::start().await;
+    receiver.set_default(receiver_ok());
+    let proxy = registering_proxy(&db, &upstream).await;
+    let patch = json!({"webhooks": {"url": format!("{}/hook", receiver.url()),
+                                    "message": {"sent": true, "delivered": true, "read": false}}});
+    let set = send_json(
+        &proxy,
+        "PATCH",
+        "/v1/settings/application",
+        &patch.to_string(),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let (channel, secret) = registered_channel(&upstream);
+    let post = |id: &'static str, status: &'static str| {
+        let (proxy, channel, secret) = (&proxy, channel.clone(), secret.clone());
+        async move {
+            post_event(
+                proxy,
+                &channel,
+                Some(&secret),
+                &status_event("7", id, status),
+            )
+            .await
+        }
+    };
+
+    // Per recipient, events go out in order: a read that was kept would arrive first.
+    assert_eq!(post("wamid.R", "read").await, 200);
+    assert_eq!(post("wamid.R", "delivered").await, 200);
+    let got = receiver.wait_for_requests(1).await;
+    assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
+
+    let reset = send_json(&proxy, "DELETE", "/v1/settings/application", "").await;
+    assert_eq!(reset.status, 200, "{:?}", reset.body);
+    assert_eq!(post("wamid.R2", "read").await, 200);
+    let got = receiver.wait_for_requests(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].json()["statuses"][0]["status"], "read");
 }
 
 async fn events_stored_before_a_restart_are_delivered_after_it(db: Backend) {
@@ -566,6 +621,7 @@ on_both_backends!(
     a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it,
     without_a_public_url_webhook_registration_is_a_clear_501,
     sent_status_off_in_application_settings_drops_sent_statuses,
+    webhooks_message_read_off_drops_read_statuses_until_the_settings_are_reset,
     events_stored_before_a_restart_are_delivered_after_it,
     an_upstream_refusing_the_webhook_registration_answers_the_client_on_premise_style,
 );

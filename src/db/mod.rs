@@ -105,26 +105,39 @@ CREATE INDEX webhook_outbox_pending_id
     ON webhook_outbox (id) WHERE delivered_at IS NULL AND dead_at IS NULL;
 ",
     ),
+    // On-Premise 2.41.2's `webhooks.message.{delivered,read}` filter statuses per channel, like
+    // `sent_status` does for `sent`; existing channels keep receiving everything.
+    (
+        4,
+        "
+ALTER TABLE webhook_channels ADD COLUMN delivered_status BOOLEAN NOT NULL DEFAULT TRUE;
+ALTER TABLE webhook_channels ADD COLUMN read_status BOOLEAN NOT NULL DEFAULT TRUE;
+",
+    ),
 ];
 
 /// A channel stored whole (the flag-configured one: the operator's secret wins); placeholders
 /// are `?N` (SQLite), made `$N` for PostgreSQL. Returns the stored secret.
 const UPSERT_CHANNEL: &str = "INSERT INTO webhook_channels
-         (name, secret, legacy_url, headers, sent_status, api_key_hash)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         (name, secret, legacy_url, headers, sent_status, api_key_hash, delivered_status,
+          read_status)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
      ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, legacy_url = excluded.legacy_url,
          headers = excluded.headers, sent_status = excluded.sent_status,
-         api_key_hash = excluded.api_key_hash
+         api_key_hash = excluded.api_key_hash, delivered_status = excluded.delivered_status,
+         read_status = excluded.read_status
      RETURNING secret";
 
 /// A channel whose secret, once stored, stays: two replicas registering the same key at once
 /// both get (and register upstream) the first one's secret.
 const UPSERT_CHANNEL_KEEPING_SECRET: &str = "INSERT INTO webhook_channels
-         (name, secret, legacy_url, headers, sent_status, api_key_hash)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         (name, secret, legacy_url, headers, sent_status, api_key_hash, delivered_status,
+          read_status)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
      ON CONFLICT (name) DO UPDATE SET legacy_url = excluded.legacy_url,
          headers = excluded.headers, sent_status = excluded.sent_status,
-         api_key_hash = excluded.api_key_hash
+         api_key_hash = excluded.api_key_hash, delivered_status = excluded.delivered_status,
+         read_status = excluded.read_status
      RETURNING secret";
 
 /// The migrations with `{id}` filled in for a backend.
@@ -233,7 +246,11 @@ pub struct Channel {
     pub legacy_url: String,
     /// Extra headers the client asked for on deliveries.
     pub headers: Vec<(String, String)>,
+    /// Which statuses the client wants relayed (On-Premise's `sent_status` and
+    /// `webhooks.message.*`, already combined).
     pub sent_status: bool,
+    pub delivered_status: bool,
+    pub read_status: bool,
     /// SHA-256 of the API key the channel belongs to (none for the flag-configured one).
     pub api_key_hash: Option<String>,
 }
@@ -407,13 +424,18 @@ impl Database {
         }
     }
 
-    pub async fn set_sent_status(&self, name: &str, sent_status: bool) -> Result<(), DbError> {
+    /// The statuses a channel relays: `sent`, `delivered`, `read`.
+    pub async fn set_relayed_statuses(
+        &self,
+        name: &str,
+        relayed: [bool; 3],
+    ) -> Result<(), DbError> {
         match self {
             Database::Sqlite(db) => {
                 let name = name.to_owned();
-                blocking(db, move |db| db.set_sent_status(&name, sent_status)).await
+                blocking(db, move |db| db.set_relayed_statuses(&name, relayed)).await
             }
-            Database::Postgres(db) => db.set_sent_status(name, sent_status).await,
+            Database::Postgres(db) => db.set_relayed_statuses(name, relayed).await,
         }
     }
 

@@ -192,6 +192,8 @@ impl Postgres {
                     &headers_to_text(&channel.headers),
                     &channel.sent_status,
                     &channel.api_key_hash,
+                    &channel.delivered_status,
+                    &channel.read_status,
                 ],
             )
             .await?;
@@ -201,7 +203,8 @@ impl Postgres {
     pub async fn channel(&self, name: &str) -> Result<Option<Channel>, DbError> {
         let Some(row) = self
             .optional(
-                "SELECT name, secret, legacy_url, headers, sent_status, api_key_hash
+                "SELECT name, secret, legacy_url, headers, sent_status, api_key_hash,
+                        delivered_status, read_status
                  FROM webhook_channels WHERE name = $1",
                 &[&name],
             )
@@ -217,13 +220,21 @@ impl Postgres {
             headers: headers_from_text(&headers),
             sent_status: row.try_get(4)?,
             api_key_hash: row.try_get(5)?,
+            delivered_status: row.try_get(6)?,
+            read_status: row.try_get(7)?,
         }))
     }
 
-    pub async fn set_sent_status(&self, name: &str, sent_status: bool) -> Result<(), DbError> {
+    pub async fn set_relayed_statuses(
+        &self,
+        name: &str,
+        relayed: [bool; 3],
+    ) -> Result<(), DbError> {
+        let [sent, delivered, read] = relayed;
         self.execute(
-            "UPDATE webhook_channels SET sent_status = $2 WHERE name = $1",
-            &[&name, &sent_status],
+            "UPDATE webhook_channels SET sent_status = $2, delivered_status = $3, read_status = $4
+             WHERE name = $1",
+            &[&name, &sent, &delivered, &read],
         )
         .await?;
         Ok(())

@@ -150,7 +150,9 @@ impl Sqlite {
                 channel.legacy_url,
                 headers_to_text(&channel.headers),
                 channel.sent_status,
-                channel.api_key_hash
+                channel.api_key_hash,
+                channel.delivered_status,
+                channel.read_status
             ],
             |row| row.get(0),
         )
@@ -159,7 +161,8 @@ impl Sqlite {
     pub fn channel(&self, name: &str) -> rusqlite::Result<Option<Channel>> {
         self.lock()
             .query_row(
-                "SELECT name, secret, legacy_url, headers, sent_status, api_key_hash
+                "SELECT name, secret, legacy_url, headers, sent_status, api_key_hash,
+                        delivered_status, read_status
                  FROM webhook_channels WHERE name = ?1",
                 params![name],
                 |row| {
@@ -171,16 +174,20 @@ impl Sqlite {
                         headers: headers_from_text(&headers),
                         sent_status: row.get(4)?,
                         api_key_hash: row.get(5)?,
+                        delivered_status: row.get(6)?,
+                        read_status: row.get(7)?,
                     })
                 },
             )
             .optional()
     }
 
-    pub fn set_sent_status(&self, name: &str, sent_status: bool) -> rusqlite::Result<()> {
+    pub fn set_relayed_statuses(&self, name: &str, relayed: [bool; 3]) -> rusqlite::Result<()> {
+        let [sent, delivered, read] = relayed;
         self.lock().execute(
-            "UPDATE webhook_channels SET sent_status = ?2 WHERE name = ?1",
-            params![name, sent_status],
+            "UPDATE webhook_channels SET sent_status = ?2, delivered_status = ?3, read_status = ?4
+             WHERE name = ?1",
+            params![name, sent, delivered, read],
         )?;
         Ok(())
     }

@@ -11,6 +11,7 @@ use crate::translate::errors::{onprem_error_for, OnPremError};
 use crate::translate::settings::{
     merge_settings, onprem_application_settings_answer, onprem_application_settings_patch,
 };
+use crate::translate::webhooks::WebhookOptions;
 use crate::translate::{parse_body, TranslateError};
 
 pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
@@ -62,16 +63,20 @@ pub(super) async fn application(
                     super::webhooks::register(state, upstream_headers, url, Vec::new()).await?;
                 }
             }
-            if let Some(sent_status) = patch.get("sent_status").and_then(|s| s.as_bool()) {
-                super::webhooks::follow_sent_status(state, key, sent_status).await;
-            }
-            state
+            let settings = state
                 .store
                 .update(APPLICATION_SETTINGS, key, move |stored| {
                     merge_settings(&stored.unwrap_or_else(|| json!({})), &patch)
                 })
                 .await
                 .map_err(ProxyError::Storage)?;
+            // `sent_status` and `webhooks.message.*` decide which statuses the relay delivers.
+            super::webhooks::follow_relayed_statuses(
+                state,
+                key,
+                WebhookOptions::from_application_settings(&settings),
+            )
+            .await;
             Ok(Reply::Json(200, json!({"meta": meta.to_value()})))
         }
         _ => {
@@ -80,6 +85,8 @@ pub(super) async fn application(
                 .update(APPLICATION_SETTINGS, key, |_| json!({}))
                 .await
                 .map_err(ProxyError::Storage)?;
+            // Reset: every status is relayed again.
+            super::webhooks::follow_relayed_statuses(state, key, WebhookOptions::default()).await;
             Ok(Reply::Json(200, json!({"meta": meta.to_value()})))
         }
     }

@@ -18,6 +18,7 @@ use crate::relay::{
 };
 use crate::routes::Route;
 use crate::translate::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
+use crate::translate::webhooks::WebhookOptions;
 use crate::translate::{as_object_pub, parse_body, TranslateError};
 
 /// `POST /cloud-webhooks/{channel}`: 200 only once the event is committed to disk.
@@ -134,11 +135,10 @@ pub(super) async fn register(
         .load(APPLICATION_SETTINGS, &key)
         .await
         .map_err(ProxyError::Storage)?;
-    let sent_status = stored
+    let relayed = stored
         .as_ref()
-        .and_then(|s| s.get("sent_status"))
-        .and_then(Value::as_bool);
-    let channel = configure_channel(&state.relay.db, &key, legacy_url, headers, sent_status)
+        .map(WebhookOptions::from_application_settings);
+    let channel = configure_channel(&state.relay.db, &key, legacy_url, headers, relayed)
         .await
         .map_err(|_| storage())?;
 
@@ -165,11 +165,17 @@ pub(super) async fn register(
     Ok(())
 }
 
-/// `sent_status` changed in application settings: the channel's deliveries follow.
-pub(super) async fn follow_sent_status(state: &AppState, api_key: &str, sent_status: bool) {
+/// `sent_status` or `webhooks.message.*` changed in application settings: the channel's
+/// deliveries follow.
+pub(super) async fn follow_relayed_statuses(
+    state: &AppState,
+    api_key: &str,
+    relayed: WebhookOptions,
+) {
     let (name, _) = channel_for_key(api_key);
-    if let Err(error) = state.relay.db.set_sent_status(&name, sent_status).await {
-        tracing::warn!(%error, "sent_status not applied to the webhook channel");
+    let statuses = [relayed.sent, relayed.delivered, relayed.read];
+    if let Err(error) = state.relay.db.set_relayed_statuses(&name, statuses).await {
+        tracing::warn!(%error, "the status filter was not applied to the webhook channel");
     }
 }
 

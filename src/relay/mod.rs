@@ -91,6 +91,11 @@ impl Relay {
                         .map(|c| c.headers.clone())
                         .unwrap_or_default(),
                     sent_status: existing.as_ref().map(|c| c.sent_status).unwrap_or(true),
+                    delivered_status: existing
+                        .as_ref()
+                        .map(|c| c.delivered_status)
+                        .unwrap_or(true),
+                    read_status: existing.as_ref().map(|c| c.read_status).unwrap_or(true),
                     api_key_hash: None,
                 },
                 false,
@@ -125,7 +130,9 @@ impl Relay {
         }
         let text = String::from_utf8_lossy(&raw).into_owned();
         let options = WebhookOptions {
-            sent_status: found.sent_status,
+            sent: found.sent_status,
+            delivered: found.delivered_status,
+            read: found.read_status,
         };
         let translated = serde_json::from_slice::<Value>(&raw)
             .map_err(|e| e.to_string())
@@ -347,7 +354,7 @@ pub async fn configure_channel(
     api_key: &str,
     legacy_url: &str,
     headers: Vec<(String, String)>,
-    sent_status: Option<bool>,
+    relayed: Option<WebhookOptions>,
 ) -> Result<Channel, DbError> {
     let (name, hash) = channel_for_key(api_key);
     let existing = db.channel(&name).await?;
@@ -364,8 +371,17 @@ pub async fn configure_channel(
             }),
         legacy_url: legacy_url.to_owned(),
         headers,
-        sent_status: sent_status
+        sent_status: relayed
+            .map(|r| r.sent)
             .or(existing.as_ref().map(|c| c.sent_status))
+            .unwrap_or(true),
+        delivered_status: relayed
+            .map(|r| r.delivered)
+            .or(existing.as_ref().map(|c| c.delivered_status))
+            .unwrap_or(true),
+        read_status: relayed
+            .map(|r| r.read)
+            .or(existing.as_ref().map(|c| c.read_status))
             .unwrap_or(true),
         api_key_hash: Some(hash),
         name,

@@ -32,6 +32,17 @@ pub fn onprem_application_settings_patch(body: &Value) -> Result<Value, Translat
     }
     if let Some(webhooks) = patch.get("webhooks") {
         let webhooks = as_object(webhooks, "webhooks")?;
+        if let Some(message) = webhooks.get("message") {
+            let message = as_object(message, "webhooks.message")?;
+            for status in ["sent", "delivered", "read"] {
+                if message.get(status).is_some_and(|v| !v.is_boolean()) {
+                    return Err(TranslateError::wrong_type(
+                        format!("webhooks.message.{status}"),
+                        "a boolean",
+                    ));
+                }
+            }
+        }
         if let Some(url) = webhooks.get("url") {
             let url = url
                 .as_str()

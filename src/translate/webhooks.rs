@@ -9,16 +9,51 @@ use serde_json::{json, Map, Value};
 use super::errors::cloud_to_onprem_webhook_error;
 use super::TranslateError;
 
-/// The client's On-Premise choices that change what is delivered.
+/// The client's On-Premise choices that change what is delivered: which message statuses it
+/// wants. Everything else (messages, `failed`, `deleted`, `warning`, errors) always goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WebhookOptions {
-    /// On-Premise's `sent_status`: false drops `sent` statuses.
-    pub sent_status: bool,
+    /// `sent` statuses: off when `sent_status` or `webhooks.message.sent` is false.
+    pub sent: bool,
+    /// `delivered` statuses: off when `webhooks.message.delivered` is false.
+    pub delivered: bool,
+    /// `read` statuses (and Cloud's `played`, relayed as `read`): off when
+    /// `webhooks.message.read` is false.
+    pub read: bool,
 }
 
 impl Default for WebhookOptions {
     fn default() -> Self {
-        WebhookOptions { sent_status: true }
+        WebhookOptions {
+            sent: true,
+            delivered: true,
+            read: true,
+        }
+    }
+}
+
+impl WebhookOptions {
+    /// The choices an application settings document makes. On-Premise 2.41.2 added
+    /// `webhooks.message.{sent,delivered,read}` as the preferred switch over the older
+    /// `sent_status`; both keep working, and the stricter wins (either one off drops `sent`).
+    /// Only an explicit `false` turns a status off: Cloud always reports all three, and a
+    /// client that never chose should lose nothing.
+    pub fn from_application_settings(settings: &Value) -> Self {
+        let off = |pointer: &str| settings.pointer(pointer) == Some(&Value::Bool(false));
+        WebhookOptions {
+            sent: !off("/sent_status") && !off("/webhooks/message/sent"),
+            delivered: !off("/webhooks/message/delivered"),
+            read: !off("/webhooks/message/read"),
+        }
+    }
+
+    fn relays(&self, status: &Value) -> bool {
+        match status.get("status").and_then(Value::as_str) {
+            Some("sent") => self.sent,
+            Some("delivered") => self.delivered,
+            Some("read" | "played") => self.read,
+            _ => true,
+        }
     }
 }
 
@@ -103,9 +138,7 @@ fn messages_change(
     if let Some(Value::Array(statuses)) = value.remove("statuses") {
         let kept: Vec<Value> = statuses
             .into_iter()
-            .filter(|s| {
-                options.sent_status || s.get("status").and_then(Value::as_str) != Some("sent")
-            })
+            .filter(|s| options.relays(s))
             .map(status)
             .collect();
         if !kept.is_empty() {
@@ -261,7 +294,10 @@ mod tests {
             &envelope(
                 json!({"statuses": [{"id": "wamid.A", "status": "sent", "recipient_id": "155"}]}),
             ),
-            WebhookOptions { sent_status: false },
+            WebhookOptions {
+                sent: false,
+                ..WebhookOptions::default()
+            },
         )
         .unwrap();
         assert!(t.payloads.is_empty() && t.skipped.is_empty());
