@@ -533,3 +533,144 @@ async fn a_provider_host_that_fails_is_a_media_download_error() {
         "nothing may be sent when the media could not be fetched"
     );
 }
+
+/// On-Premise allowed `provider` on any media object, not only the message's own: template
+/// header parameters (carousel cards included) and interactive headers. Each is fetched with its
+/// provider's credentials, uploaded, and sent by id; `filename` and `caption` stay.
+#[tokio::test]
+async fn providers_on_template_headers_cards_and_interactive_headers_are_each_uploaded() {
+    let mock = MockUpstream::start().await;
+    let media_host = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let providers = json!([
+        {"name": "files", "config": {"basic": {"username": "ann", "password": "s3cret"}}},
+        {"name": "cdn", "config": {"bearer": "tok-123"}}
+    ]);
+    send_json(
+        &proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers.to_string(),
+    )
+    .await;
+    let (pdf, jpeg_a, jpeg_b) = (payload(3_000), payload(4_000), payload(5_000));
+    for (mime, body) in [
+        ("application/pdf", &pdf),
+        ("image/jpeg", &jpeg_a),
+        ("image/jpeg", &jpeg_b),
+    ] {
+        media_host.push(Behaviour::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), mime.into())],
+            body: body.clone(),
+        });
+    }
+    let host = media_host.url();
+    let template = json!({"to": "15551234567", "type": "template", "template": {
+    "namespace": "ns", "name": "ticket", "language": {"policy": "deterministic", "code": "en"},
+    "components": [
+        {"type": "header", "parameters": [{"type": "document", "document":
+            {"link": format!("{host}/t.pdf"), "filename": "ticket.pdf", "provider": {"name": "files"}}}]},
+        {"type": "carousel", "cards": [
+            {"card_index": 0, "components": [{"type": "header", "parameters": [{"type": "image",
+                "image": {"link": format!("{host}/a.jpg"), "provider": {"name": "cdn"}}}]}]},
+            {"card_index": 1, "components": [{"type": "header", "parameters": [{"type": "image",
+                "image": {"link": format!("{host}/b.jpg"), "provider": {"name": "cdn"}}}]}]}
+        ]}
+    ]}});
+    let answer = send_json(&proxy, "POST", "/v1/messages", &template.to_string()).await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+
+    let fetched = media_host.requests();
+    let fetched: Vec<_> = fetched
+        .iter()
+        .map(|r| (r.path_and_query.as_str(), r.header("authorization")))
+        .collect();
+    assert_eq!(
+        fetched,
+        [
+            ("/t.pdf", Some("Basic YW5uOnMzY3JldA==")),
+            ("/a.jpg", Some("Bearer tok-123")),
+            ("/b.jpg", Some("Bearer tok-123")),
+        ]
+    );
+    assert!(media_host
+        .requests()
+        .iter()
+        .all(|r| r.header("d360-api-key").is_none()));
+    let sent = mock.requests();
+    let message = sent
+        .iter()
+        .find(|r| r.path_and_query == "/messages")
+        .unwrap()
+        .json();
+    assert!(!message.to_string().contains("provider"), "{message}");
+    let document = &message["template"]["components"][0]["parameters"][0]["document"];
+    assert_eq!(document["filename"], "ticket.pdf");
+    assert_eq!(document.get("link"), None);
+    assert_eq!(mock.media(document["id"].as_str().unwrap()).unwrap().1, pdf);
+    let cards = &message["template"]["components"][1]["cards"];
+    for (card, bytes) in [(0, &jpeg_a), (1, &jpeg_b)] {
+        let image = &cards[card]["components"][0]["parameters"][0]["image"];
+        assert_eq!(image.get("link"), None);
+        assert_eq!(&mock.media(image["id"].as_str().unwrap()).unwrap().1, bytes);
+    }
+
+    // An interactive message's media header.
+    media_host.push(Behaviour::Respond {
+        status: 200,
+        headers: vec![("content-type".into(), "video/mp4".into())],
+        body: payload(6_000),
+    });
+    let interactive = json!({"to": "15551234567", "type": "interactive", "interactive": {
+        "type": "button",
+        "header": {"type": "video", "video": {"link": format!("{host}/v.mp4"), "provider": {"name": "cdn"}}},
+        "body": {"text": "Watch and confirm"},
+        "action": {"buttons": [{"type": "reply", "reply": {"id": "ok", "title": "OK"}}]}}});
+    let answer = send_json(&proxy, "POST", "/v1/messages", &interactive.to_string()).await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    let message = mock.requests().pop().unwrap().json();
+    let video = &message["interactive"]["header"]["video"];
+    assert_eq!((video.get("link"), video.get("provider")), (None, None));
+    assert_eq!(
+        mock.media(video["id"].as_str().unwrap()).unwrap().1,
+        payload(6_000)
+    );
+}
+
+/// A nested provider link that cannot be fetched fails the send like a top-level one does, and
+/// a provider that is not configured is refused before anything is fetched.
+#[tokio::test]
+async fn a_nested_provider_link_that_fails_is_a_media_download_error_and_nothing_is_sent() {
+    let mock = MockUpstream::start().await;
+    let media_host = MockUpstream::start().await;
+    media_host.push(Behaviour::Respond {
+        status: 404,
+        headers: vec![],
+        body: Bytes::new(),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
+    send_json(
+        &proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers,
+    )
+    .await;
+    let header = |provider: &str| {
+        json!({"to": "1", "type": "template", "template": {"name": "t", "language": {"code": "en"},
+            "components": [{"type": "header", "parameters": [{"type": "image",
+                "image": {"link": format!("{}/gone.jpg", media_host.url()), "provider": {"name": provider}}}]}]}})
+    };
+    let answer = send_json(&proxy, "POST", "/v1/messages", &header("cdn").to_string()).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 400));
+    let unknown = send_json(&proxy, "POST", "/v1/messages", &header("nope").to_string()).await;
+    assert_eq!((unknown.status, unknown.onprem_error_code()), (400, 1009));
+    assert!(unknown.json()["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .starts_with("template.components[0].parameters[0].image.provider.name"));
+    assert_eq!(media_host.requests().len(), 1);
+    assert!(mock.requests().is_empty());
+}

@@ -270,7 +270,7 @@ async fn serve(
         // the translation below.
         Route::SendMessage if body.windows(10).any(|w| w == b"\"provider\"") => {
             if let Ok(message) = crate::translate::parse_body(&body) {
-                match providers::resolve_provider_link(state, &headers, &message).await? {
+                match providers::resolve_provider_links(state, &headers, message).await? {
                     None => {}
                     Some(Ok(by_id)) => body = Bytes::from(by_id.to_string()),
                     Some(Err(refused)) => return Ok(refused),

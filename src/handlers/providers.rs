@@ -14,7 +14,7 @@ use crate::handlers::AppState;
 use crate::translate::errors::{onprem_error_for, OnPremError};
 use crate::translate::media::{
     merge_media_providers, onprem_media_providers, onprem_media_providers_answer,
-    provider_authorization, provider_link, send_by_uploaded_id,
+    provider_authorization, provider_links, send_by_uploaded_id,
 };
 use crate::translate::{parse_body, TranslateError};
 
@@ -108,16 +108,18 @@ pub(super) async fn manage(
     }
 }
 
-/// For a send whose media is a provider link: fetch, upload, and return the send rewritten to
-/// use the uploaded id. Other sends come back as `None` (nothing to do).
-pub(super) async fn resolve_provider_link(
+/// For a send with media links that name a provider (the message's own media, template header
+/// parameters, an interactive header): fetch each, upload it, and return the send rewritten to
+/// use the uploaded ids. Sends without any come back as `None` (nothing to do).
+pub(super) async fn resolve_provider_links(
     state: &AppState,
     upstream_headers: &HeaderMap,
-    message: &Value,
+    mut message: Value,
 ) -> Result<Option<Result<Value, Reply>>, ProxyError> {
-    let Some((kind, link, provider_name)) = provider_link(message) else {
+    let links = provider_links(&message);
+    if links.is_empty() {
         return Ok(None);
-    };
+    }
     let key = api_key(upstream_headers)?;
     let providers = stored(
         state
@@ -126,32 +128,49 @@ pub(super) async fn resolve_provider_link(
             .await
             .map_err(ProxyError::Storage)?,
     );
-    let Some(provider) = providers.iter().find(|p| p["name"] == provider_name) else {
-        return Err(ProxyError::Rejected(OnPremError::new(
-            400,
-            1009,
-            format!("{kind}.provider.name: no media provider named {provider_name} is configured"),
-        )));
-    };
-    let uri: Uri = link
-        .parse()
-        .ok()
-        .filter(|u: &Uri| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
-        .ok_or_else(|| {
-            ProxyError::Rejected(OnPremError::new(
+    // Every link is checked before the first fetch, so a bad second link does not leave an
+    // orphan upload behind the first.
+    let mut fetches = Vec::with_capacity(links.len());
+    for link in &links {
+        let Some(provider) = providers.iter().find(|p| p["name"] == link.provider_name) else {
+            return Err(ProxyError::Rejected(OnPremError::new(
                 400,
                 1009,
-                format!("{kind}.link is not an http(s) URL"),
-            ))
-        })?;
-    let mut fetch_headers = HeaderMap::new();
-    if let Some(value) =
-        provider_authorization(provider).and_then(|a| HeaderValue::from_str(&a).ok())
-    {
-        fetch_headers.insert(header::AUTHORIZATION, value);
+                format!(
+                    "{}.provider.name: no media provider named {} is configured",
+                    link.path, link.provider_name
+                ),
+            )));
+        };
+        let uri: Uri = link
+            .link
+            .parse()
+            .ok()
+            .filter(|u: &Uri| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            })
+            .ok_or_else(|| {
+                ProxyError::Rejected(OnPremError::new(
+                    400,
+                    1009,
+                    format!("{}.link is not an http(s) URL", link.path),
+                ))
+            })?;
+        let mut fetch_headers = HeaderMap::new();
+        if let Some(value) =
+            provider_authorization(provider).and_then(|a| HeaderValue::from_str(&a).ok())
+        {
+            fetch_headers.insert(header::AUTHORIZATION, value);
+        }
+        fetches.push((link, uri, fetch_headers));
     }
-    match fetch_and_upload(state, uri, fetch_headers, upstream_headers.clone()).await? {
-        Uploaded::Id(id) => Ok(Some(Ok(send_by_uploaded_id(message, kind, &id)))),
-        Uploaded::Refused(reply) => Ok(Some(Err(reply))),
+    // One after another: each is a full media transfer under the media deadline, and Cloud
+    // takes uploads of one number in turn anyway.
+    for (link, uri, fetch_headers) in fetches {
+        match fetch_and_upload(state, uri, fetch_headers, upstream_headers.clone()).await? {
+            Uploaded::Id(id) => send_by_uploaded_id(&mut message, &link.pointer, &id),
+            Uploaded::Refused(reply) => return Ok(Some(Err(reply))),
+        }
     }
+    Ok(Some(Ok(message)))
 }

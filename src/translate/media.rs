@@ -255,16 +255,99 @@ pub fn onprem_media_providers_answer(stored: &[Value], meta: &Meta) -> Value {
     json!({"settings": {"application": {"media": {"providers": stored}}}, "meta": meta.to_value()})
 }
 
-/// A send whose media is a `link` with a named `provider`: (type, link, provider name).
-pub fn provider_link(message: &Value) -> Option<(&str, &str, &str)> {
-    let kind = message.get("type")?.as_str()?;
-    if !["image", "video", "document", "audio", "sticker"].contains(&kind) {
-        return None;
+/// A media object of a send that is a `link` with a named On-Premise `provider`: the proxy
+/// fetches it with that provider's credentials, uploads it and sends it by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderLink {
+    /// JSON pointer to the media object (`/image`, `/template/components/0/parameters/0/video`,
+    /// `/interactive/header/document`).
+    pub pointer: String,
+    /// Dotted path for error details (`template.components[0].parameters[0].video`).
+    pub path: String,
+    pub link: String,
+    pub provider_name: String,
+}
+
+/// Every media object of a send that names a provider. On-Premise allowed `provider` on any
+/// media object: the message's own, a template header parameter, an interactive header.
+pub fn provider_links(message: &Value) -> Vec<ProviderLink> {
+    let mut found = Vec::new();
+    let mut look = |media: Option<&Value>, pointer: String, path: String| {
+        let Some(media) = media else { return };
+        let link = media.get("link").and_then(Value::as_str);
+        let name = media
+            .get("provider")
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str);
+        if let (Some(link), Some(name)) = (link, name) {
+            found.push(ProviderLink {
+                pointer,
+                path,
+                link: link.to_owned(),
+                provider_name: name.to_owned(),
+            });
+        }
+    };
+    let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+    if ["image", "video", "document", "audio", "sticker"].contains(&kind) {
+        look(message.get(kind), format!("/{kind}"), kind.to_owned());
     }
-    let media = message.get(kind)?;
-    let link = media.get("link")?.as_str()?;
-    let provider = media.get("provider")?.get("name")?.as_str()?;
-    Some((kind, link, provider))
+    if let Some(components) = message.pointer("/template/components") {
+        template_provider_links(
+            components,
+            "/template/components",
+            "template.components",
+            &mut look,
+        );
+    }
+    if let Some(header) = message.pointer("/interactive/header") {
+        for media in ["image", "video", "document"] {
+            look(
+                header.get(media),
+                format!("/interactive/header/{media}"),
+                format!("interactive.header.{media}"),
+            );
+        }
+    }
+    found
+}
+
+/// Media parameters of template components that name a provider, carousel cards' own
+/// components included.
+fn template_provider_links(
+    components: &Value,
+    pointer: &str,
+    path: &str,
+    look: &mut impl FnMut(Option<&Value>, String, String),
+) {
+    let Value::Array(components) = components else {
+        return;
+    };
+    for (c, component) in components.iter().enumerate() {
+        if let Some(Value::Array(parameters)) = component.get("parameters") {
+            for (p, parameter) in parameters.iter().enumerate() {
+                for media in ["image", "video", "document"] {
+                    look(
+                        parameter.get(media),
+                        format!("{pointer}/{c}/parameters/{p}/{media}"),
+                        format!("{path}[{c}].parameters[{p}].{media}"),
+                    );
+                }
+            }
+        }
+        if let Some(Value::Array(cards)) = component.get("cards") {
+            for (k, card) in cards.iter().enumerate() {
+                if let Some(card_components) = card.get("components") {
+                    template_provider_links(
+                        card_components,
+                        &format!("{pointer}/{c}/cards/{k}/components"),
+                        &format!("{path}[{c}].cards[{k}].components"),
+                        look,
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The `Authorization` header value a provider's config asks for, if any.
@@ -281,15 +364,14 @@ pub fn provider_authorization(provider: &Value) -> Option<String> {
     Some(format!("Basic {encoded}"))
 }
 
-/// The send rewritten to use the id of the media the proxy uploaded in its place.
-pub fn send_by_uploaded_id(message: &Value, kind: &str, media_id: &str) -> Value {
-    let mut message = message.clone();
-    if let Some(Value::Object(media)) = message.get_mut(kind) {
+/// The media object at `pointer` rewritten to use the id of the media the proxy uploaded in its
+/// place; `caption` and `filename` stay.
+pub fn send_by_uploaded_id(message: &mut Value, pointer: &str, media_id: &str) {
+    if let Some(Value::Object(media)) = message.pointer_mut(pointer) {
         media.remove("link");
         media.remove("provider");
         media.insert("id".into(), Value::from(media_id));
     }
-    message
 }
 
 #[cfg(test)]

@@ -13,6 +13,13 @@ pub const TEXT_BODY_MAX_CHARS: usize = 4096;
 
 const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"];
 
+/// Top-level send fields that exist only in On-Premise and have no Cloud form, so they are
+/// removed: `render_mentions` (Cloud renders mentions itself) and `ttl` (the message
+/// time-to-live, deprecated in On-Premise 2.33; Cloud keeps undelivered messages for 30 days
+/// and has no per-message setting). Cloud refuses unknown top-level keys, so leaving either in
+/// would fail the send.
+pub const ONPREM_ONLY_FIELDS: [&str; 2] = ["render_mentions", "ttl"];
+
 /// On-Premise send body -> Cloud `POST /messages` body.
 pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
     onprem_to_cloud_send_owned(body.clone())
@@ -32,7 +39,9 @@ pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> 
     // On-Premise-only fields: taken out, and rewritten where they have a Cloud form
     // (`render_mentions` has none: Cloud renders mentions itself).
     let preview_url = message.remove("preview_url");
-    message.remove("render_mentions");
+    for only_onprem in ONPREM_ONLY_FIELDS {
+        message.remove(only_onprem);
+    }
     let hsm = message.remove("hsm");
     let mut out = message;
     out.insert("messaging_product".into(), Value::from("whatsapp"));
@@ -60,6 +69,10 @@ pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> 
         media if MEDIA_TYPES.contains(&media) => {
             let object = take_type_object(&mut out, media)?;
             out.insert(media.to_owned(), rewrite_media(media, object)?);
+        }
+        "interactive" => {
+            let interactive = take_type_object(&mut out, "interactive")?;
+            out.insert("interactive".into(), rewrite_interactive(interactive)?);
         }
         // location, contacts, interactive, reaction and anything Cloud-only: unchanged. A type
         // Cloud does not know comes back from it as 131051, answered as On-Premise's 501.
@@ -133,6 +146,27 @@ fn rewrite_media(kind: &str, media: Value) -> Result<Value, TranslateError> {
     }
     Ok(Value::Object(media))
 }
+
+/// An interactive message passes through, except that a media header may carry On-Premise's
+/// `provider` like any media object. The shell has already replaced a configured provider's
+/// link by an uploaded id; what is left of `provider` has no Cloud form.
+fn rewrite_interactive(interactive: Value) -> Result<Value, TranslateError> {
+    let mut interactive = match interactive {
+        Value::Object(interactive) => interactive,
+        _ => return Err(TranslateError::wrong_type("interactive", "an object")),
+    };
+    if let Some(Value::Object(header)) = interactive.get_mut("header") {
+        for kind in HEADER_MEDIA_TYPES {
+            if let Some(Value::Object(media)) = header.get_mut(kind) {
+                media.remove("provider");
+            }
+        }
+    }
+    Ok(Value::Object(interactive))
+}
+
+/// The media objects a template header parameter or an interactive header may carry.
+pub const HEADER_MEDIA_TYPES: [&str; 3] = ["image", "video", "document"];
 
 /// Cloud send answer -> On-Premise send answer (sent with HTTP 201 by the caller).
 /// Ids and `wa_id`s are kept exactly: later statuses and mark-as-read use them, and clients

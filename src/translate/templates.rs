@@ -160,6 +160,16 @@ fn rewrite_component(component: &mut Value, path: &str) -> Result<(), TranslateE
         let index = n.to_string();
         component.insert("index".into(), Value::String(index));
     }
+    // A carousel's cards carry components of their own (a media header each).
+    if let Some(Value::Array(cards)) = component.get_mut("cards") {
+        for (k, card) in cards.iter_mut().enumerate() {
+            if let Some(Value::Array(components)) = card.get_mut("components") {
+                for (i, inner) in components.iter_mut().enumerate() {
+                    rewrite_component(inner, &format!("{path}.cards[{k}].components[{i}]"))?;
+                }
+            }
+        }
+    }
     match component.get_mut("parameters") {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Array(parameters)) => {
