@@ -911,7 +911,7 @@ async fn a_200_carrying_an_error_body_is_not_a_success() {
         r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
     )
     .await;
-    assert_eq!((answer.status, answer.onprem_error_code()), (400, 1013));
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 1026));
 }
 
 #[tokio::test]

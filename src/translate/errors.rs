@@ -61,40 +61,72 @@ pub fn onprem_title(code: i64) -> Option<&'static str> {
         1013 => "User is not valid",
         1014 => "Internal error",
         1015 => "Too many requests",
+        1016 => "System overloaded",
         1021 => "Bad user",
+        1026 => "Receiver Incapable",
+        1031 => "Sender account has been locked",
         2000 => "Template Param Count Mismatch",
         2001 => "Template Missing",
         2005 => "Template Hydrated Text Too Long",
         2007 => "Template Format Character Policy Violated",
         2012 => "Template Parameter Format Mismatch",
+        2061 => "Template Paused",
+        2062 => "Template Disabled",
+        2068 => "Flow is blocked",
+        2069 => "Flow is throttled",
         _ => return None,
     })
 }
 
-/// SPEC §9's table: Cloud code -> (On-Premise code, HTTP status). `None` keeps the Cloud code
-/// and the upstream status.
+/// Cloud code -> (On-Premise code, HTTP status). `None` keeps the Cloud code and the upstream
+/// status. Sources, each row checked against them (README "Error codes" has the table):
+/// - Cloud codes, titles and HTTP statuses: Meta, "WhatsApp error codes"
+///   (developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes, Dec 2025).
+/// - On-Premise codes and titles: Meta, "Error and Status Messages"
+///   (developers.facebook.com/docs/whatsapp/api/errors) and the titles copied from it in
+///   great-detail/WhatsApp-Nodejs-SDK `src/types/Error.ts`.
 fn map_cloud_code(cloud_code: i64) -> Option<(i64, u16)> {
     Some(match cloud_code {
         0 | 190 => (1005, 401),
+        // Code 3 is a 500 on Cloud, but it means a missing capability: retrying cannot help.
         3 | 10 | 200..=299 | 131005 => (1005, 403),
+        // Cloud answers these with 400; 429 is what makes On-Premise clients back off.
         4 | 80007 | 130429 | 131056 => (1015, 429),
         100 | 131009 => (1009, 400),
         131008 => (1008, 400),
+        // "API Unknown: invalid request or possible server error", a 400 on Cloud. Not 503:
+        // clients retry 503, and a malformed request would be sent again and again.
+        1 => (1000, 400),
         131000 => (1000, 500),
-        1 | 2 | 133010 => (1011, 503),
+        // Passing outages ("API Service", "Service unavailable", "Server temporarily
+        // unavailable"): Service not ready, which clients retry.
+        2 | 131016 | 133004 => (1011, 503),
         131021 => (1021, 400),
-        131026 => (1013, 400),
+        // Message undeliverable (not a WhatsApp user, old app, terms not accepted): the failure
+        // On-Premise called 1026 Receiver Incapable, in answers and in failed statuses alike.
+        131026 => (1026, 400),
+        131031 => (1031, 403),
         131047 => (470, 400),
         131048 => (471, 400),
         130472 => (472, 400),
         131042 => (402, 400),
         131051 => (501, 400),
         131052 => (400, 400),
+        // Media upload error: On-Premise reported a failed media upload as 1014.
+        131053 => (1014, 400),
         132000 => (2000, 400),
         132001 => (2001, 404),
         132005 => (2005, 400),
         132007 => (2007, 400),
         132012 => (2012, 400),
+        // Template paused / disabled are 2061 / 2062 on On-Premise; its 2015 and 2016 are
+        // list-message errors (sections, rows).
+        132015 => (2061, 400),
+        132016 => (2062, 400),
+        132068 => (2068, 400),
+        132069 => (2069, 400),
+        // Everything else, 133010 (number not registered) included: a setup error with no
+        // On-Premise twin keeps its Cloud code and Cloud's status (400, so it is not retried).
         _ => return None,
     })
 }
@@ -286,9 +318,12 @@ mod tests {
         ]
         .into_iter()
         .chain([
-            131000, 1, 2, 133010, 131021, 131026, 131047, 131048, 130472, 131042,
+            131000, 1, 2, 131016, 133004, 131021, 131026, 131031, 131047, 131048, 130472, 131042,
         ])
-        .chain([131051, 131052, 132000, 132001, 132005, 132007, 132012])
+        .chain([
+            131051, 131052, 131053, 132000, 132001, 132005, 132007, 132012,
+        ])
+        .chain([132015, 132016, 132068, 132069])
         {
             let (code, _) = map_cloud_code(cloud).unwrap();
             assert!(

@@ -18,8 +18,13 @@ pub struct MediaKind {
     pub extension: &'static str,
 }
 
-/// Cloud's supported media types and limits. Stickers (webp) get the animated limit, 500 KB:
-/// a static sticker over 100 KB is refused by Cloud itself.
+/// Cloud's supported media types and limits, from Meta's Cloud API media reference
+/// (developers.facebook.com/docs/whatsapp/cloud-api/reference/media, "Supported media types",
+/// December 2025): audio aac/amr/mpeg/mp4/ogg (Opus only) 16 MB; documents txt, pdf and the MS
+/// Office formats 100 MB; images jpeg/png 5 MB; stickers webp 100 KB static, 500 KB animated;
+/// video mp4/3gpp 16 MB. Meta's OpenAPI document (business-messaging-api_v23.0.yaml, the media
+/// upload examples) names no types or limits of its own. Stickers get the animated limit: a
+/// static sticker over 100 KB is refused by Cloud itself.
 const KINDS: [MediaKind; 18] = [
     kind("image/jpeg", 5 * MIB, "jpg"),
     kind("image/png", 5 * MIB, "png"),
@@ -386,6 +391,35 @@ mod tests {
         );
         assert!(upload_kind(Some("application/x-msdownload")).is_err());
         assert!(upload_kind(None).is_err());
+    }
+
+    #[test]
+    fn accepted_types_are_exactly_meta_s_table() {
+        let accepted: Vec<(&str, u64)> = KINDS.iter().map(|k| (k.mime, k.limit)).collect();
+        let office = "application/vnd.openxmlformats-officedocument";
+        assert_eq!(
+            accepted,
+            [
+                ("image/jpeg", 5 * MIB),
+                ("image/png", 5 * MIB),
+                ("image/webp", 500 * 1024),
+                ("audio/aac", 16 * MIB),
+                ("audio/amr", 16 * MIB),
+                ("audio/mpeg", 16 * MIB),
+                ("audio/mp4", 16 * MIB),
+                ("audio/ogg", 16 * MIB),
+                ("video/mp4", 16 * MIB),
+                ("video/3gpp", 16 * MIB),
+                ("text/plain", 100 * MIB),
+                ("application/pdf", 100 * MIB),
+                ("application/msword", 100 * MIB),
+                ("application/vnd.ms-excel", 100 * MIB),
+                ("application/vnd.ms-powerpoint", 100 * MIB),
+                (&*format!("{office}.wordprocessingml.document"), 100 * MIB),
+                (&*format!("{office}.spreadsheetml.sheet"), 100 * MIB),
+                (&*format!("{office}.presentationml.presentation"), 100 * MIB),
+            ]
+        );
     }
 
     #[test]
