@@ -31,6 +31,9 @@ use waba_onprem_proxy::translate::request::{cloud_to_onprem_response, onprem_to_
 use waba_onprem_proxy::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
 use waba_onprem_proxy::translate::Meta;
 
+#[path = "data/cloud_keys_check.rs"]
+mod cloud_keys_check;
+
 fn meta() -> Meta {
     Meta::new("v2.53.0")
 }
@@ -99,7 +102,9 @@ fn error_value(status: u16, body: Value) -> Value {
 }
 
 /// The areas this file runs. A folder that is not one of them would never run: that fails.
-const AREAS: [&str; 5] = [
+const AREAS: [&str; 7] = [
+    "corpus_requests",
+    "corpus_webhooks",
     "media_providers",
     "messages",
     "requests",
@@ -150,6 +155,9 @@ fn messages_fixtures_translate_sends_to_cloud() {
                     "error"
                 };
                 let file = path("messages", case, expected_side);
+                if actual.0 == "cloud" {
+                    check_cloud_keys(&mut failures, &file, &actual.1);
+                }
                 check(
                     &mut failures,
                     &file,
@@ -172,10 +180,24 @@ fn messages_fixtures_translate_sends_to_cloud() {
 
 #[test]
 fn requests_fixtures_match_the_translate_command() {
+    run_requests("requests");
+}
+
+/// Real client bodies, each with its `source`: the conformance corpus.
+#[test]
+fn corpus_requests_from_real_clients_translate_as_on_premise_meant_them() {
+    run_requests("corpus_requests");
+}
+
+/// `requests`-shaped cases: `<case>.onprem.json` (`{"method","path","body"}`, in the corpus also
+/// `{"source","shows","notes"}`) -> `<case>.cloud.json` (what `translate` prints) or
+/// `<case>.error.json`. Every Cloud send produced is checked against Meta's key table.
+fn run_requests(area: &str) {
     let mut failures = Vec::new();
-    let cases = cases("requests");
+    let cases = cases(area);
     for (case, sides) in &cases {
-        let input = read(&path("requests", case, "onprem"));
+        let input = read(&path(area, case, "onprem"));
+        check_source(&mut failures, area, case, &input);
         let method = input["method"].as_str().expect("method");
         let req_path = input["path"].as_str().expect("path");
         let body = match &input["body"] {
@@ -197,12 +219,21 @@ fn requests_fixtures_match_the_translate_command() {
         {
             ["cloud", "onprem"] => "cloud",
             ["error", "onprem"] => "error",
-            other => panic!("fixtures/requests/{case}: orphan or extra files {other:?}"),
+            ["onprem"] => {
+                bless(&mut failures, area, case, status, &actual);
+                continue;
+            }
+            other => panic!("fixtures/{area}/{case}: orphan or extra files {other:?}"),
         };
-        let file = path("requests", case, expected_side);
+        let file = path(area, case, expected_side);
         let expected = read(&file);
         match status {
-            None => check(&mut failures, &file, &expected, &actual),
+            None => {
+                if actual["path"] == "/messages" {
+                    check_cloud_keys(&mut failures, &file, &actual["body"]);
+                }
+                check(&mut failures, &file, &expected, &actual)
+            }
             Some(status) => check(
                 &mut failures,
                 &file,
@@ -211,7 +242,70 @@ fn requests_fixtures_match_the_translate_command() {
             ),
         }
     }
-    finish("requests", cases.len(), failures);
+    finish(area, cases.len(), failures);
+}
+
+/// A corpus case must say where it comes from, so a reader can check it.
+fn check_source(failures: &mut Vec<String>, area: &str, case: &str, input: &Value) {
+    if area.starts_with("corpus") {
+        let cited = input["source"].as_str().is_some_and(|s| s.len() > 10)
+            && input["shows"].as_str().is_some_and(|s| !s.is_empty());
+        if !cited {
+            failures.push(format!(
+                "fixtures/{area}/{case}: a corpus case needs \"source\" and \"shows\""
+            ));
+        }
+    }
+}
+
+/// A case with no expected side yet: with `WABA_FIXTURES_BLESS=1` the current answer is written
+/// for review (never over an existing file); otherwise it is an orphan and fails.
+fn bless(failures: &mut Vec<String>, area: &str, case: &str, status: Option<u16>, actual: &Value) {
+    if std::env::var_os("WABA_FIXTURES_BLESS").is_none() {
+        failures.push(format!("fixtures/{area}/{case}: orphan, no expected side"));
+        return;
+    }
+    let (side, value) = match status {
+        None => ("cloud", actual.clone()),
+        Some(status) => ("error", error_value(status, actual.clone())),
+    };
+    let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
+    fs::write(path(area, case, side), text).unwrap();
+}
+
+/// Sends that name keys their place does not allow in Meta's OpenAPI table, by design: the
+/// proxy passes unknown fields through for Cloud to judge (README, Decisions), so these bodies
+/// keep what the client sent. Each is a case a reader can learn from.
+const UNKNOWN_KEYS_PASSED_FOR_CLOUD_TO_JUDGE: [&str; 4] = [
+    // A top-level field the proxy does not know.
+    "text_unknown_top_level_fields_pass_through",
+    "unknown_type_passes_through_for_cloud_to_judge",
+    // ndoh-hub's outbound text carries `"random": "data"`.
+    "ndoh_text_preview_render_mentions_extra_field",
+    // gupshup's documentation spells the interactive header `Header`.
+    "gupshup_doc_interactive_product_list_capital_header",
+];
+
+/// Checks a Cloud send body against the key table derived from Meta's OpenAPI document
+/// (`tests/data/`): no On-Premise-only key anywhere, no key Cloud's objects do not have.
+fn check_cloud_keys(failures: &mut Vec<String>, file: &Path, send: &Value) {
+    let case = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').next())
+        .unwrap_or_default();
+    let violations = cloud_keys_check::cloud_send_violations(send);
+    if !violations.is_empty() && !UNKNOWN_KEYS_PASSED_FOR_CLOUD_TO_JUDGE.contains(&case) {
+        failures.push(format!(
+            "{}: keys Cloud does not accept there: {violations:?}",
+            file.display()
+        ));
+    }
+}
+
+#[test]
+fn the_cloud_key_table_accepts_cloud_bodies_and_refuses_on_premise_keys() {
+    cloud_keys_check::self_check();
 }
 
 #[test]
@@ -300,17 +394,34 @@ fn media_providers_fixtures_validate_what_clients_register() {
 
 #[test]
 fn webhooks_fixtures_translate_cloud_events_to_onprem_payloads() {
+    run_webhooks("webhooks");
+}
+
+/// Cloud webhook posts from real sources (Meta's examples, client test data), each with its
+/// `source`.
+#[test]
+fn corpus_webhooks_from_real_sources_reach_clients_in_on_premise_shape() {
+    run_webhooks("corpus_webhooks");
+}
+
+/// `<case>.cloud.json` (a Cloud webhook post, or `{"_options"?,"envelope"}`, in the corpus with
+/// `{"source","shows","notes"}`) -> `<case>.onprem.json` (`{"payloads","skipped"}`) or
+/// `<case>.error.json` (refused).
+fn run_webhooks(area: &str) {
     let mut failures = Vec::new();
-    let cases = cases("webhooks");
+    let cases = cases(area);
     for (case, sides) in &cases {
-        let input = read(&path("webhooks", case, "cloud"));
-        let (envelope, options) = match input.get("_options") {
-            Some(options) => (
-                input["envelope"].clone(),
-                // `_options` is the client's application settings document.
-                WebhookOptions::from_application_settings(options),
+        let input = read(&path(area, case, "cloud"));
+        check_source(&mut failures, area, case, &input);
+        let (envelope, options) = match (input.get("envelope"), input.get("_options")) {
+            // `_options` is the client's application settings document.
+            (Some(envelope), options) => (
+                envelope.clone(),
+                options
+                    .map(WebhookOptions::from_application_settings)
+                    .unwrap_or_default(),
             ),
-            None => (input.clone(), WebhookOptions::default()),
+            (None, _) => (input.clone(), WebhookOptions::default()),
         };
         let result = cloud_to_onprem_webhook(&envelope, options);
         match (
@@ -326,18 +437,26 @@ fn webhooks_fixtures_translate_cloud_events_to_onprem_payloads() {
                     "payloads": translation.payloads.iter().map(|p| p.body.clone()).collect::<Vec<_>>(),
                     "skipped": translation.skipped,
                 });
-                let file = path("webhooks", case, "onprem");
+                let file = path(area, case, "onprem");
                 check(&mut failures, &file, &read(&file), &actual);
+            }
+            (["cloud"], Ok(translation)) if std::env::var_os("WABA_FIXTURES_BLESS").is_some() => {
+                let actual = json!({
+                    "payloads": translation.payloads.iter().map(|p| p.body.clone()).collect::<Vec<_>>(),
+                    "skipped": translation.skipped,
+                });
+                let text = serde_json::to_string_pretty(&actual).unwrap() + "\n";
+                fs::write(path(area, case, "onprem"), text).unwrap();
             }
             (["cloud", "error"], Err(_)) => {}
             (["cloud", "error"], Ok(t)) => failures.push(format!(
-                "fixtures/webhooks/{case}: expected refusal, got {t:?}"
+                "fixtures/{area}/{case}: expected refusal, got {t:?}"
             )),
             (["cloud", "onprem"], Err(e)) => {
-                failures.push(format!("fixtures/webhooks/{case}: refused: {e}"))
+                failures.push(format!("fixtures/{area}/{case}: refused: {e}"))
             }
-            (other, _) => panic!("fixtures/webhooks/{case}: orphan or extra files {other:?}"),
+            (other, _) => panic!("fixtures/{area}/{case}: orphan or extra files {other:?}"),
         }
     }
-    finish("webhooks", cases.len(), failures);
+    finish(area, cases.len(), failures);
 }

@@ -135,6 +135,29 @@ async fn records_requests_and_answers_messages_like_waba_v2() {
     assert_eq!(recorded[3].body, Bytes::from_static(b"not json"));
 }
 
+/// Like Cloud, the mock refuses keys Meta's OpenAPI table does not allow at their place: an
+/// On-Premise `provider` on a template header image, a top-level `ttl`.
+#[tokio::test]
+async fn sends_with_keys_cloud_does_not_accept_are_refused_like_cloud() {
+    let mock = MockUpstream::start().await;
+    let c = client();
+    for body in [
+        r#"{"messaging_product":"whatsapp","to":"1","type":"template","template":{"name":"t",
+            "language":{"code":"en"},"components":[{"type":"header","parameters":[{"type":"image",
+            "image":{"link":"https://x/a.jpg","provider":{"name":"cdn"}}}]}]}}"#,
+        r#"{"messaging_product":"whatsapp","to":"1","type":"text","ttl":604800,"text":{"body":"x"}}"#,
+    ] {
+        let a = send(&c, request(&mock, Method::POST, "/messages", body)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(a.json()["error"]["code"], 100);
+        let details = a.json()["error"]["error_data"]["details"].to_string();
+        assert!(
+            details.contains("provider") || details.contains("ttl"),
+            "{details}"
+        );
+    }
+}
+
 #[tokio::test]
 #[should_panic(expected = "is not JSON")]
 async fn recorded_json_panics_helpfully() {

@@ -30,7 +30,7 @@ async fn text_send_goes_upstream_in_cloud_shape_with_the_api_key() {
         "POST",
         "/v1/messages",
         r#"{"to":"15551234567","type":"text","preview_url":true,"render_mentions":true,
-            "text":{"body":"see https://example.com"},"x_future_field":{"a":1}}"#,
+            "text":{"body":"see https://example.com"},"biz_opaque_callback_data":"crm-42"}"#,
     )
     .await;
     assert_eq!(answer.status, 201, "{:?}", answer.body);
@@ -44,7 +44,7 @@ async fn text_send_goes_upstream_in_cloud_shape_with_the_api_key() {
         sent[0].json(),
         json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "15551234567",
                "type": "text", "text": {"body": "see https://example.com", "preview_url": true},
-               "x_future_field": {"a": 1}})
+               "biz_opaque_callback_data": "crm-42"})
     );
 }
 
@@ -351,7 +351,8 @@ async fn bad_requests_get_onprem_errors_and_never_reach_upstream() {
             1009,
         ),
         (r#"{"type":"text","text":{"body":"x"}}"#, 400, 1008),
-        (r#"{"to":"1","text":{"body":"x"}}"#, 400, 1008),
+        // No `type` is text, as in On-Premise: then `text` is missing.
+        (r#"{"to":"1"}"#, 400, 1008),
         (r#"{"to":"1","type":"image"}"#, 400, 1008),
         (r#"{"to":"1","type":"order"}"#, 400, 1008),
         (r#"[1,2]"#, 400, 1009),

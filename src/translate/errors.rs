@@ -148,8 +148,13 @@ pub fn cloud_to_onprem_webhook_error(error: &Value) -> Value {
         .or_else(|| text("title"))
         .or_else(|| text("message"))
         .unwrap_or_else(|| "Generic error".to_owned());
+    // On-Premise errors always explained themselves in `details`. Cloud puts the explanation in
+    // `error_data.details`, but its older webhooks (and courier's recorded ones) carry `details`
+    // beside the code, and some carry only a `title`.
     let details = error_data_details(error)
+        .or_else(|| text("details"))
         .or_else(|| text("message"))
+        .or_else(|| text("title"))
         .unwrap_or_default();
     let mut out = serde_json::Map::new();
     out.insert("code".into(), Value::from(code));

@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use super::templates::{onprem_hsm_to_cloud_template, onprem_to_cloud_template};
-use super::{as_object, join, required_str, Meta, TranslateError};
+use super::{as_object, join, optional_str, required_str, Meta, TranslateError};
 
 /// Cloud's limit for `text.body`; On-Premise answered 1001 "Message too long" past it.
 pub const TEXT_BODY_MAX_CHARS: usize = 4096;
@@ -34,7 +34,14 @@ pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> 
         _ => return Err(TranslateError::wrong_type("request body", "an object")),
     };
     required_str(&message, "", "to")?;
-    let kind = required_str(&message, "", "type")?.to_owned();
+    let kind = match optional_str(&message, "", "type")? {
+        Some(kind) => kind.to_owned(),
+        None => {
+            let kind = implied_type(&message);
+            message.insert("type".into(), Value::from(kind));
+            kind.to_owned()
+        }
+    };
 
     // On-Premise-only fields: taken out, and rewritten where they have a Cloud form
     // (`render_mentions` has none: Cloud renders mentions itself).
@@ -74,6 +81,10 @@ pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> 
             let interactive = take_type_object(&mut out, "interactive")?;
             out.insert("interactive".into(), rewrite_interactive(interactive)?);
         }
+        "contacts" => {
+            let contacts = take_type_object(&mut out, "contacts")?;
+            out.insert("contacts".into(), rewrite_contacts(contacts));
+        }
         // location, contacts, interactive, reaction and anything Cloud-only: unchanged. A type
         // Cloud does not know comes back from it as 131051, answered as On-Premise's 501.
         other => {
@@ -86,6 +97,35 @@ pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> 
         }
     }
     Ok(Value::Object(out))
+}
+
+/// The message types whose object a send may carry, for a send that names no `type`.
+const TYPE_OBJECTS: [&str; 12] = [
+    "text",
+    "image",
+    "video",
+    "document",
+    "audio",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "template",
+    "hsm",
+    "reaction",
+];
+
+/// `type` was optional in On-Premise (and is in Cloud), defaulting to `text`; real clients
+/// relied on it (seed-message-sender sends `{"to","text"}`). A send without `type` whose only type
+/// object is another one (gupshup's documented interactive sends) is taken as that type.
+fn implied_type(message: &Map<String, Value>) -> &'static str {
+    let mut present = TYPE_OBJECTS
+        .iter()
+        .filter(|kind| message.get(**kind).is_some_and(|v| !v.is_null()));
+    match (present.next(), present.next()) {
+        (Some(only), None) => only,
+        _ => "text",
+    }
 }
 
 /// The object named by `type`, which every message must carry, taken out for rewriting.
@@ -155,6 +195,21 @@ fn rewrite_interactive(interactive: Value) -> Result<Value, TranslateError> {
         Value::Object(interactive) => interactive,
         _ => return Err(TranslateError::wrong_type("interactive", "an object")),
     };
+    // 360dialog's On-Premise took `action` as JSON text too (chatwoot's 360dialog provider sends
+    // it so); Cloud wants the object.
+    if let Some(Value::String(text)) = interactive.get("action") {
+        match serde_json::from_str::<Value>(text) {
+            Ok(action @ Value::Object(_)) => {
+                interactive.insert("action".into(), action);
+            }
+            _ => {
+                return Err(TranslateError::wrong_type(
+                    "interactive.action",
+                    "an object",
+                ))
+            }
+        }
+    }
     if let Some(Value::Object(header)) = interactive.get_mut("header") {
         for kind in HEADER_MEDIA_TYPES {
             if let Some(Value::Object(media)) = header.get_mut(kind) {
@@ -163,6 +218,23 @@ fn rewrite_interactive(interactive: Value) -> Result<Value, TranslateError> {
         }
     }
     Ok(Value::Object(interactive))
+}
+
+/// Contact cards pass through, except that a card's list fields given as one object (positus's
+/// PHP client sends `"phones": {...}`) become the one-element list Cloud requires.
+fn rewrite_contacts(mut contacts: Value) -> Value {
+    if let Value::Array(cards) = &mut contacts {
+        for card in cards.iter_mut() {
+            let Value::Object(card) = card else { continue };
+            for list in ["phones", "emails", "urls", "addresses"] {
+                if let Some(single @ Value::Object(_)) = card.get_mut(list) {
+                    let one = single.take();
+                    *single = Value::Array(vec![one]);
+                }
+            }
+        }
+    }
+    contacts
 }
 
 /// The media objects a template header parameter or an interactive header may carry.

@@ -84,7 +84,9 @@ fn hsm_language_code(hsm: &Map<String, Value>) -> Result<String, TranslateError>
         (None, Some(_)) => Err(TranslateError::missing(
             "hsm.fallback_lg (the language that goes with hsm.fallback_lc)",
         )),
-        (None, None) => Err(TranslateError::missing("hsm.language.code")),
+        // No language at all: On-Premise took such hsms (seed-message-sender sent them for
+        // years) with its default, English.
+        (None, None) => Ok("en".to_owned()),
     }
 }
 

@@ -16,6 +16,10 @@
 //! lookaside URL ([`MockUpstream::media_url`]), and
 //! `GET /whatsapp_business/attachments/?mid=<id>&...` streams the bytes.
 
+/// Meta's OpenAPI key table for Cloud sends (`tests/data/`): the mock refuses what Cloud would.
+#[path = "../data/cloud_keys_check.rs"]
+mod cloud_keys_check;
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
@@ -994,7 +998,8 @@ fn graph_error(status: StatusCode, details: &str) -> Response<MockBody> {
 ///   error code 100, whatever the path;
 /// - `POST /messages`: `"status":"read"` -> `{"success":true}`; otherwise the
 ///   Cloud API send answer with `wamid.MOCK<n>` (n counts from 1 per mock);
-///   missing/invalid JSON or no `to` -> 400 Graph error code 100;
+///   missing/invalid JSON, no `to`, or a key Meta's OpenAPI table does not allow there (On-Premise
+///   keys such as `provider`, `ttl`, `hsm` included) -> 400 Graph error code 100;
 /// - `GET /v1/configs/templates...` -> one approved template `hello`;
 /// - `DELETE /<id>` -> `{"success":true}` (and media `<id>` is forgotten);
 /// - `GET /whatsapp_business_profile` -> a profile; `POST` -> `{"success":true}`;
@@ -1055,6 +1060,15 @@ fn like_waba_v2(
             };
             if body.get("status").and_then(Value::as_str) == Some("read") {
                 return json_response(StatusCode::OK, &json!({"success": true}));
+            }
+            // Cloud refuses keys its objects do not have ("Unexpected key"), On-Premise-only
+            // ones included: every send through the proxy in every test is checked so.
+            let violations = cloud_keys_check::cloud_send_violations(&body);
+            if !violations.is_empty() {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("(#100) Unexpected key: {}", violations.join(", ")),
+                );
             }
             let to = match body.get("to") {
                 Some(Value::String(s)) => s.clone(),
