@@ -140,15 +140,20 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
     }
     match (method, segments.as_slice()) {
         ("POST", ["v1", "messages"]) => Route::SendMessage,
-        ("PUT", ["v1", "messages", id]) => Route::MarkRead {
-            message_id: decode_segment(id).into_owned(),
+        ("PUT", ["v1", "messages", id]) => match decode_segment(id) {
+            id if is_message_id(&id) => Route::MarkRead {
+                message_id: id.into_owned(),
+            },
+            _ => Route::NotFound,
         },
         ("POST", ["v1", "media"]) => Route::UploadMedia,
-        ("GET", ["v1", "media", id]) => Route::DownloadMedia {
-            media_id: decode_segment(id).into_owned(),
+        // A media id becomes an upstream path (`GET /{id}`) sent with the client's key: only
+        // what Cloud media ids are (digits) may get there.
+        ("GET", ["v1", "media", id]) if is_media_id(id) => Route::DownloadMedia {
+            media_id: (*id).to_owned(),
         },
-        ("DELETE", ["v1", "media", id]) => Route::DeleteMedia {
-            media_id: decode_segment(id).into_owned(),
+        ("DELETE", ["v1", "media", id]) if is_media_id(id) => Route::DeleteMedia {
+            media_id: (*id).to_owned(),
         },
         ("GET" | "POST" | "DELETE", ["v1", "settings", "application", "media", "providers"]) => {
             Route::MediaProviders { name: None }
@@ -187,16 +192,47 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         },
         ("POST", ["v1", "contacts"]) => Route::Contacts,
         ("GET", ["v1", "health"]) => Route::Health,
-        ("GET" | "POST" | "DELETE", ["v1", "configs", "templates", ..]) => Route::PassThrough,
+        ("GET" | "POST" | "DELETE", ["v1", "configs", "templates", rest @ ..])
+            if is_template_path(rest) =>
+        {
+            Route::PassThrough
+        }
         (_, ["v1", "contacts", _, "block"]) => Route::NotOnCloud,
         (_, ["v1", area, ..]) if NOT_ON_CLOUD.contains(area) => Route::NotOnCloud,
         (_, ["v1", "settings", "backup" | "restore"]) => Route::NotOnCloud,
-        (_, ["v1", "media", ..])
-        | (_, ["v1", "settings", ..])
+        (_, ["v1", "settings", ..])
         | (_, ["v1", "configs", "webhook"])
         | (_, ["v1", "users", ..]) => Route::NotYetSupported,
         _ => Route::NotFound,
     }
+}
+
+/// Cloud media ids are digits (`1037543291543636`); anything else could steer the key-bearing
+/// `GET /{id}` elsewhere upstream (`..%2f..%2fadmin`).
+fn is_media_id(segment: &str) -> bool {
+    (1..=64).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What may follow `/v1/configs/templates` on its way upstream: nothing, or one template name
+/// (Meta: lowercase letters, digits and underscores, at most 512), given without encoding.
+fn is_template_path(rest: &[&str]) -> bool {
+    match rest {
+        [] => true,
+        [name] => {
+            (1..=512).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }
+        _ => false,
+    }
+}
+
+/// A message id for mark-as-read (it goes into the JSON body, not a path): `wamid.` ids are
+/// base64 and may carry `/`, `+` and `=`, so only control characters, spaces and absurd lengths
+/// are refused.
+fn is_message_id(id: &str) -> bool {
+    (1..=512).contains(&id.len()) && !id.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// First path segments whose whole subtree only existed on self-hosted On-Premise.
@@ -228,6 +264,63 @@ fn decode_segment(segment: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids become upstream paths sent with the client's key: every hostile form is 404 before
+    /// any upstream call.
+    #[test]
+    fn only_valid_ids_reach_an_upstream_path() {
+        let long_digits = "1".repeat(65);
+        let long_name = "a".repeat(513);
+        let refused = [
+            ("GET", "/v1/media/..%2f..%2fadmin".to_owned()),
+            ("GET", "/v1/media/..%5c..%5cadmin".to_owned()),
+            ("GET", "/v1/media/..%2F..%2Fmessages".to_owned()),
+            ("DELETE", "/v1/media/%2e%2e%2fmessages".to_owned()),
+            ("DELETE", "/v1/media/%2E%2E".to_owned()),
+            ("GET", "/v1/media/../messages".to_owned()),
+            ("GET", "/v1/media/123%00".to_owned()),
+            ("GET", "/v1/media/123%0d%0aX-Injected:%201".to_owned()),
+            ("GET", "/v1/media/12%203".to_owned()),
+            ("GET", "/v1/media/12%2f3".to_owned()),
+            ("GET", "/v1/media/abc".to_owned()),
+            ("GET", format!("/v1/media/{long_digits}")),
+            ("GET", "/v1/media/".to_owned()),
+            ("GET", "/v1/media".to_owned()),
+            ("GET", "/v1/media/a/b".to_owned()),
+            ("DELETE", "/v1/media/1/2".to_owned()),
+            ("GET", "/v1/configs/templates/..%2f..%2fmessages".to_owned()),
+            ("GET", "/v1/configs/templates/%2e%2e/messages".to_owned()),
+            ("DELETE", "/v1/configs/templates/a%2fb".to_owned()),
+            ("DELETE", "/v1/configs/templates/a%00".to_owned()),
+            ("DELETE", "/v1/configs/templates/a%20b".to_owned()),
+            ("DELETE", "/v1/configs/templates/a/b".to_owned()),
+            ("DELETE", format!("/v1/configs/templates/{long_name}")),
+            ("PUT", "/v1/messages/wamid.1%0d%0a".to_owned()),
+            ("PUT", "/v1/messages/wamid%201".to_owned()),
+            ("PUT", format!("/v1/messages/{}", "w".repeat(513))),
+        ];
+        for (method, path) in &refused {
+            let routed = route(method, path);
+            assert!(
+                matches!(routed, Route::NotFound | Route::InvalidSegment),
+                "{method} {path} -> {routed:?}"
+            );
+        }
+        let accepted = [
+            ("GET", "/v1/media/1037543291543636"),
+            ("DELETE", "/v1/media/42"),
+            ("DELETE", "/v1/configs/templates/order_update_2"),
+            ("GET", "/v1/configs/templates"),
+            ("PUT", "/v1/messages/wamid.HBgL%2Fab%2B%3D%3D"),
+        ];
+        for (method, path) in accepted {
+            let routed = route(method, path);
+            assert!(
+                !matches!(routed, Route::NotFound | Route::InvalidSegment),
+                "{method} {path} -> {routed:?}"
+            );
+        }
+    }
 
     #[test]
     fn table() {
@@ -266,7 +359,7 @@ mod tests {
                     media_id: "42".into(),
                 },
             ),
-            ("PUT", "/v1/media", Route::NotYetSupported),
+            ("PUT", "/v1/media", Route::NotFound),
             (
                 "DELETE",
                 "/v1/settings/application/media/providers/cdn",

@@ -674,3 +674,31 @@ async fn a_nested_provider_link_that_fails_is_a_media_download_error_and_nothing
     assert_eq!(media_host.requests().len(), 1);
     assert!(mock.requests().is_empty());
 }
+
+/// The media url of a lookup is upstream's word, fetched with the client's key: a `file://`
+/// url, dot segments or CR/LF in it are an unreadable answer (502/1000), never a request.
+#[tokio::test]
+async fn a_media_url_that_is_not_a_plain_http_url_is_502_and_never_fetched() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    for url in [
+        "file:///etc/passwd",
+        "https://lookaside.fbsbx.com/a/%2e%2e/%2e%2e/v1/configs/webhook",
+        "https://lookaside.fbsbx.com/a/../../messages",
+        "https://lookaside.fbsbx.com/a\r\nX-Injected: 1",
+    ] {
+        mock.push(Behaviour::Json {
+            status: 200,
+            body: json!({"url": url, "mime_type": "image/jpeg", "sha256": "x", "file_size": 3, "id": "77"}),
+        });
+        let answer = send(&proxy, "GET", "/v1/media/77", &[], "").await;
+        assert_eq!(
+            (answer.status, answer.onprem_error_code()),
+            (502, 1000),
+            "{url:?}"
+        );
+    }
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 4, "only the four lookups: {requests:?}");
+    assert!(requests.iter().all(|r| r.path_and_query == "/77"));
+}

@@ -1163,3 +1163,31 @@ async fn an_upstream_stalling_mid_body_is_504_within_the_deadline() {
     assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Ids become upstream paths that carry the client's key (and, with Graph, tokens the client
+/// never holds): hostile ones are 404/1006 and never reach upstream.
+#[tokio::test]
+async fn hostile_ids_in_paths_are_404_and_never_reach_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    for (method, path) in [
+        ("GET", "/v1/media/..%2f..%2fadmin"),
+        ("GET", "/v1/media/..%5c..%5cadmin"),
+        ("DELETE", "/v1/media/%2e%2e%2fmessages"),
+        ("GET", "/v1/configs/templates/..%2f..%2fmessages"),
+        ("GET", "/v1/media/123%00"),
+        ("GET", "/v1/media/1%0d%0aX:%201"),
+        ("GET", "/v1/media/1%202"),
+        ("GET", "/v1/media/"),
+        ("GET", "/v1/media/a/b"),
+        ("PUT", "/v1/messages/wamid.1%0a"),
+    ] {
+        let answer = send_json(&proxy, method, path, r#"{"status":"read"}"#).await;
+        assert_eq!(
+            (answer.status, answer.onprem_error_code()),
+            (404, 1006),
+            "{method} {path}"
+        );
+    }
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+}

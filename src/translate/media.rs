@@ -137,6 +137,33 @@ pub fn cloud_to_onprem_upload_response(body: &Value, meta: &Meta) -> Result<Valu
     Ok(json!({"media": [{"id": id}], "meta": meta.to_value()}))
 }
 
+/// The media url comes from upstream, and its path is fetched with the client's key: only an
+/// `http(s)` url with no dot segments (raw or percent-encoded) and no control characters or
+/// spaces is used. Anything else (`file://`, `../`, CR/LF) is an unreadable answer.
+fn check_media_url(url: &str) -> Result<(), TranslateError> {
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+        return Err(TranslateError::invalid("url", "is not an http(s) URL"));
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(TranslateError::invalid("url", "has control characters"));
+    }
+    let path = lower.split(['?', '#']).next().unwrap_or("");
+    let path = path.split_once("://").map_or("", |(_, rest)| rest);
+    let path = path.find('/').map_or("", |i| &path[i..]);
+    let dot_segment = path.split(['/', '\\']).any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dot_segment || path.contains("%2f") || path.contains("%5c") {
+        return Err(TranslateError::invalid(
+            "url",
+            "has dot segments or encoded slashes",
+        ));
+    }
+    Ok(())
+}
+
 /// What step one of a download (`GET /{id}`) tells us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudMediaInfo {
@@ -152,6 +179,7 @@ pub struct CloudMediaInfo {
 pub fn cloud_media_info(body: &Value) -> Result<CloudMediaInfo, TranslateError> {
     let info = as_object(body, "response")?;
     let url = required_str(info, "", "url")?;
+    check_media_url(url)?;
     let after_scheme = url
         .split_once("://")
         .map(|(_, rest)| rest)
@@ -443,6 +471,31 @@ mod tests {
             "/whatsapp_business/attachments/?mid=1&ext=2&hash=ATs%2Fx%3D&x=a=b"
         );
         assert_eq!(info.file_size, Some(10));
+    }
+
+    #[test]
+    fn media_urls_from_upstream_are_checked_before_use() {
+        let info = |url: &str| {
+            cloud_media_info(&json!({"url": url, "mime_type": "image/jpeg", "id": "1"}))
+        };
+        for bad in [
+            "file:///etc/passwd",
+            "ftp://lookaside.fbsbx.com/x",
+            "https://lookaside.fbsbx.com/../admin",
+            "https://lookaside.fbsbx.com/a/%2e%2e/admin",
+            "https://lookaside.fbsbx.com/a/%2E%2E%2Fadmin",
+            "https://lookaside.fbsbx.com/a/./b",
+            "https://lookaside.fbsbx.com/a\r\nX-Injected: 1",
+            "https://lookaside.fbsbx.com/a b",
+            "/relative/path",
+        ] {
+            assert!(info(bad).is_err(), "{bad}");
+        }
+        assert!(info(
+            "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1&hash=a%2Fb"
+        )
+        .is_ok());
+        assert!(info("http://127.0.0.1:9/whatsapp_business/attachments/?mid=1").is_ok());
     }
 
     #[test]
