@@ -1,6 +1,7 @@
 //! Command line and environment: every flag is also a `WABA_PROXY_*` variable, every value has
 //! a documented default, and [`Config`] is the validated result the rest of the proxy reads.
 
+use crate::link_guard::LinkPolicy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,6 +108,11 @@ pub struct ServeArgs {
     /// Deadline for one media transfer (upload, download or provider fetch), in milliseconds.
     #[arg(long, env = "WABA_PROXY_MEDIA_TIMEOUT_MS", default_value_t = 600_000)]
     pub media_timeout_ms: u64,
+    /// Addresses a fetch made on a client's behalf (a provider media link) may not connect to,
+    /// checked after DNS resolution: `link-local` (cloud metadata services), `private` (also
+    /// loopback and internal networks) or `none`.
+    #[arg(long, env = "WABA_PROXY_LINK_FETCH_BLOCK", value_enum, default_value_t = LinkPolicy::LinkLocal)]
+    pub link_fetch_block: LinkPolicy,
     /// Where the default SQLite database (all state without `--database`) lives, created when
     /// first needed.
     #[arg(long, env = "WABA_PROXY_DATA_DIR", default_value = "./data")]
@@ -197,6 +203,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_upstream_body_bytes: usize,
     pub media_timeout: Duration,
+    pub link_fetch_block: LinkPolicy,
     pub data_dir: PathBuf,
     /// None: the SQLite file in the data directory.
     pub database: Option<DatabaseUrl>,
@@ -360,6 +367,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_upstream_body_bytes: self.max_upstream_body_bytes,
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
+            link_fetch_block: self.link_fetch_block,
             data_dir: self.data_dir.clone(),
             database: self
                 .database

@@ -69,6 +69,9 @@ pub enum MediaFetch {
     Transport(#[source] hyper_util::client::legacy::Error),
     #[error("the media host did not answer in time")]
     Timeout,
+    /// A literal address the link policy refuses (a resolved one fails as `Transport`).
+    #[error("{0} is not an address links may be fetched from (see --link-fetch-block)")]
+    Refused(std::net::IpAddr),
 }
 
 impl ProxyError {

@@ -9,6 +9,7 @@
 //!   one module per area: media, profile (photo), providers, settings, webhooks.
 //! - [`upstream`]: the Cloud API client (pooling, TLS, timeouts, redirects, gzip, headers,
 //!   dry-run answers).
+//! - [`link_guard`]: the addresses fetches on a client's behalf may not reach (after DNS).
 //! - [`body`]: the streaming bodies (multipart upload, media download).
 //! - [`auth`]: the key map and login tokens.
 //! - [`store`]: per-API-key JSON documents in the data directory (providers, settings).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod handlers;
+pub mod link_guard;
 pub mod metrics;
 pub mod relay;
 pub mod routes;

@@ -2,6 +2,8 @@
 //! header hygiene, same-origin 308 redirects, gzip decoding, connect timeout and an overall
 //! deadline for every exchange.
 
+use crate::error::MediaFetch;
+use crate::link_guard::{self, GuardedResolver, LinkPolicy};
 use std::io::Read;
 use std::time::Duration;
 
@@ -42,6 +44,8 @@ pub struct CloudAnswer {
 }
 
 type Pool = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// Fetches on a client's behalf: addresses checked after DNS (see [`crate::link_guard`]).
+type LinkClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, ProxyBody>;
 
 thread_local! {
     /// Which serving thread this is (0 outside them). Set once when the thread starts.
@@ -58,6 +62,8 @@ pub struct Upstream {
     /// that opened it; sharing one pool across threads made most requests hand over to, and
     /// wake, another thread (measured: about a third more CPU per request).
     pools: Vec<Pool>,
+    links: LinkClient,
+    link_policy: LinkPolicy,
     dry_run: bool,
     serial: std::sync::atomic::AtomicU64,
     root: UpstreamRoot,
@@ -76,6 +82,20 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let mut guarded =
+            HttpConnector::new_with_resolver(GuardedResolver::new(config.link_fetch_block));
+        guarded.enforce_http(false);
+        guarded.set_nodelay(true);
+        guarded.set_connect_timeout(Some(config.connect_timeout));
+        let links = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_webpki_roots()
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(guarded),
+            );
         let pools = (0..config.serving_threads.max(1))
             .map(|_| {
                 Client::builder(TokioExecutor::new())
@@ -85,6 +105,8 @@ impl Upstream {
             .collect();
         Upstream {
             pools,
+            links,
+            link_policy: config.link_fetch_block,
             dry_run: config.dry_run,
             serial: std::sync::atomic::AtomicU64::new(1),
             root: config.upstream.clone(),
@@ -230,6 +252,14 @@ impl Upstream {
         if self.dry_run {
             return Err(ProxyError::NotInDryRun("fetching a link"));
         }
+        // An address written into the link is connected to without asking the resolver.
+        let literal = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
+        if let Some(ip) = literal.filter(|ip| link_guard::refuses(self.link_policy, *ip)) {
+            return Err(ProxyError::MediaFetch(MediaFetch::Refused(ip)));
+        }
         let mut request = Request::builder().method(Method::GET).uri(uri);
         if let Some(h) = request.headers_mut() {
             *h = headers;
@@ -237,7 +267,7 @@ impl Upstream {
         let request = request
             .body(crate::body::empty())
             .map_err(ProxyError::Internal)?;
-        self.pool().request(request).await.map_err(client_error)
+        self.links.request(request).await.map_err(client_error)
     }
 
     /// POSTs bytes to any URL (a legacy webhook receiver) and drains the answer; the status

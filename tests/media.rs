@@ -13,7 +13,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::mock_upstream::{Behaviour, MockUpstream};
-use support::proxy::{send, send_bytes, send_json, spawn_proxy, TestProxy, API_KEY};
+use support::proxy::{
+    send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, TestProxy, API_KEY,
+};
 
 /// Deterministic, incompressible-looking bytes.
 fn payload(len: usize) -> Bytes {
@@ -701,4 +703,75 @@ async fn a_media_url_that_is_not_a_plain_http_url_is_502_and_never_fetched() {
     let requests = mock.requests();
     assert_eq!(requests.len(), 4, "only the four lookups: {requests:?}");
     assert!(requests.iter().all(|r| r.path_and_query == "/77"));
+}
+
+/// A provider link may not reach cloud metadata services (link-local addresses), written as a
+/// literal or behind a name; the check comes before any connection. `--link-fetch-block
+/// private` also keeps links off internal hosts, judged on what the name resolves to.
+#[tokio::test]
+async fn provider_links_cannot_reach_link_local_addresses_and_private_keeps_them_off_internal_hosts(
+) {
+    let mock = MockUpstream::start().await;
+    let media_host = MockUpstream::start().await;
+    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
+    let image = |link: String| {
+        json!({"to": "1", "type": "image", "image": {"link": link, "provider": {"name": "cdn"}}})
+            .to_string()
+    };
+
+    let proxy = spawn_proxy(&mock.url()).await;
+    send_json(
+        &proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers,
+    )
+    .await;
+    for link in [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[fe80::1]/x.jpg",
+        "http://[::ffff:169.254.169.254]/x.jpg",
+    ] {
+        let started = std::time::Instant::now();
+        let answer = send_json(&proxy, "POST", "/v1/messages", &image(link.to_owned())).await;
+        assert_eq!(
+            (answer.status, answer.onprem_error_code()),
+            (400, 400),
+            "{link}"
+        );
+        assert!(
+            answer.json()["errors"][0]["details"]
+                .as_str()
+                .unwrap()
+                .contains("not an address links may be fetched from"),
+            "{link}: {:?}",
+            answer.body
+        );
+        // Refused before connecting: no connect timeout was waited out.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+    assert!(mock.requests().is_empty());
+
+    let strict = spawn_proxy_with(&mock.url(), |c| {
+        c.link_fetch_block = waba_onprem_proxy::link_guard::LinkPolicy::Private;
+    })
+    .await;
+    send_json(
+        &strict,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers,
+    )
+    .await;
+    let by_name = media_host.url().replace("127.0.0.1", "localhost");
+    let answer = send_json(
+        &strict,
+        "POST",
+        "/v1/messages",
+        &image(format!("{by_name}/a.jpg")),
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 400));
+    assert!(media_host.requests().is_empty(), "localhost is internal");
+    assert!(mock.requests().is_empty());
 }
