@@ -203,10 +203,13 @@ impl Auth {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of `Authorization: Bearer <token>`: the scheme in any case, then any run of
+/// spaces (RFC 9110, 11.1 and 11.4).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn basic(headers: &HeaderMap) -> Option<(String, String)> {
@@ -257,6 +260,24 @@ mod tests {
         let mut other = headers(&[("D360-API-KEY", "other")]);
         auth.authenticate(&mut other).await.unwrap();
         assert_eq!(other["d360-api-key"], "other");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case_with_any_run_of_spaces() {
+        for value in ["Bearer tok", "bearer tok", "BEARER   tok", "bEaReR tok  "] {
+            assert_eq!(
+                bearer(&headers(&[("authorization", value)])),
+                Some("tok"),
+                "{value}"
+            );
+        }
+        for value in ["Bearer", "Bearer ", "Basic tok", "Bearertok"] {
+            assert_eq!(
+                bearer(&headers(&[("authorization", value)])),
+                None,
+                "{value}"
+            );
+        }
     }
 
     #[tokio::test]

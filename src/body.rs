@@ -36,6 +36,8 @@ pub enum UploadFailure {
     TooLarge { limit: u64 },
     /// The client's body ended or broke before its declared `Content-Length`.
     Incomplete,
+    /// A chunked body that ended without a byte: On-Premise refused empty media.
+    Empty,
 }
 
 /// Shared between the streaming body and the handler: the body records why it failed, the
@@ -128,6 +130,9 @@ impl Body for MultipartUpload {
                         return Poll::Ready(Some(Err(this
                             .outcome
                             .fail(UploadFailure::Incomplete))));
+                    }
+                    if this.received == 0 {
+                        return Poll::Ready(Some(Err(this.outcome.fail(UploadFailure::Empty))));
                     }
                     let tail = this.tail.take().unwrap_or_default();
                     return Poll::Ready(Some(Ok(Frame::data(tail))));

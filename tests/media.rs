@@ -775,3 +775,20 @@ async fn provider_links_cannot_reach_link_local_addresses_and_private_keeps_them
     assert!(media_host.requests().is_empty(), "localhost is internal");
     assert!(mock.requests().is_empty());
 }
+
+/// An empty upload is refused (400/1009) rather than sent to Cloud as an empty file, whether
+/// its length is declared or it arrives chunked.
+#[tokio::test]
+async fn an_empty_upload_is_400_1009_and_never_a_success() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = upload(&proxy, "image/jpeg", Bytes::new()).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 1009));
+    assert!(mock.requests().is_empty());
+    let (status, body) = upload_chunked(&proxy, "image/jpeg", vec![]).await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_i64()),
+        (400, Some(1009))
+    );
+    assert_eq!(body["errors"][0]["details"], "the media upload is empty");
+}

@@ -1191,3 +1191,29 @@ async fn hostile_ids_in_paths_are_404_and_never_reach_upstream() {
     }
     assert!(mock.requests().is_empty(), "{:?}", mock.requests());
 }
+
+/// An upstream 429 says when to come back; the client hears it too.
+#[tokio::test]
+async fn an_upstream_429_passes_its_retry_after_to_the_client() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Respond {
+        status: 429,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("retry-after".into(), "37".into()),
+        ],
+        body: Bytes::from_static(
+            br#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429,"error_data":{"messaging_product":"whatsapp","details":"Cloud API message throughput has been reached."}}}"#,
+        ),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    let answer = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (429, 1015));
+    assert_eq!(answer.headers.get("retry-after").unwrap(), "37");
+}

@@ -357,6 +357,19 @@ async fn admin_routes_need_the_token_and_do_not_exist_without_one(db: Backend) {
     )
     .await;
     assert_eq!(wrong.status, 401);
+    // Admin errors are On-Premise-shaped like every other, `meta` included.
+    assert_eq!(wrong.json()["errors"][0]["code"], 1005);
+    assert_eq!(wrong.json()["meta"]["api_status"], "stable");
+    // RFC 9110: the scheme in any case, any run of spaces.
+    let lower = send(
+        &with_token,
+        "GET",
+        "/admin/webhooks/stats",
+        &[("authorization", "bearer   admin-token")],
+        "",
+    )
+    .await;
+    assert_eq!(lower.status, 200, "{:?}", lower.body);
     let without = relay_proxy(&db, &receiver, |c| c.admin_token = None).await;
     let absent = send(
         &without,
@@ -367,6 +380,7 @@ async fn admin_routes_need_the_token_and_do_not_exist_without_one(db: Backend) {
     )
     .await;
     assert_eq!(absent.status, 404);
+    assert_eq!(absent.json()["meta"]["api_status"], "stable");
 }
 
 async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it(

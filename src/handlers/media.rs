@@ -39,7 +39,7 @@ pub(super) async fn upload(
     };
     let deadline = Instant::now() + state.config.media_timeout;
     let answer = stream_to_cloud(state, &kind, declared, body, headers, deadline).await?;
-    translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
+    translate_answer(&Route::UploadMedia, &answer, state)
 }
 
 /// The media kind `Content-Type` names, and the declared length, already checked against the
@@ -54,7 +54,15 @@ pub(super) fn checked_upload(headers: &HeaderMap) -> Result<(MediaKind, Option<u
     if let Some(length) = declared {
         check_upload_size(&kind, length).map_err(rejected)?;
     }
+    // An empty file would reach Cloud as an empty part; On-Premise refused it.
+    if declared == Some(0) {
+        return Err(empty_upload());
+    }
     Ok((kind, declared))
+}
+
+fn empty_upload() -> ProxyError {
+    ProxyError::Rejected(OnPremError::new(400, 1009, "the media upload is empty"))
 }
 
 /// Streams `file` into Cloud's multipart upload and reads Cloud's answer. A file that turns
@@ -101,6 +109,7 @@ async fn stream_to_cloud(
                 limit,
             }))
         }
+        Some(UploadFailure::Empty) => return Err(empty_upload()),
         Some(UploadFailure::Incomplete) => {
             return Err(ProxyError::Rejected(OnPremError::new(
                 400,
@@ -158,8 +167,7 @@ pub(super) async fn fetch_and_upload(
     )
     .await?;
     if !answer.status.is_success() {
-        return translate_answer(&Route::UploadMedia, answer.status, &answer.body, state)
-            .map(Uploaded::Refused);
+        return translate_answer(&Route::UploadMedia, &answer, state).map(Uploaded::Refused);
     }
     let id = serde_json::from_slice::<serde_json::Value>(&answer.body)
         .ok()
@@ -185,7 +193,7 @@ pub(super) async fn download(
         .exchange(Method::GET, &media_path(media_id), &headers, None)
         .await?;
     if !lookup.status.is_success() {
-        return translate_answer(&route, lookup.status, &lookup.body, state);
+        return translate_answer(&route, &lookup, state);
     }
     let info = serde_json::from_slice(&lookup.body)
         .map_err(|e| TranslateError::invalid("media lookup", format!("is not JSON ({e})")))
@@ -204,7 +212,7 @@ pub(super) async fn download(
             })??;
     if !response.status().is_success() {
         let answer = state.upstream.read_answer(response).await?;
-        return translate_answer(&route, answer.status, &answer.body, state);
+        return translate_answer(&route, &answer, state);
     }
 
     let content_type = HeaderValue::from_str(&info.mime_type)

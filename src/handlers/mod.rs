@@ -33,7 +33,7 @@ use crate::routes::{route, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, Upstream, UPSTREAM_STATUS};
+use crate::upstream::{forwarded_request_headers, CloudAnswer, Upstream, UPSTREAM_STATUS};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -318,7 +318,7 @@ async fn serve(
         .upstream_seconds
         .observe(upstream_started.elapsed().as_secs_f64());
     let answer = answer?;
-    translate_answer(&route, answer.status, &answer.body, state)
+    translate_answer(&route, &answer, state)
 }
 
 async fn metrics(state: &AppState) -> Reply {
@@ -371,12 +371,26 @@ fn upstream_headers(parts: &Parts, request_id: &str) -> HeaderMap {
 
 fn translate_answer(
     route: &Route,
-    status: StatusCode,
-    body: &[u8],
+    answer: &CloudAnswer,
     state: &AppState,
 ) -> Result<Reply, ProxyError> {
-    let (status, body) = cloud_to_onprem_response(route, status.as_u16(), body, &state.config.meta)
-        .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))?;
+    let (status, body) = cloud_to_onprem_response(
+        route,
+        answer.status.as_u16(),
+        &answer.body,
+        &state.config.meta,
+    )
+    .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))?;
+    // Throttled: when to come back is upstream's to say, and clients honour it.
+    if status == 429 {
+        if let Some(retry_after) = answer.headers.get(header::RETRY_AFTER) {
+            let mut response = json_response(status, &body);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.clone());
+            return Ok(Reply::Stream(response));
+        }
+    }
     Ok(Reply::Json(status, body))
 }
 

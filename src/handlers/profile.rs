@@ -46,7 +46,7 @@ pub(super) async fn stream_photo(
         .exchange(Method::GET, PHOTO_URL_QUERY, &headers, None)
         .await?;
     if !answer.status.is_success() {
-        return translate_answer(&route, answer.status, &answer.body, state);
+        return translate_answer(&route, &answer, state);
     }
     let url = cloud_profile_picture_url(&json_of(&answer.body)?).map_err(unreadable)?;
     if url.is_empty() {
@@ -145,7 +145,7 @@ pub(super) async fn upload_photo(
         .exchange(Method::POST, &session, &headers, None)
         .await?;
     if !opened.status.is_success() {
-        return translate_answer(&route, opened.status, &opened.body, state);
+        return translate_answer(&route, &opened, state);
     }
     let upload_path = cloud_upload_session_path(&json_of(&opened.body)?).map_err(unreadable)?;
 
@@ -157,7 +157,7 @@ pub(super) async fn upload_photo(
         .exchange(Method::POST, &upload_path, &upload_headers, Some(photo))
         .await?;
     if !uploaded.status.is_success() {
-        return translate_answer(&route, uploaded.status, &uploaded.body, state);
+        return translate_answer(&route, &uploaded, state);
     }
     let handle = cloud_upload_handle(&json_of(&uploaded.body)?).map_err(unreadable)?;
 
@@ -171,5 +171,5 @@ pub(super) async fn upload_photo(
             Some(Bytes::from(set.to_string())),
         )
         .await?;
-    translate_answer(&route, answer.status, &answer.body, state)
+    translate_answer(&route, &answer, state)
 }

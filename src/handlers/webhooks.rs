@@ -3,7 +3,7 @@
 //! operator's admin routes.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::Method;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -188,11 +188,7 @@ pub(super) fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(),
             "no such endpoint (admin routes need --admin-token)".to_owned(),
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = crate::auth::bearer(headers).unwrap_or("");
     if same_secret(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
