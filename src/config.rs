@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Largest JSON request body accepted, in bytes (larger: 413).
     #[arg(long, env = "WABA_PROXY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest total size of a request's headers, in bytes (larger: 431); upstream answers'
+    /// headers are held to the same (larger: 502).
+    #[arg(long, env = "WABA_PROXY_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
     /// Largest upstream JSON answer read, in bytes (after gzip decoding).
     #[arg(long, env = "WABA_PROXY_MAX_UPSTREAM_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_upstream_body_bytes: usize,
@@ -201,6 +205,7 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
     pub max_upstream_body_bytes: usize,
     pub media_timeout: Duration,
     pub link_fetch_block: LinkPolicy,
@@ -365,6 +370,8 @@ impl ServeArgs {
             header_read_timeout: positive(self.header_read_timeout_ms, "header-read-timeout-ms")?,
             body_read_timeout: positive(self.body_read_timeout_ms, "body-read-timeout-ms")?,
             max_body_bytes: self.max_body_bytes,
+            // hyper's read buffer cannot be smaller than 8 KiB.
+            max_header_bytes: self.max_header_bytes.max(1024),
             max_upstream_body_bytes: self.max_upstream_body_bytes,
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
             link_fetch_block: self.link_fetch_block,

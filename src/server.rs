@@ -145,6 +145,9 @@ fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
+        // Room for twice the header cap, so heads just past it reach the handler and get an
+        // On-Premise-shaped 431; only far larger ones get hyper's own bare 431.
+        .max_buf_size((state.config.max_header_bytes * 2).max(8192))
         .keep_alive(true);
     let state = state.clone();
     let service = service_fn(move |request| handle(state.clone(), request));

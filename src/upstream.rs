@@ -32,6 +32,22 @@ fn note_upstream_status(status: StatusCode) {
     let _ = UPSTREAM_STATUS.try_with(|s| s.set(status.as_u16()));
 }
 
+/// HTTP statuses are 100 to 599 (RFC 9110, 15); hyper parses up to 999. Anything outside is
+/// a broken upstream, never passed on to the client.
+fn checked_status(status: StatusCode) -> Result<StatusCode, ProxyError> {
+    if (100..=599).contains(&status.as_u16()) {
+        Ok(status)
+    } else {
+        Err(unreadable(Unreadable::Status(status.as_u16())))
+    }
+}
+
+/// hyper's read buffer for upstream answers: room for the capped head (and at least the 8 KiB
+/// hyper needs), so a head past `--max-header-bytes` fails the exchange.
+fn upstream_header_buffer(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(8192)
+}
+
 /// Redirect hops followed before the answer is taken as it is.
 const MAX_REDIRECTS: usize = 5;
 
@@ -87,8 +103,11 @@ impl Upstream {
         guarded.enforce_http(false);
         guarded.set_nodelay(true);
         guarded.set_connect_timeout(Some(config.connect_timeout));
+        // An answer whose head outgrows this is refused (502), not buffered without end.
+        let header_buffer = upstream_header_buffer(config.max_header_bytes);
         let links = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .http1_max_buf_size(header_buffer)
             .build(
                 hyper_rustls::HttpsConnectorBuilder::new()
                     .with_webpki_roots()
@@ -100,6 +119,7 @@ impl Upstream {
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
+                    .http1_max_buf_size(header_buffer)
                     .build(https.clone())
             })
             .collect();
@@ -163,7 +183,7 @@ impl Upstream {
                 .body(full(body.clone().unwrap_or_default()))
                 .map_err(ProxyError::Internal)?;
             let response = self.pool().request(request).await.map_err(client_error)?;
-            let status = response.status();
+            let status = checked_status(response.status())?;
             note_upstream_status(status);
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
             if matches!(
@@ -239,7 +259,7 @@ impl Upstream {
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
         let response = self.pool().request(request).await.map_err(client_error)?;
-        note_upstream_status(response.status());
+        note_upstream_status(checked_status(response.status())?);
         Ok(response)
     }
 

@@ -1217,3 +1217,93 @@ async fn an_upstream_429_passes_its_retry_after_to_the_client() {
     assert_eq!((answer.status, answer.onprem_error_code()), (429, 1015));
     assert_eq!(answer.headers.get("retry-after").unwrap(), "37");
 }
+
+/// One raw request on a fresh connection; the whole answer as text (the proxy closes after
+/// `Connection: close`).
+async fn raw_exchange(proxy: &support::proxy::TestProxy, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request has exactly one valid Host; and request headers are capped
+/// (`--max-header-bytes`), answered On-Premise-shaped like every error the proxy makes.
+#[tokio::test]
+async fn host_rules_and_the_header_cap_are_enforced_on_premise_style() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let request = |head: &str| {
+        format!(
+            "POST /v1/messages HTTP/1.1\r\n{head}D360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for head in [
+        "",
+        "Host: a.example\r\nHost: b.example\r\n",
+        "Host: a b\r\n",
+        "Host: user@a.example\r\n",
+    ] {
+        let answer = raw_exchange(&proxy, request(head).as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+        assert!(answer.contains(r#""code":1009"#), "{answer}");
+        assert!(answer.contains(r#""meta""#), "{answer}");
+    }
+    let big = format!("Host: p\r\nX-Padding: {}\r\n", "a".repeat(40 * 1024));
+    let answer = raw_exchange(&proxy, request(&big).as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(
+        answer.contains(r#""errors""#) && answer.contains(r#""meta""#),
+        "{answer}"
+    );
+    assert!(
+        mock.requests().is_empty(),
+        "nothing refused may reach upstream"
+    );
+
+    // HTTP/1.0 has no Host requirement; one valid Host passes.
+    let ten = format!(
+        "POST /v1/messages HTTP/1.0\r\nD360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw_exchange(&proxy, ten.as_bytes())
+        .await
+        .starts_with("HTTP/1.0 201"));
+    let ok = raw_exchange(&proxy, request("Host: proxy.internal:8080\r\n").as_bytes()).await;
+    assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
+}
+
+/// An upstream that answers a status outside 100-599, or a head past the header cap, is broken:
+/// 502/1000, never passed on.
+#[tokio::test]
+async fn an_upstream_status_outside_100_599_or_an_oversized_head_is_502() {
+    let mock = MockUpstream::start().await;
+    mock.push(Behaviour::Respond {
+        status: 999,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(b"{}"),
+    });
+    mock.push(Behaviour::Respond {
+        status: 200,
+        headers: vec![("x-padding".into(), "a".repeat(64 * 1024))],
+        body: Bytes::from_static(b"{}"),
+    });
+    let proxy = spawn_proxy(&mock.url()).await;
+    for _ in 0..2 {
+        let answer = send_json(
+            &proxy,
+            "POST",
+            "/v1/messages",
+            r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+        )
+        .await;
+        assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
+    }
+}

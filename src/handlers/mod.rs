@@ -206,6 +206,10 @@ async fn serve(
 ) -> Result<Reply, ProxyError> {
     let method = request.method().as_str().to_owned();
     let (parts, body) = request.into_parts();
+    if let Err(refused) = check_head(&parts, state.config.max_header_bytes) {
+        discard(body, state.config.body_read_timeout);
+        return Err(refused);
+    }
     match &route {
         Route::Login => return settings::login(state, &parts.headers).await,
         Route::Logout => return settings::logout(state, &parts.headers).await,
@@ -319,6 +323,43 @@ async fn serve(
         .observe(upstream_started.elapsed().as_secs_f64());
     let answer = answer?;
     translate_answer(&route, &answer, state)
+}
+
+/// What every request head must be before anything else looks at it: headers within
+/// `--max-header-bytes` (else 431, they would travel upstream verbatim), and for HTTP/1.1
+/// exactly one valid `Host` (RFC 9112, 3.2: else 400).
+fn check_head(parts: &Parts, max_header_bytes: usize) -> Result<(), ProxyError> {
+    let size: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > max_header_bytes {
+        return Err(ProxyError::Rejected(OnPremError::new(
+            431,
+            1009,
+            format!("request headers are larger than {max_header_bytes} bytes"),
+        )));
+    }
+    if parts.version == http::Version::HTTP_11 {
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let valid = match (hosts.next(), hosts.next()) {
+            (Some(host), None) => host
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty()),
+            _ => false,
+        };
+        if !valid {
+            return Err(ProxyError::Rejected(OnPremError::new(
+                400,
+                1009,
+                "an HTTP/1.1 request needs exactly one valid Host header",
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn metrics(state: &AppState) -> Reply {
