@@ -571,6 +571,31 @@ async fn webhooks_message_read_off_drops_read_statuses_until_the_settings_are_re
     assert_eq!(got[1].json()["statuses"][0]["status"], "read");
 }
 
+/// A single-channel sidecar delivers everything through `default`: the client's status choices
+/// apply there.
+async fn a_sidecar_s_default_channel_follows_the_client_s_status_choices(db: Backend) {
+    let receiver = MockUpstream::start().await;
+    receiver.set_default(receiver_ok());
+    let proxy = relay_proxy(&db, &receiver, |_| {}).await;
+    let set = send_json(
+        &proxy,
+        "PATCH",
+        "/v1/settings/application",
+        r#"{"sent_status": false}"#,
+    )
+    .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    for status in ["sent", "delivered"] {
+        let event = status_event("7", "wamid.D", status);
+        assert_eq!(
+            post_event(&proxy, "default", Some(SECRET), &event).await,
+            200
+        );
+    }
+    let got = receiver.wait_for_requests(1).await;
+    assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
+}
+
 async fn events_stored_before_a_restart_are_delivered_after_it(db: Backend) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_down());
@@ -636,6 +661,7 @@ on_both_backends!(
     without_a_public_url_webhook_registration_is_a_clear_501,
     sent_status_off_in_application_settings_drops_sent_statuses,
     webhooks_message_read_off_drops_read_statuses_until_the_settings_are_reset,
+    a_sidecar_s_default_channel_follows_the_client_s_status_choices,
     events_stored_before_a_restart_are_delivered_after_it,
     an_upstream_refusing_the_webhook_registration_answers_the_client_on_premise_style,
 );

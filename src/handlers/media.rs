@@ -138,8 +138,8 @@ pub(super) async fn fetch_and_upload(
     link: Uri,
     fetch_headers: HeaderMap,
     client_headers: HeaderMap,
+    deadline: Instant,
 ) -> Result<Uploaded, ProxyError> {
-    let deadline = Instant::now() + state.config.media_timeout;
     let fetched = timeout_at(deadline, state.upstream.fetch(link, fetch_headers))
         .await
         .map_err(|_| ProxyError::MediaFetch(MediaFetch::Timeout))?

@@ -20,6 +20,9 @@ use crate::translate::{parse_body, TranslateError};
 
 const DOCUMENT: &str = "media_providers";
 
+/// Media objects of one send that may name a provider: a header and ten carousel cards.
+const MAX_PROVIDER_LINKS: usize = 11;
+
 fn stored(document: Option<Value>) -> Vec<Value> {
     match document {
         Some(Value::Array(providers)) => providers,
@@ -120,6 +123,17 @@ pub(super) async fn resolve_provider_links(
     if links.is_empty() {
         return Ok(None);
     }
+    // One header plus a carousel's ten cards is the most a real send carries; more would let
+    // one send make the proxy fetch without bound.
+    if links.len() > MAX_PROVIDER_LINKS {
+        return Err(ProxyError::Rejected(OnPremError::new(
+            400,
+            1009,
+            format!(
+                "a send may name a media provider on at most {MAX_PROVIDER_LINKS} media objects"
+            ),
+        )));
+    }
     let key = api_key(upstream_headers)?;
     let providers = stored(
         state
@@ -164,10 +178,20 @@ pub(super) async fn resolve_provider_links(
         }
         fetches.push((link, uri, fetch_headers));
     }
-    // One after another: each is a full media transfer under the media deadline, and Cloud
-    // takes uploads of one number in turn anyway.
+    // One after another, all under one media deadline: a send is one transfer to its client.
+    // An upload that succeeded before a later link failed stays in Cloud (unused; Cloud
+    // deletes media after 30 days).
+    let deadline = tokio::time::Instant::now() + state.config.media_timeout;
     for (link, uri, fetch_headers) in fetches {
-        match fetch_and_upload(state, uri, fetch_headers, upstream_headers.clone()).await? {
+        match fetch_and_upload(
+            state,
+            uri,
+            fetch_headers,
+            upstream_headers.clone(),
+            deadline,
+        )
+        .await?
+        {
             Uploaded::Id(id) => send_by_uploaded_id(&mut message, &link.pointer, &id),
             Uploaded::Refused(reply) => return Ok(Some(Err(reply))),
         }

@@ -174,8 +174,17 @@ pub(super) async fn follow_relayed_statuses(
 ) {
     let (name, _) = channel_for_key(api_key);
     let statuses = [relayed.sent, relayed.delivered, relayed.read];
-    if let Err(error) = state.relay.db.set_relayed_statuses(&name, statuses).await {
-        tracing::warn!(%error, "the status filter was not applied to the webhook channel");
+    // As a single-channel sidecar (`--legacy-webhook-url`), the client's settings are the
+    // `default` channel's: it is the one that delivers to that client.
+    let sidecar = state
+        .config
+        .legacy_webhook_url
+        .is_some()
+        .then_some(crate::relay::DEFAULT_CHANNEL);
+    for channel in std::iter::once(name.as_str()).chain(sidecar) {
+        if let Err(error) = state.relay.db.set_relayed_statuses(channel, statuses).await {
+            tracing::warn!(%error, "the status filter was not applied to the webhook channel");
+        }
     }
 }
 

@@ -321,7 +321,12 @@ pub fn provider_links(message: &Value) -> Vec<ProviderLink> {
             });
         }
     };
-    let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+    // A send without `type` is the type its message object implies, as the translation takes it.
+    let kind = match (message.get("type").and_then(Value::as_str), message) {
+        (Some(kind), _) => kind,
+        (None, Value::Object(map)) => super::messages::implied_type(map),
+        (None, _) => "",
+    };
     if ["image", "video", "document", "audio", "sticker"].contains(&kind) {
         look(message.get(kind), format!("/{kind}"), kind.to_owned());
     }
@@ -340,6 +345,17 @@ pub fn provider_links(message: &Value) -> Vec<ProviderLink> {
                 format!("/interactive/header/{media}"),
                 format!("interactive.header.{media}"),
             );
+        }
+    }
+    if let Some(Value::Array(cards)) = message.pointer("/interactive/action/cards") {
+        for (k, card) in cards.iter().enumerate() {
+            for media in ["image", "video", "document"] {
+                look(
+                    card.get("header").and_then(|h| h.get(media)),
+                    format!("/interactive/action/cards/{k}/header/{media}"),
+                    format!("interactive.action.cards[{k}].header.{media}"),
+                );
+            }
         }
     }
     found
@@ -496,6 +512,29 @@ mod tests {
         )
         .is_ok());
         assert!(info("http://127.0.0.1:9/whatsapp_business/attachments/?mid=1").is_ok());
+    }
+
+    #[test]
+    fn provider_links_are_found_wherever_on_premise_allowed_them() {
+        let with = |link: &str| json!({"link": link, "provider": {"name": "cdn"}});
+        let message = json!({"to": "1", "image": with("https://a/1.jpg")});
+        let found = provider_links(&message);
+        assert_eq!(found.len(), 1, "a send without type is its object's type");
+        assert_eq!(found[0].pointer, "/image");
+        let carousel = json!({"to": "1", "type": "interactive", "interactive": {"type": "carousel",
+            "action": {"cards": [{"header": {"type": "image", "image": with("https://a/2.jpg")}},
+                                 {"header": {"type": "video", "video": with("https://a/3.mp4")}}]}}});
+        let pointers: Vec<String> = provider_links(&carousel)
+            .into_iter()
+            .map(|l| l.pointer)
+            .collect();
+        assert_eq!(
+            pointers,
+            [
+                "/interactive/action/cards/0/header/image",
+                "/interactive/action/cards/1/header/video"
+            ]
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ const TYPE_OBJECTS: [&str; 12] = [
 /// `type` was optional in On-Premise (and is in Cloud), defaulting to `text`; real clients
 /// relied on it (seed-message-sender sends `{"to","text"}`). A send without `type` whose only type
 /// object is another one (gupshup's documented interactive sends) is taken as that type.
-fn implied_type(message: &Map<String, Value>) -> &'static str {
+pub(crate) fn implied_type(message: &Map<String, Value>) -> &'static str {
     let mut present = TYPE_OBJECTS
         .iter()
         .filter(|kind| message.get(**kind).is_some_and(|v| !v.is_null()));
@@ -210,10 +210,12 @@ fn rewrite_interactive(interactive: Value) -> Result<Value, TranslateError> {
             }
         }
     }
-    if let Some(Value::Object(header)) = interactive.get_mut("header") {
-        for kind in HEADER_MEDIA_TYPES {
-            if let Some(Value::Object(media)) = header.get_mut(kind) {
-                media.remove("provider");
+    strip_header_provider(interactive.get_mut("header"));
+    // A media carousel's cards each carry a media header of their own.
+    if let Some(Value::Object(action)) = interactive.get_mut("action") {
+        if let Some(Value::Array(cards)) = action.get_mut("cards") {
+            for card in cards.iter_mut() {
+                strip_header_provider(card.get_mut("header"));
             }
         }
     }
@@ -235,6 +237,17 @@ fn rewrite_contacts(mut contacts: Value) -> Value {
         }
     }
     contacts
+}
+
+fn strip_header_provider(header: Option<&mut Value>) {
+    let Some(Value::Object(header)) = header else {
+        return;
+    };
+    for kind in HEADER_MEDIA_TYPES {
+        if let Some(Value::Object(media)) = header.get_mut(kind) {
+            media.remove("provider");
+        }
+    }
 }
 
 /// The media objects a template header parameter or an interactive header may carry.

@@ -73,8 +73,7 @@ fn hsm_language_code(hsm: &Map<String, Value>) -> Result<String, TranslateError>
     match (language, locale) {
         // Some clients put the whole code in one field (`en_US`, or `pt-BR` as a browser
         // writes it): it already names language and locale.
-        (_, Some(code)) if code.contains(['_', '-']) => Ok(code.replace('-', "_")),
-        (Some(code), _) if code.contains(['_', '-']) => Ok(code.replace('-', "_")),
+        (_, Some(code)) | (Some(code), _) if code.contains(['_', '-']) => Ok(full_code(code)),
         (Some(language), Some(locale)) => Ok(format!(
             "{}_{}",
             language.to_ascii_lowercase(),
@@ -88,6 +87,16 @@ fn hsm_language_code(hsm: &Map<String, Value>) -> Result<String, TranslateError>
         // years) with its default, English.
         (None, None) => Ok("en".to_owned()),
     }
+}
+
+/// `pt-br` / `pt_BR` as Cloud writes it: language lowercase, region uppercase.
+fn full_code(code: &str) -> String {
+    let (language, region) = code.split_once(['_', '-']).unwrap_or((code, ""));
+    format!(
+        "{}_{}",
+        language.to_ascii_lowercase(),
+        region.to_ascii_uppercase()
+    )
 }
 
 fn hsm_param_to_cloud(param: &Value, path: &str) -> Result<Value, TranslateError> {
