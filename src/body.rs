@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::io::{self, Write};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::write::GzDecoder;
@@ -60,6 +62,42 @@ impl UploadOutcome {
     }
 }
 
+/// When bytes last moved in a media transfer, so a transfer that stalls in either direction can
+/// be ended long before its overall deadline.
+#[derive(Clone, Debug)]
+pub struct Activity {
+    since: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            since: Instant::now(),
+            last_ms: Arc::default(),
+        }
+    }
+}
+
+impl Activity {
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
 /// `head`, then the client's bytes (counted against `limit`), then `tail`.
 pub struct MultipartUpload {
     head: Option<Bytes>,
@@ -69,6 +107,7 @@ pub struct MultipartUpload {
     limit: u64,
     declared: Option<u64>,
     outcome: UploadOutcome,
+    activity: Activity,
 }
 
 impl MultipartUpload {
@@ -79,6 +118,7 @@ impl MultipartUpload {
         limit: u64,
         declared: Option<u64>,
         outcome: UploadOutcome,
+        activity: Activity,
     ) -> Self {
         MultipartUpload {
             head: Some(head),
@@ -88,6 +128,7 @@ impl MultipartUpload {
             limit,
             declared,
             outcome,
+            activity,
         }
     }
 }
@@ -116,6 +157,7 @@ impl Body for MultipartUpload {
                         continue;
                     };
                     this.received += data.len() as u64;
+                    this.activity.touch();
                     if this.received > this.limit {
                         let failure = UploadFailure::TooLarge { limit: this.limit };
                         return Poll::Ready(Some(Err(this.outcome.fail(failure))));
@@ -165,17 +207,32 @@ pub struct MediaDownload {
     promised: Option<u64>,
     sent: u64,
     deadline: Pin<Box<Sleep>>,
+    /// How long upstream may leave us waiting for the next bytes.
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    /// Whether the last poll left us waiting on upstream (the idle timer runs only then: a
+    /// slow client that does not ask for more is not an idle upstream).
+    waiting: bool,
     done: bool,
 }
 
 impl MediaDownload {
-    pub fn new(upstream: Incoming, gzip: bool, promised: Option<u64>, deadline: Instant) -> Self {
+    pub fn new(
+        upstream: Incoming,
+        gzip: bool,
+        promised: Option<u64>,
+        deadline: Instant,
+        idle: Duration,
+    ) -> Self {
         MediaDownload {
             upstream,
             gzip: gzip.then(|| GzDecoder::new(Vec::new())),
             promised,
             sent: 0,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
             done: false,
         }
     }
@@ -209,9 +266,20 @@ impl Body for MediaDownload {
         if this.deadline.as_mut().poll(cx).is_ready() {
             return this.fail("media transfer deadline passed");
         }
+        if !this.waiting {
+            let next = Instant::now() + this.idle;
+            this.idle_timer.as_mut().reset(next);
+        }
         loop {
+            this.waiting = false;
             match Pin::new(&mut this.upstream).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.waiting = true;
+                    if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        return this.fail("upstream sent nothing within the media idle timeout");
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Err(_))) => {
                     return this.fail("upstream broke off the media transfer")
                 }

@@ -112,6 +112,14 @@ pub struct ServeArgs {
     /// Deadline for one media transfer (upload, download or provider fetch), in milliseconds.
     #[arg(long, env = "WABA_PROXY_MEDIA_TIMEOUT_MS", default_value_t = 600_000)]
     pub media_timeout_ms: u64,
+    /// A media transfer with no byte in either direction for this long ends (504), however
+    /// much of `--media-timeout-ms` is left, in milliseconds.
+    #[arg(
+        long,
+        env = "WABA_PROXY_MEDIA_IDLE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub media_idle_timeout_ms: u64,
     /// Addresses a fetch made on a client's behalf (a provider media link) may not connect to,
     /// checked after DNS resolution: `link-local` (cloud metadata services), `private` (also
     /// loopback and internal networks) or `none`.
@@ -208,6 +216,7 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_upstream_body_bytes: usize,
     pub media_timeout: Duration,
+    pub media_idle_timeout: Duration,
     pub link_fetch_block: LinkPolicy,
     pub data_dir: PathBuf,
     /// None: the SQLite file in the data directory.
@@ -374,6 +383,7 @@ impl ServeArgs {
             max_header_bytes: self.max_header_bytes.max(1024),
             max_upstream_body_bytes: self.max_upstream_body_bytes,
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
+            media_idle_timeout: positive(self.media_idle_timeout_ms, "media-idle-timeout-ms")?,
             link_fetch_block: self.link_fetch_block,
             data_dir: self.data_dir.clone(),
             database: self

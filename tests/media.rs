@@ -792,3 +792,54 @@ async fn an_empty_upload_is_400_1009_and_never_a_success() {
     );
     assert_eq!(body["errors"][0]["details"], "the media upload is empty");
 }
+
+/// A media transfer whose upstream stops sending ends after `--media-idle-timeout-ms`, not after
+/// the whole `--media-timeout-ms`: 504/1011 while no answer has started, an aborted stream once
+/// it has.
+#[tokio::test]
+async fn media_transfers_that_stall_end_after_the_idle_timeout() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy_with(&mock.url(), |c| {
+        c.media_timeout = std::time::Duration::from_secs(120);
+        c.media_idle_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let started = std::time::Instant::now();
+
+    // Upload: upstream never answers.
+    mock.push(Behaviour::Stall);
+    let answer = upload(&proxy, "image/png", payload(2_000)).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
+
+    // Download: the media url never answers.
+    mock.push(lookup("31", "image/png", 10));
+    mock.push(Behaviour::Stall);
+    let answer = send(&proxy, "GET", "/v1/media/31", &[], "").await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
+
+    // Download: upstream stops halfway; the client's stream is cut off, never completed.
+    mock.push(lookup("32", "image/png", 1_000));
+    mock.push(Behaviour::StallMidBody {
+        status: 200,
+        declared_len: 1_000,
+        send: Bytes::from_static(b"partial"),
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let response = client
+        .request(
+            http::Request::get(proxy.url("/v1/media/32"))
+                .header("D360-API-KEY", API_KEY)
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.into_body().collect().await.is_err());
+
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

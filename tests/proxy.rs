@@ -1307,3 +1307,130 @@ async fn an_upstream_status_outside_100_599_or_an_oversized_head_is_502() {
         assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
     }
 }
+
+/// A client that sends its request and then shuts down its writing side (`shutdown(SHUT_WR)`)
+/// still gets its answer.
+#[tokio::test]
+async fn a_half_closed_client_still_gets_its_answer() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: p\r\nD360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer, then the close")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains("wamid.MOCK1"), "{answer}");
+}
+
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Clients that go away at every stage: the in-flight gauge comes back to exactly zero, and a
+/// send already forwarded runs to its end upstream and is logged and counted, never cut off
+/// halfway.
+#[tokio::test]
+async fn abandoned_requests_leave_the_gauge_exact_and_forwarded_sends_finish_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let head = |length: usize| {
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: p\r\nD360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    // 1. Mid-headers.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: p\r\nD360-AP")
+        .await
+        .unwrap();
+    drop(s);
+    // 2. Mid-body.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(head(500).as_bytes()).await.unwrap();
+    s.write_all(b"{\"to\":").await.unwrap();
+    drop(s);
+    // 3. Waiting on upstream: reset (SO_LINGER 0) while the send is upstream.
+    for _ in 0..3 {
+        mock.push(Behaviour::Delay(
+            Duration::from_millis(400),
+            Box::new(Behaviour::LikeWabaV2),
+        ));
+    }
+    for _ in 0..3 {
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut s = s;
+        s.write_all(format!("{}{body}", head(body.len())).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.set_zero_linger().unwrap();
+        drop(s);
+    }
+    // 4. Streaming the answer: a download whose upstream stalls mid-body, dropped by the client.
+    mock.push(Behaviour::Json {
+        status: 200,
+        body: json!({"url": format!("{}/whatsapp_business/attachments/?mid=9", mock.url()),
+                     "mime_type": "image/jpeg", "sha256": "x", "file_size": 1000, "id": "9"}),
+    });
+    mock.push(Behaviour::StallMidBody {
+        status: 200,
+        declared_len: 1000,
+        send: Bytes::from_static(b"partial"),
+    });
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /v1/media/9 HTTP/1.1\r\nHost: p\r\nD360-API-KEY: k\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut first)).await;
+    drop(s);
+
+    // The three sends reach upstream and finish there, and the gauge settles at zero.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = send(&proxy, "GET", "/metrics", &[], "").await;
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        let in_flight = metric(&text, "waba_proxy_in_flight_requests ");
+        // Sent to their end: answered 201, or 499 where the reset was seen before the answer.
+        let finished = ["201", "499"]
+            .iter()
+            .filter_map(|status| {
+                metric(
+                    &text,
+                    &format!(
+                        r#"waba_proxy_requests_total{{route="send_message",status="{status}"}}"#
+                    ),
+                )
+            })
+            .sum::<f64>();
+        // The /metrics request itself is in flight while it is answered.
+        if in_flight == Some(1.0) && finished == 3.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in flight {in_flight:?}, finished sends {finished}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sends = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query == "/messages")
+        .count();
+    assert_eq!(sends, 3, "each forwarded send reached upstream once");
+}

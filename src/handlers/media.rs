@@ -8,10 +8,12 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::time::Duration;
+
 use tokio::time::{timeout_at, Instant};
 
 use super::{content_length, translate_answer, Reply};
-use crate::body::{empty, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
+use crate::body::{empty, Activity, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
 use crate::error::{MediaFetch, ProxyError, Unreadable};
 use crate::handlers::AppState;
 use crate::routes::Route;
@@ -79,6 +81,9 @@ async fn stream_to_cloud(
     let boundary = format!("waba-onprem-proxy-{}", uuid::Uuid::new_v4().simple());
     let framing = multipart_upload_framing(kind, &boundary);
     let outcome = UploadOutcome::default();
+    // Bytes moving from the client (or media host) count as activity; a stall in either
+    // direction, or upstream sitting on its answer, ends the transfer after the idle timeout.
+    let activity = Activity::default();
     let multipart = MultipartUpload::new(
         Bytes::from(framing.head),
         file,
@@ -86,6 +91,7 @@ async fn stream_to_cloud(
         kind.limit,
         declared,
         outcome.clone(),
+        activity.clone(),
     );
     if let Ok(value) = HeaderValue::from_str(&framing.content_type) {
         headers.insert(header::CONTENT_TYPE, value);
@@ -100,7 +106,13 @@ async fn stream_to_cloud(
             .await?;
         state.upstream.read_answer(response).await
     };
-    let result = timeout_at(deadline, exchange).await;
+    let idle = state.config.media_idle_timeout;
+    let result = tokio::select! {
+        result = timeout_at(deadline, exchange) => result.map_err(|_| ProxyError::UpstreamTimeout {
+            after: state.config.media_timeout,
+        }),
+        () = activity.idle_for(idle) => Err(ProxyError::UpstreamTimeout { after: idle }),
+    };
     // Checked first: whatever upstream said, a cut-off upload is not a success.
     match outcome.failure() {
         Some(UploadFailure::TooLarge { limit }) => {
@@ -119,9 +131,7 @@ async fn stream_to_cloud(
         }
         None => {}
     }
-    result.map_err(|_| ProxyError::UpstreamTimeout {
-        after: state.config.media_timeout,
-    })?
+    result?
 }
 
 /// What became of a provider link.
@@ -140,7 +150,8 @@ pub(super) async fn fetch_and_upload(
     client_headers: HeaderMap,
     deadline: Instant,
 ) -> Result<Uploaded, ProxyError> {
-    let fetched = timeout_at(deadline, state.upstream.fetch(link, fetch_headers))
+    let head_by = deadline.min(Instant::now() + state.config.media_idle_timeout);
+    let fetched = timeout_at(head_by, state.upstream.fetch(link, fetch_headers))
         .await
         .map_err(|_| ProxyError::MediaFetch(MediaFetch::Timeout))?
         .map_err(|e| match e {
@@ -201,15 +212,16 @@ pub(super) async fn download(
         .map_err(|e| ProxyError::UpstreamUnreadable(Unreadable::Shape(e)))?;
 
     let deadline = Instant::now() + state.config.media_timeout;
+    let idle = state.config.media_idle_timeout;
     let fetch = state
         .upstream
         .open(Method::GET, &info.path_and_query, headers, empty());
-    let response =
-        timeout_at(deadline, fetch)
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout {
-                after: state.config.media_timeout,
-            })??;
+    // Nothing moves until the answer's head arrives: the idle timeout bounds the wait.
+    let response = timeout_at(deadline.min(Instant::now() + idle), fetch)
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout {
+            after: idle.min(state.config.media_timeout),
+        })??;
     if !response.status().is_success() {
         let answer = state.upstream.read_answer(response).await?;
         return translate_answer(&route, &answer, state);
@@ -222,6 +234,7 @@ pub(super) async fn download(
         content_type,
         info.file_size,
         deadline,
+        idle,
     ))
 }
 
@@ -233,6 +246,7 @@ pub(super) fn relay_media(
     content_type: HeaderValue,
     known_size: Option<u64>,
     deadline: Instant,
+    idle: Duration,
 ) -> Reply {
     let gzip = response
         .headers()
@@ -244,7 +258,7 @@ pub(super) fn relay_media(
     } else {
         content_length(response.headers()).or(known_size)
     };
-    let body = MediaDownload::new(response.into_body(), gzip, promised, deadline);
+    let body = MediaDownload::new(response.into_body(), gzip, promised, deadline, idle);
     let mut reply = Response::new(body.boxed_unsync());
     *reply.status_mut() = StatusCode::OK;
     let reply_headers = reply.headers_mut();

@@ -112,10 +112,76 @@ enum Reply {
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// Serves one request. The work runs as a task of its own, so a client that goes away does not
+/// cancel it halfway: a send already forwarded runs to its end upstream (as nginx's
+/// `proxy_ignore_client_abort` does), since cancelling it would not un-send it and the client's
+/// retry would duplicate the message. Its outcome is then logged and counted with status 499
+/// (nginx's "client closed request").
 pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let client = ClientWatch::default();
+    let gone = client.gone.clone();
+    let work = tokio::spawn(handle_to_end(state.clone(), request, gone));
+    let response = match work.await {
+        Ok(response) => response,
+        // A panic in the handler (a bug): the client still gets an On-Premise answer.
+        Err(_) => json_response(
+            500,
+            &OnPremError::new(500, 1000, "internal error").to_body(&state.config.meta),
+        ),
+    };
+    client.answered();
+    Ok(response)
+}
+
+/// Set when the connection's task dropped the request before its answer was ready (the client
+/// closed or reset the connection).
+#[derive(Default)]
+struct ClientWatch {
+    gone: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl ClientWatch {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts a request in flight for exactly as long as its work runs, whatever way it ends.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+async fn handle_to_end(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    client_gone: Arc<AtomicBool>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let method = request.method().clone();
@@ -127,13 +193,22 @@ pub async fn handle(
         .unwrap_or_else(|| "/".to_owned());
     let route = route(method.as_str(), &path_and_query);
     let route_name = route.name();
-    state.metrics.in_flight.inc();
+    let in_flight = InFlight::enter(&state.metrics.in_flight);
 
     let served = UPSTREAM_STATUS.scope(std::cell::Cell::new(0), async {
         let reply = serve(&state, request, &request_id, route, &path_and_query).await;
         (reply, UPSTREAM_STATUS.with(std::cell::Cell::get))
     });
     let (reply, upstream_status) = served.await;
+    // What a send became, in its log line: a trace of every message that reached Cloud, also
+    // when its client is no longer there to hear the answer.
+    let message_id = match &reply {
+        Ok(Reply::Json(_, body)) => body
+            .pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        _ => None,
+    };
     let mut response = match reply {
         Ok(Reply::Json(status, body)) => json_response(status, &body),
         Ok(Reply::Stream(response)) => response,
@@ -164,13 +239,18 @@ pub async fn handle(
             json_response(onprem.status, &onprem.to_body(&state.config.meta))
         }
     };
-    state.metrics.in_flight.dec();
+    drop(in_flight);
+    let status = if client_gone.load(Ordering::Relaxed) {
+        CLIENT_CLOSED_REQUEST
+    } else {
+        response.status().as_u16()
+    };
     if state.config.dry_run {
         let mut report = state
             .dry_run_report
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let key = format!("{route_name} {}", response.status().as_u16());
+        let key = format!("{route_name} {status}");
         *report.requests.entry(key).or_default() += 1;
     }
     state
@@ -178,7 +258,7 @@ pub async fn handle(
         .requests
         .get_or_create(&RequestLabels {
             route: route_name,
-            status: response.status().as_u16(),
+            status,
         })
         .inc();
     if let Ok(id) = HeaderValue::from_str(&request_id) {
@@ -190,11 +270,13 @@ pub async fn handle(
         path = %path,
         route = route_name,
         upstream_status = (upstream_status != 0).then_some(upstream_status),
-        status = response.status().as_u16(),
+        status,
+        answer_status = (status == CLIENT_CLOSED_REQUEST).then_some(response.status().as_u16()),
+        message_id = message_id.as_deref(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    Ok(response)
+    response
 }
 
 async fn serve(

@@ -64,11 +64,15 @@ pub(super) async fn stream_photo(
     })?;
     // Meta's picture CDN needs no credentials: the API key stays with the upstream.
     let deadline = Instant::now() + state.config.media_timeout;
-    let response = timeout_at(deadline, state.upstream.fetch(uri, HeaderMap::new()))
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout {
-            after: state.config.media_timeout,
-        })??;
+    let idle = state.config.media_idle_timeout;
+    let response = timeout_at(
+        deadline.min(Instant::now() + idle),
+        state.upstream.fetch(uri, HeaderMap::new()),
+    )
+    .await
+    .map_err(|_| ProxyError::UpstreamTimeout {
+        after: idle.min(state.config.media_timeout),
+    })??;
     if !response.status().is_success() {
         return Err(ProxyError::UpstreamUnreadable(Unreadable::Status(
             response.status().as_u16(),
@@ -84,6 +88,7 @@ pub(super) async fn stream_photo(
         content_type,
         None,
         deadline,
+        idle,
     ))
 }
 
