@@ -344,13 +344,24 @@ pub enum ConfigError {
     Database { reason: String },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
+    #[error("--{flag} must be at most {max_days} days")]
+    TooLong { flag: &'static str, max_days: u64 },
 }
+
+/// No timeout is longer than this: deadlines are computed as `now + timeout`, which must not
+/// overflow, and nothing the proxy waits for takes a month.
+const MAX_TIMEOUT_DAYS: u64 = 30;
 
 impl ServeArgs {
     pub fn validate(&self) -> Result<Config, ConfigError> {
         let positive = |value: u64, flag: &'static str| {
             if value == 0 {
                 Err(ConfigError::Zero { flag })
+            } else if value > MAX_TIMEOUT_DAYS * 24 * 3600 * 1000 {
+                Err(ConfigError::TooLong {
+                    flag,
+                    max_days: MAX_TIMEOUT_DAYS,
+                })
             } else {
                 Ok(Duration::from_millis(value))
             }
@@ -379,8 +390,9 @@ impl ServeArgs {
             header_read_timeout: positive(self.header_read_timeout_ms, "header-read-timeout-ms")?,
             body_read_timeout: positive(self.body_read_timeout_ms, "body-read-timeout-ms")?,
             max_body_bytes: self.max_body_bytes,
-            // hyper's read buffer cannot be smaller than 8 KiB.
-            max_header_bytes: self.max_header_bytes.max(1024),
+            // At least 1 KiB (a request line and a few headers); at most 1 MiB, so hyper's read
+            // buffer (twice this, and never under its 8 KiB minimum) stays bounded.
+            max_header_bytes: self.max_header_bytes.clamp(1024, 1024 * 1024),
             max_upstream_body_bytes: self.max_upstream_body_bytes,
             media_timeout: positive(self.media_timeout_ms, "media-timeout-ms")?,
             media_idle_timeout: positive(self.media_idle_timeout_ms, "media-idle-timeout-ms")?,

@@ -19,7 +19,8 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 /// `--link-fetch-block`: which addresses a fetch on a client's behalf may not reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LinkPolicy {
-    /// Link-local addresses (`169.254.0.0/16`, `fe80::/10`): cloud metadata services.
+    /// Link-local addresses (`169.254.0.0/16`, `fe80::/10`) and the cloud metadata services
+    /// outside them (`fd00:ec2::254`, `100.100.100.200`).
     #[default]
     LinkLocal,
     /// Link-local plus loopback, private (RFC 1918, `fc00::/7`), shared (`100.64.0.0/10`) and
@@ -36,9 +37,14 @@ pub fn refuses(policy: LinkPolicy, ip: IpAddr) -> bool {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
+    // Link-local ranges, plus the metadata services that live elsewhere: AWS's IPv6 endpoint
+    // (`fd00:ec2::254`, unique-local) and Alibaba Cloud's (`100.100.100.200`, shared space).
     let link_local = match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)
+        }
     };
     match policy {
         LinkPolicy::None => false,

@@ -272,14 +272,7 @@ impl Upstream {
         if self.dry_run {
             return Err(ProxyError::NotInDryRun("fetching a link"));
         }
-        // An address written into the link is connected to without asking the resolver.
-        let literal = uri
-            .host()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
-        if let Some(ip) = literal.filter(|ip| link_guard::refuses(self.link_policy, *ip)) {
-            return Err(ProxyError::MediaFetch(MediaFetch::Refused(ip)));
-        }
+        self.check_literal(&uri)?;
         let mut request = Request::builder().method(Method::GET).uri(uri);
         if let Some(h) = request.headers_mut() {
             *h = headers;
@@ -290,20 +283,35 @@ impl Upstream {
         self.links.request(request).await.map_err(client_error)
     }
 
+    /// An address written into a URL is connected to without asking the resolver, so the link
+    /// policy is checked on it here.
+    fn check_literal(&self, uri: &Uri) -> Result<(), ProxyError> {
+        let literal = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
+        match literal.filter(|ip| link_guard::refuses(self.link_policy, *ip)) {
+            Some(ip) => Err(ProxyError::MediaFetch(MediaFetch::Refused(ip))),
+            None => Ok(()),
+        }
+    }
+
     /// POSTs bytes to any URL (a legacy webhook receiver) and drains the answer; the status
-    /// is all that matters.
+    /// is all that matters. Receivers are URLs clients set, so they go through the same link
+    /// policy as media links: a client cannot make the proxy post to a metadata service.
     pub async fn post_absolute(
         &self,
         uri: Uri,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<StatusCode, ProxyError> {
+        self.check_literal(&uri)?;
         let mut request = Request::builder().method(Method::POST).uri(uri);
         if let Some(h) = request.headers_mut() {
             *h = headers;
         }
         let request = request.body(full(body)).map_err(ProxyError::Internal)?;
-        let response = self.pool().request(request).await.map_err(client_error)?;
+        let response = self.links.request(request).await.map_err(client_error)?;
         let status = response.status();
         // Read (a bounded amount of) the answer so the connection can be reused.
         let _ = Limited::new(response.into_body(), 64 * 1024)

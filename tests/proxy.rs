@@ -1276,8 +1276,10 @@ async fn host_rules_and_the_header_cap_are_enforced_on_premise_style() {
     assert!(raw_exchange(&proxy, ten.as_bytes())
         .await
         .starts_with("HTTP/1.0 201"));
-    let ok = raw_exchange(&proxy, request("Host: proxy.internal:8080\r\n").as_bytes()).await;
-    assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
+    for host in ["proxy.internal:8080", "[::1]:8080", "10.0.0.7"] {
+        let ok = raw_exchange(&proxy, request(&format!("Host: {host}\r\n")).as_bytes()).await;
+        assert!(ok.starts_with("HTTP/1.1 201"), "{host}: {ok}");
+    }
 }
 
 /// An upstream that answers a status outside 100-599, or a head past the header cap, is broken:
@@ -1341,7 +1343,7 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 
 /// Clients that go away at every stage: the in-flight gauge comes back to exactly zero, and a
 /// send already forwarded runs to its end upstream and is logged and counted, never cut off
-/// halfway.
+/// halfway (without half-close support hyper cancels it when the client resets).
 #[tokio::test]
 async fn abandoned_requests_leave_the_gauge_exact_and_forwarded_sends_finish_upstream() {
     let mock = MockUpstream::start().await;
@@ -1433,4 +1435,34 @@ async fn abandoned_requests_leave_the_gauge_exact_and_forwarded_sends_finish_ups
         .filter(|r| r.path_and_query == "/messages")
         .count();
     assert_eq!(sends, 3, "each forwarded send reached upstream once");
+}
+
+/// Webhook receivers are URLs clients set: deliveries follow the same link policy as media
+/// links, so no client can make the proxy post to a cloud metadata service.
+#[tokio::test]
+async fn webhook_deliveries_cannot_reach_link_local_addresses() {
+    let config = waba_onprem_proxy::config::Config::with_upstream("http://127.0.0.1:9").unwrap();
+    let upstream = waba_onprem_proxy::upstream::Upstream::new(&config);
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fd00:ec2::254]/latest",
+    ] {
+        let started = std::time::Instant::now();
+        let result = upstream
+            .post_absolute(
+                url.parse().unwrap(),
+                http::HeaderMap::new(),
+                Bytes::from_static(b"{}"),
+            )
+            .await;
+        let error = result.expect_err(url).to_string();
+        assert!(
+            error.contains("not an address links may be fetched from"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused before connecting"
+        );
+    }
 }

@@ -112,52 +112,6 @@ enum Reply {
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Serves one request. The work runs as a task of its own, so a client that goes away does not
-/// cancel it halfway: a send already forwarded runs to its end upstream (as nginx's
-/// `proxy_ignore_client_abort` does), since cancelling it would not un-send it and the client's
-/// retry would duplicate the message. Its outcome is then logged and counted with status 499
-/// (nginx's "client closed request").
-pub async fn handle(
-    state: Arc<AppState>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let client = ClientWatch::default();
-    let gone = client.gone.clone();
-    let work = tokio::spawn(handle_to_end(state.clone(), request, gone));
-    let response = match work.await {
-        Ok(response) => response,
-        // A panic in the handler (a bug): the client still gets an On-Premise answer.
-        Err(_) => json_response(
-            500,
-            &OnPremError::new(500, 1000, "internal error").to_body(&state.config.meta),
-        ),
-    };
-    client.answered();
-    Ok(response)
-}
-
-/// Set when the connection's task dropped the request before its answer was ready (the client
-/// closed or reset the connection).
-#[derive(Default)]
-struct ClientWatch {
-    gone: Arc<AtomicBool>,
-    answered: bool,
-}
-
-impl ClientWatch {
-    fn answered(mut self) {
-        self.answered = true;
-    }
-}
-
-impl Drop for ClientWatch {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.gone.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Counts a request in flight for exactly as long as its work runs, whatever way it ends.
 struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
@@ -174,14 +128,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// nginx's status for a request whose client closed the connection before the answer.
-const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-async fn handle_to_end(
+/// Serves one request. hyper drives it to its end even when the client half-closes or goes
+/// away while it waits (connections support half-close), so a send that was forwarded is never
+/// cut off halfway: cancelling it would not un-send it, and the client's retry would duplicate
+/// the message.
+pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
-    client_gone: Arc<AtomicBool>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let method = request.method().clone();
@@ -240,11 +194,7 @@ async fn handle_to_end(
         }
     };
     drop(in_flight);
-    let status = if client_gone.load(Ordering::Relaxed) {
-        CLIENT_CLOSED_REQUEST
-    } else {
-        response.status().as_u16()
-    };
+    let status = response.status().as_u16();
     if state.config.dry_run {
         let mut report = state
             .dry_run_report
@@ -271,12 +221,11 @@ async fn handle_to_end(
         route = route_name,
         upstream_status = (upstream_status != 0).then_some(upstream_status),
         status,
-        answer_status = (status == CLIENT_CLOSED_REQUEST).then_some(response.status().as_u16()),
         message_id = message_id.as_deref(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    response
+    Ok(response)
 }
 
 async fn serve(

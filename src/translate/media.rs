@@ -148,6 +148,11 @@ fn check_media_url(url: &str) -> Result<(), TranslateError> {
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(TranslateError::invalid("url", "has control characters"));
     }
+    // A fragment has no place in a media url, and it would make the path checked here differ
+    // from the one forwarded (`https://host#/../admin`).
+    if url.contains('#') {
+        return Err(TranslateError::invalid("url", "has a fragment"));
+    }
     let path = lower.split(['?', '#']).next().unwrap_or("");
     let path = path.split_once("://").map_or("", |(_, rest)| rest);
     let path = path.find('/').map_or("", |i| &path[i..]);
@@ -503,6 +508,8 @@ mod tests {
             "https://lookaside.fbsbx.com/a/./b",
             "https://lookaside.fbsbx.com/a\r\nX-Injected: 1",
             "https://lookaside.fbsbx.com/a b",
+            "https://lookaside.fbsbx.com#/../../admin?x=1",
+            "https://h#x/%2e%2e/%2e%2e/admin",
             "/relative/path",
         ] {
             assert!(info(bad).is_err(), "{bad}");
