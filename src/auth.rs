@@ -12,9 +12,9 @@ use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
+use crate::clock::epoch_ms;
 use crate::db::Database;
-use crate::relay::epoch_ms;
-use crate::store::key_hash;
+use crate::secret::key_hash;
 
 /// The header 360dialog authenticates with.
 pub const API_KEY_HEADER: &str = "d360-api-key";

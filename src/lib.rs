@@ -12,9 +12,14 @@
 //! - [`link_guard`]: the addresses fetches on a client's behalf may not reach (after DNS).
 //! - [`body`]: the streaming bodies (multipart upload, media download).
 //! - [`auth`]: the key map and login tokens.
-//! - [`store`]: per-API-key JSON documents in the data directory (providers, settings).
-//! - [`relay`]: inbound webhooks -> SQLite outbox -> delivery to the legacy URL.
+//! - [`store`]: per-API-key JSON documents (providers, settings), kept in the database.
+//! - [`relay`]: inbound webhooks -> the outbox (SQLite or PostgreSQL, see [`db`]) -> delivery to
+//!   the legacy URL; its delivery loop takes only what it uses ([`relay::Delivery`]).
+//! - [`db`]: the two storage backends behind one type; it knows no translation type and no
+//!   relay.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`clock`] and [`secret`]: the one clock, key hashing and constant-time comparison, at the
+//!   bottom of the house so the layers above share them without importing one another.
 //! - [`error`]: [`error::ProxyError`] and the one function deciding its On-Premise status.
 //! - [`translate`]: the pure core, no I/O: `messages`, `templates` (hsm), `contacts`, `media`,
 //!   `profile`, `settings`, `webhooks`, `errors`, `dryrun`, and `request` (whole requests and
@@ -24,6 +29,7 @@
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -32,6 +38,7 @@ pub mod link_guard;
 pub mod metrics;
 pub mod relay;
 pub mod routes;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod translate;

@@ -66,7 +66,7 @@ pub enum Route {
     /// Paths 360dialog serves in the same shape on both hosts (`/v1/configs/templates...`):
     /// forwarded to the same path upstream.
     PassThrough,
-    /// On-Premise endpoints with no Cloud counterpart (SPEC §10).
+    /// On-Premise endpoints with no Cloud counterpart (README "Endpoints").
     NotOnCloud,
     /// Endpoints that do exist on Cloud but that this version of the proxy does not translate
     /// yet; answered with a clear 501 rather than forwarded half-translated.

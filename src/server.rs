@@ -34,7 +34,12 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let hangups = reload_key_map_on_sighup(state.clone());
     // Undelivered webhooks from before a crash start going out at once.
-    let delivery = tokio::spawn(crate::relay::deliver_forever(state.clone()));
+    let delivery = tokio::spawn(crate::relay::deliver_forever(crate::relay::Delivery {
+        relay: state.relay.clone(),
+        upstream: state.upstream.clone(),
+        delivery_seconds: state.metrics.delivery_seconds.clone(),
+        settings: crate::relay::DeliverySettings::from_config(&state.config),
+    }));
     let (release, released) = watch::channel(false);
     let mut threads = vec![ServingThread::here()];
     let mut helpers = Vec::new();

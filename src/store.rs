@@ -5,20 +5,12 @@
 use std::io;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::db::Database;
+pub use crate::secret::key_hash;
 
 pub struct Store {
     db: Database,
-}
-
-/// The hex SHA-256 of an API key: how the database knows it.
-pub fn key_hash(api_key: &str) -> String {
-    Sha256::digest(api_key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl Store {

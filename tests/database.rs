@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use support::Backend;
+use waba_onprem_proxy::db::NewPayload;
 use waba_onprem_proxy::db::{Claim, Database, DatabaseUrl, Outcome};
-use waba_onprem_proxy::translate::webhooks::OnPremWebhook;
 
 async fn open(backend: Backend) -> Database {
     let url = backend.database().unwrap_or_else(|| {
@@ -28,9 +28,9 @@ async fn postgres_url() -> Option<DatabaseUrl> {
     Some(DatabaseUrl::Postgres(url))
 }
 
-fn payload(wa_id: &str, id: &str) -> OnPremWebhook {
-    OnPremWebhook {
-        body: json!({"messages": [{"id": id, "from": wa_id}]}),
+fn payload(wa_id: &str, id: &str) -> NewPayload {
+    NewPayload {
+        body: json!({"messages": [{"id": id, "from": wa_id}]}).to_string(),
         ordering_key: wa_id.to_owned(),
         dedupe_key: Some(format!("message:{id}")),
     }

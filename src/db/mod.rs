@@ -15,8 +15,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::translate::webhooks::OnPremWebhook;
-
 /// The schema of both backends, as numbered migrations applied in order, each once; `{id}` is
 /// the backend's auto-numbered key column. Version 1 is the schema from before versioning
 /// (hence `IF NOT EXISTS`: SQLite files created then already have it).
@@ -237,6 +235,16 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// One payload to store for delivery: its body as sent to the receiver, the recipient whose
+/// events must stay in order, and what identifies it across upstream re-sends. Storage's own
+/// shape, so the database knows no translation type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayload {
+    pub body: String,
+    pub ordering_key: String,
+    pub dedupe_key: Option<String>,
+}
+
 /// Where inbound events for one legacy receiver come in and go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
@@ -445,7 +453,7 @@ impl Database {
         &self,
         channel: &str,
         raw: String,
-        payloads: Vec<OnPremWebhook>,
+        payloads: Vec<NewPayload>,
         skipped: usize,
         now_ms: i64,
     ) -> Result<Ingested, DbError> {

@@ -13,9 +13,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, Claim, DbError, Dead,
-    DocumentChange, Due, Ingested, Outcome, Stats, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
+    DocumentChange, Due, Ingested, NewPayload, Outcome, Stats, UPSERT_CHANNEL,
+    UPSERT_CHANNEL_KEEPING_SECRET,
 };
-use crate::translate::webhooks::OnPremWebhook;
 
 /// Any lock id both our migrations and nobody else's use: replicas starting together migrate
 /// one after the other.
@@ -105,7 +105,7 @@ impl Postgres {
                 tx.batch_execute(&sql).await?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                    &[&version, &crate::relay::now_ms()],
+                    &[&version, &crate::clock::now_ms()],
                 )
                 .await?;
             }
@@ -244,7 +244,7 @@ impl Postgres {
         &self,
         channel: &str,
         raw: &str,
-        payloads: &[OnPremWebhook],
+        payloads: &[NewPayload],
         skipped: usize,
         now_ms: i64,
     ) -> Result<Ingested, DbError> {
@@ -293,7 +293,7 @@ impl Postgres {
                         &channel,
                         &payload.ordering_key,
                         &payload.dedupe_key,
-                        &payload.body.to_string(),
+                        &payload.body.as_str(),
                         &now_ms,
                     ],
                 )
@@ -643,7 +643,7 @@ impl Postgres {
         tx.execute(
             "INSERT INTO documents (kind, key_hash, body, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (kind, key_hash) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-            &[&kind, &key_hash, &next.to_string(), &crate::relay::now_ms()],
+            &[&kind, &key_hash, &next.to_string(), &crate::clock::now_ms()],
         )
         .await?;
         tx.commit().await?;

@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, DbError, Dead,
-    DocumentChange, Due, Ingested, Outcome, Stats, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
+    DocumentChange, Due, Ingested, NewPayload, Outcome, Stats, UPSERT_CHANNEL,
+    UPSERT_CHANNEL_KEEPING_SECRET,
 };
-use crate::translate::webhooks::OnPremWebhook;
 
 pub struct Sqlite {
     connection: Mutex<Connection>,
@@ -85,7 +85,7 @@ impl Sqlite {
                 tx.execute_batch(&sql)?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                    params![version, crate::relay::now_ms()],
+                    params![version, crate::clock::now_ms()],
                 )?;
             }
         }
@@ -125,7 +125,7 @@ impl Sqlite {
                 self.lock().execute(
                     "INSERT INTO documents (kind, key_hash, body, updated_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (kind, key_hash) DO NOTHING",
-                    params![kind, key_hash, body, crate::relay::now_ms()],
+                    params![kind, key_hash, body, crate::clock::now_ms()],
                 )?;
             }
         }
@@ -196,7 +196,7 @@ impl Sqlite {
         &self,
         channel: &str,
         raw: &str,
-        payloads: &[OnPremWebhook],
+        payloads: &[NewPayload],
         skipped: usize,
         now_ms: i64,
     ) -> rusqlite::Result<Ingested> {
@@ -219,7 +219,7 @@ impl Sqlite {
                     channel,
                     payload.ordering_key,
                     payload.dedupe_key,
-                    payload.body.to_string(),
+                    payload.body.as_str(),
                     now_ms
                 ],
             )?;
@@ -451,7 +451,7 @@ impl Sqlite {
         tx.execute(
             "INSERT INTO documents (kind, key_hash, body, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (kind, key_hash) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-            params![kind, key_hash, next.to_string(), crate::relay::now_ms()],
+            params![kind, key_hash, next.to_string(), crate::clock::now_ms()],
         )?;
         tx.commit()?;
         Ok(next)

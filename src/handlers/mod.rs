@@ -38,10 +38,10 @@ use crate::upstream::{forwarded_request_headers, CloudAnswer, Upstream, UPSTREAM
 /// What every request handler shares.
 pub struct AppState {
     pub config: Config,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub store: Store,
     pub auth: Auth,
-    pub relay: Relay,
+    pub relay: Arc<Relay>,
     pub metrics: Metrics,
     /// What dry-run mode has seen (empty otherwise).
     pub dry_run_report: std::sync::Mutex<DryRunReport>,
@@ -79,8 +79,8 @@ impl AppState {
             .await
             .map_err(failed)?;
         let auth = Auth::new(config.key_map.clone(), db.clone())?;
-        let relay = Relay::open(&config, db.clone()).await.map_err(failed)?;
-        let upstream = Upstream::new(&config);
+        let relay = Arc::new(Relay::open(&config, db.clone()).await.map_err(failed)?);
+        let upstream = Arc::new(Upstream::new(&config));
         let store = Store::new(db);
         Ok(AppState {
             config,
@@ -394,7 +394,7 @@ fn check_head(parts: &Parts, max_header_bytes: usize) -> Result<(), ProxyError> 
 }
 
 async fn metrics(state: &AppState) -> Reply {
-    let stats = state.relay.db.stats(crate::relay::now_ms()).await.ok();
+    let stats = state.relay.db.stats(crate::clock::now_ms()).await.ok();
     let mut response = Response::new(full(state.metrics.render(stats.as_ref())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -10,13 +10,14 @@ use serde_json::{json, Value};
 
 use super::settings::{api_key, APPLICATION_SETTINGS};
 use super::Reply;
+use crate::clock::now_ms;
 use crate::error::ProxyError;
 use crate::handlers::AppState;
 use crate::relay::{
-    channel_for_key, configure_channel, now_ms, same_secret, webhook_config_answer, Refused,
-    SECRET_HEADER,
+    channel_for_key, configure_channel, webhook_config_answer, Refused, SECRET_HEADER,
 };
 use crate::routes::Route;
+use crate::secret::same_secret;
 use crate::translate::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
 use crate::translate::webhooks::WebhookOptions;
 use crate::translate::{as_object_pub, parse_body, TranslateError};
@@ -47,12 +48,15 @@ pub(super) async fn inbound(
             1005,
             "missing or wrong X-Webhook-Secret".to_owned(),
         )),
-        // Not stored: a 5xx makes Cloud send it again.
-        Err(Refused::Storage) => Err(rejected(
-            503,
-            1011,
-            "the event could not be stored; send it again".to_owned(),
-        )),
+        // Not stored: a 5xx makes Cloud send it again; the cause is for the operator.
+        Err(Refused::Storage(cause)) => {
+            tracing::warn!(error = %cause, %channel, "inbound webhook not stored");
+            Err(rejected(
+                503,
+                1011,
+                "the event could not be stored; send it again".to_owned(),
+            ))
+        }
     }
 }
 

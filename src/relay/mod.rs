@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -12,12 +12,15 @@ use http::Uri;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::db::{Channel, Claim, Database, DbError, Due, Outcome};
-use crate::handlers::AppState;
+use crate::db::{Channel, Claim, Database, DbError, Due, NewPayload, Outcome};
+use crate::secret::same_secret;
 use crate::translate::webhooks::{cloud_to_onprem_webhook_owned, WebhookOptions};
+use crate::upstream::Upstream;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Header the inbound post must carry; its value is the channel's secret.
 pub const SECRET_HEADER: &str = "x-webhook-secret";
@@ -41,39 +44,18 @@ pub struct Relay {
 }
 
 /// Why an inbound post was not accepted.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Refused {
     UnknownChannel,
     BadSecret,
-    /// Could not be stored: upstream must retry.
-    Storage,
-}
-
-pub fn now_ms() -> i64 {
-    epoch_ms(SystemTime::now())
-}
-
-/// Milliseconds since the Unix epoch: how every time is stored.
-pub fn epoch_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    /// Could not be stored: upstream must retry. The cause is the operator's to read.
+    Storage(DbError),
 }
 
 /// The channel name for an API key: derived, so the key itself appears nowhere.
 pub fn channel_for_key(api_key: &str) -> (String, String) {
-    let hash = crate::store::key_hash(api_key);
+    let hash = crate::secret::key_hash(api_key);
     (format!("k{}", &hash[..24]), hash)
-}
-
-/// Compares secrets without leaking where they differ through timing.
-pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 impl Relay {
@@ -116,12 +98,7 @@ impl Relay {
         secret: Option<&[u8]>,
         raw: Bytes,
     ) -> Result<(), Refused> {
-        let Some(found) = self
-            .db
-            .channel(channel)
-            .await
-            .map_err(|_| Refused::Storage)?
-        else {
+        let Some(found) = self.db.channel(channel).await.map_err(Refused::Storage)? else {
             return Err(Refused::UnknownChannel);
         };
         match secret {
@@ -140,11 +117,20 @@ impl Relay {
         match translated {
             Ok(translation) => {
                 let skipped = translation.skipped.len();
+                let payloads = translation
+                    .payloads
+                    .into_iter()
+                    .map(|p| NewPayload {
+                        body: p.body.to_string(),
+                        ordering_key: p.ordering_key,
+                        dedupe_key: p.dedupe_key,
+                    })
+                    .collect();
                 let ingested = self
                     .db
-                    .ingest(channel, text, translation.payloads, skipped, now_ms())
+                    .ingest(channel, text, payloads, skipped, now_ms())
                     .await
-                    .map_err(|_| Refused::Storage)?;
+                    .map_err(Refused::Storage)?;
                 debug!(channel = %channel, stored = ingested.stored, duplicates = ingested.duplicates,
                     skipped, "webhook stored");
             }
@@ -154,7 +140,7 @@ impl Relay {
                 .db
                 .store_unreadable(channel, text, reason, now_ms())
                 .await
-                .map_err(|_| Refused::Storage)?,
+                .map_err(Refused::Storage)?,
         }
         self.wake.notify_one();
         Ok(())
@@ -165,17 +151,47 @@ impl Relay {
     }
 }
 
+/// What the delivery loop uses, and nothing more: the outbox, the outbound client, the metric
+/// it feeds, and its settings.
+#[derive(Clone)]
+pub struct Delivery {
+    pub relay: Arc<Relay>,
+    pub upstream: Arc<Upstream>,
+    pub delivery_seconds: Histogram,
+    pub settings: DeliverySettings,
+}
+
+/// The delivery settings taken from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub retry_period: Duration,
+    pub retry_base: Duration,
+}
+
+impl DeliverySettings {
+    pub fn from_config(config: &Config) -> Self {
+        DeliverySettings {
+            concurrency: config.webhook_concurrency,
+            timeout: config.webhook_delivery_timeout,
+            retry_period: config.webhook_retry_period,
+            retry_base: config.webhook_retry_base,
+        }
+    }
+}
+
 /// The delivery loop: runs until the task is aborted. Each round takes the due heads (one per
 /// recipient), delivers them concurrently, and records the outcomes in one transaction.
-pub async fn deliver_forever(state: Arc<AppState>) {
-    let relay = &state.relay;
-    let config = &state.config;
+pub async fn deliver_forever(delivery: Delivery) {
+    let relay = &*delivery.relay;
+    let config = delivery.settings;
     // On a shared database a round is one wave of deliveries, so it ends within one delivery
     // timeout and the lease (twice that, and some) never runs out under a live replica.
     let (round_size, lease) = if relay.db.is_shared() {
         (
-            config.webhook_concurrency,
-            config.webhook_delivery_timeout * 2 + Duration::from_secs(10),
+            config.concurrency,
+            config.timeout * 2 + Duration::from_secs(10),
         )
     } else {
         (ROUND_SIZE, Duration::ZERO)
@@ -194,7 +210,7 @@ pub async fn deliver_forever(state: Arc<AppState>) {
         // takes, it must not eat into a round's lease.
         if now - last_prune > 60_000 {
             last_prune = now;
-            let before = now - config.webhook_retry_period.as_millis() as i64;
+            let before = now - config.retry_period.as_millis() as i64;
             if let Err(error) = relay.db.prune(before, now).await {
                 warn!(%error, "outbox cleanup failed; will try again");
             }
@@ -242,14 +258,14 @@ pub async fn deliver_forever(state: Arc<AppState>) {
         let mut deliveries = JoinSet::new();
         let mut outcomes = Vec::with_capacity(due.len());
         for item in due {
-            if deliveries.len() >= config.webhook_concurrency {
+            if deliveries.len() >= config.concurrency {
                 if let Some(Ok(outcome)) = deliveries.join_next().await {
                     outcomes.push(outcome);
                 }
             }
-            let state = state.clone();
+            let delivery = delivery.clone();
             let channel = channels.get(&item.channel).cloned().unwrap_or(Ok(None));
-            deliveries.spawn(async move { deliver_one(&state, channel, item).await });
+            deliveries.spawn(async move { deliver_one(&delivery, channel, item).await });
         }
         while let Some(joined) = deliveries.join_next().await {
             if let Ok(outcome) = joined {
@@ -268,11 +284,11 @@ async fn wait(relay: &Relay, at_most: Duration) {
 }
 
 async fn deliver_one(
-    state: &AppState,
+    delivery: &Delivery,
     channel: Result<Option<Arc<Channel>>, String>,
     mut item: Due,
 ) -> Outcome {
-    let config = &state.config;
+    let config = delivery.settings;
     // The payload goes out once per attempt: moved into the request, not copied.
     let payload = Bytes::from(std::mem::take(&mut item.payload));
     let result = match channel {
@@ -281,22 +297,22 @@ async fn deliver_one(
         Ok(Some(channel)) if channel.legacy_url.is_empty() => {
             Err("channel has no legacy webhook URL".to_owned())
         }
-        Ok(Some(channel)) => post(state, &channel, item.id, payload).await,
+        Ok(Some(channel)) => post(delivery, &channel, item.id, payload).await,
     };
     match result {
         Ok(()) => {
             let waited = (now_ms() - item.created_at).max(0) as f64 / 1000.0;
-            state.metrics.delivery_seconds.observe(waited);
+            delivery.delivery_seconds.observe(waited);
             Outcome::Delivered { id: item.id }
         }
         Err(error) => {
             let now = now_ms();
             let age = Duration::from_millis((now - item.created_at).max(0) as u64);
-            if age >= config.webhook_retry_period {
+            if age >= config.retry_period {
                 warn!(id = item.id, %error, "webhook undeliverable for the whole retry period: dead-lettered");
                 Outcome::Dead { id: item.id, error }
             } else {
-                let wait = backoff(config.webhook_retry_base, item.attempts);
+                let wait = backoff(config.retry_base, item.attempts);
                 let next_attempt_at = now + wait.as_millis() as i64;
                 debug!(id = item.id, %error, "webhook delivery failed; will retry");
                 Outcome::Retry {
@@ -318,7 +334,12 @@ pub fn backoff(base: Duration, attempts_before: i64) -> Duration {
         .min(Duration::from_secs(3600))
 }
 
-async fn post(state: &AppState, channel: &Channel, id: i64, payload: Bytes) -> Result<(), String> {
+async fn post(
+    delivery: &Delivery,
+    channel: &Channel,
+    id: i64,
+    payload: Bytes,
+) -> Result<(), String> {
     let uri: Uri = channel
         .legacy_url
         .parse()
@@ -338,8 +359,8 @@ async fn post(state: &AppState, channel: &Channel, id: i64, payload: Bytes) -> R
     );
     // Stable across retries: the receiver can drop what it already processed.
     headers.insert("x-webhook-id", HeaderValue::from(id));
-    let send = state.upstream.post_absolute(uri, headers, payload);
-    match tokio::time::timeout(state.config.webhook_delivery_timeout, send).await {
+    let send = delivery.upstream.post_absolute(uri, headers, payload);
+    match tokio::time::timeout(delivery.settings.timeout, send).await {
         Err(_) => Err("legacy receiver did not answer in time".to_owned()),
         Ok(Err(error)) => Err(format!("legacy receiver unreachable: {error}")),
         Ok(Ok(status)) if status.is_success() => Ok(()),
@@ -409,12 +430,6 @@ pub fn webhook_config_answer(channel: Option<&Channel>) -> Value {
     }
 }
 
-pub fn log_started(state: &AppState) {
-    if state.config.legacy_webhook_url.is_some() {
-        info!("webhook relay: channel \"default\" delivers to the configured legacy URL");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,12 +442,5 @@ mod tests {
         assert!(backoff(second, 1) >= Duration::from_millis(1600));
         assert!(backoff(second, 30) <= Duration::from_secs(3600));
         assert!(backoff(second, 30) >= Duration::from_secs(2880));
-    }
-
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abd", b"abc"));
-        assert!(!same_secret(b"ab", b"abc"));
     }
 }

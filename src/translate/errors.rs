@@ -1,4 +1,4 @@
-//! Errors in On-Premise shape: Cloud's error bodies translated (SPEC §9), and the errors the
+//! Errors in On-Premise shape: Cloud's error bodies translated (the table in `map_cloud_code`, README "Errors"), and the errors the
 //! proxy makes itself, all rendered as `{"errors":[{"code","title","details"}],"meta":{...}}`.
 //!
 //! Errors returned by the Cloud API are data, not proxy failures: they are translated here.
