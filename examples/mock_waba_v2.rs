@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/mock_upstream.rs"]
+#[path = "../tests/it/support/mock_upstream.rs"]
 #[allow(dead_code)]
 mod mock_upstream;
 

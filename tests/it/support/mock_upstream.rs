@@ -17,8 +17,8 @@
 //! `GET /whatsapp_business/attachments/?mid=<id>&...` streams the bytes.
 
 /// Meta's OpenAPI key table for Cloud sends (`tests/data/`): the mock refuses what Cloud would.
-#[path = "../data/cloud_keys_check.rs"]
-mod cloud_keys_check;
+#[path = "../../data/cloud_keys_check.rs"]
+pub mod cloud_keys_check;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

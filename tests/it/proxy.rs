@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::mock_upstream::{closed_port_url, Behaviour, MockUpstream};
+use crate::support::proxy::{send, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use support::mock_upstream::{closed_port_url, Behaviour, MockUpstream};
-use support::proxy::{send, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -653,7 +651,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones()
     let addr = proxy.addr;
     let proxy_url = proxy.url("");
     let in_flight = tokio::spawn({
-        let proxy_ref = support::proxy::TestProxyRef::new(addr);
+        let proxy_ref = crate::support::proxy::TestProxyRef::new(addr);
         async move { proxy_ref.send_text().await }
     });
     mock.wait_for_requests(1).await;
@@ -735,7 +733,7 @@ async fn every_serving_thread_drains_at_shutdown_and_lets_go_of_the_state() {
     .await;
     let mut in_flight = Vec::new();
     for n in 1..=6 {
-        let proxy_ref = support::proxy::TestProxyRef::new(proxy.addr);
+        let proxy_ref = crate::support::proxy::TestProxyRef::new(proxy.addr);
         in_flight.push(tokio::spawn(async move { proxy_ref.send_text().await }));
         // One at a time, so each connection is placed knowing where the earlier ones went.
         mock.wait_for_requests(n).await;
@@ -969,7 +967,11 @@ async fn sigterm_under_load_completes_all_200_in_flight_requests() {
     let addr = proxy.addr;
     let in_flight: Vec<_> = (0..200)
         .map(|_| {
-            tokio::spawn(async move { support::proxy::TestProxyRef::new(addr).send_text().await })
+            tokio::spawn(async move {
+                crate::support::proxy::TestProxyRef::new(addr)
+                    .send_text()
+                    .await
+            })
         })
         .collect();
     mock.wait_for_requests(200).await;
@@ -1126,7 +1128,11 @@ async fn a_storm_of_upstream_5xx_is_answered_503_every_time() {
     let addr = proxy.addr;
     let storm: Vec<_> = (0..100)
         .map(|_| {
-            tokio::spawn(async move { support::proxy::TestProxyRef::new(addr).send_text().await })
+            tokio::spawn(async move {
+                crate::support::proxy::TestProxyRef::new(addr)
+                    .send_text()
+                    .await
+            })
         })
         .collect();
     for request in storm {
@@ -1220,7 +1226,7 @@ async fn an_upstream_429_passes_its_retry_after_to_the_client() {
 
 /// One raw request on a fresh connection; the whole answer as text (the proxy closes after
 /// `Connection: close`).
-async fn raw_exchange(proxy: &support::proxy::TestProxy, request: &[u8]) -> String {
+async fn raw_exchange(proxy: &crate::support::proxy::TestProxy, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut answer = Vec::new();

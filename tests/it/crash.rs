@@ -13,20 +13,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::support::mock_upstream::{Behaviour, MockUpstream};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use support::mock_upstream::{Behaviour, MockUpstream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -116,7 +114,7 @@ async fn three_replicas_on_one_postgres_lose_nothing_across_random_sigkills() {
     if std::env::var("CRASH_RUN").is_ok_and(|run| run != "postgres") {
         return;
     }
-    let Some(url) = support::postgres::fresh_database().await else {
+    let Some(url) = crate::support::postgres::fresh_database().await else {
         return;
     };
     crash_run("three replicas on PostgreSQL", Some(&url), 3).await;

@@ -31,8 +31,7 @@ use waba_onprem_proxy::translate::request::{cloud_to_onprem_response, onprem_to_
 use waba_onprem_proxy::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
 use waba_onprem_proxy::translate::Meta;
 
-#[path = "data/cloud_keys_check.rs"]
-mod cloud_keys_check;
+use crate::support::mock_upstream::cloud_keys_check;
 
 fn meta() -> Meta {
     Meta::new("v2.53.0")
@@ -124,7 +123,7 @@ fn every_fixture_folder_is_an_area_that_runs() {
         );
         assert!(
             AREAS.contains(&name.as_str()),
-            "fixtures/{name} is not run by tests/fixtures.rs"
+            "fixtures/{name} is not run by tests/it/fixtures.rs"
         );
     }
 }

@@ -4,16 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
+use crate::support::mock_upstream::{Behaviour, MockUpstream};
+use crate::support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
 use base64::Engine as _;
 use serde_json::json;
-use support::mock_upstream::{Behaviour, MockUpstream};
-use support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
 use waba_onprem_proxy::db::DatabaseUrl;
 
 async fn two_replicas(upstream: &MockUpstream) -> Option<(TestProxy, TestProxy)> {
-    let url = support::postgres::fresh_database().await?;
+    let url = crate::support::postgres::fresh_database().await?;
     let digest: String = {
         use sha2::{Digest, Sha256};
         Sha256::digest(b"pw-1")
@@ -164,7 +162,7 @@ async fn a_login_token_from_one_replica_works_on_another_until_logged_out_anywhe
 #[tokio::test]
 async fn a_lost_database_is_a_prompt_503_not_a_hang() {
     let upstream = MockUpstream::start().await;
-    let Some(url) = support::postgres::fresh_database().await else {
+    let Some(url) = crate::support::postgres::fresh_database().await else {
         return;
     };
     let database = url.clone();
@@ -177,7 +175,7 @@ async fn a_lost_database_is_a_prompt_503_not_a_hang() {
     let before = send_json(&proxy, "GET", "/v1/settings/application", "").await;
     assert_eq!(before.status, 200);
 
-    support::postgres::drop_database(&url).await;
+    crate::support::postgres::drop_database(&url).await;
     let started = std::time::Instant::now();
     let settings = send_json(&proxy, "GET", "/v1/settings/application", "").await;
     assert_eq!((settings.status, settings.onprem_error_code()), (503, 1011));

@@ -4,14 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-#[macro_use]
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use crate::support::Backend;
 use serde_json::{json, Value};
-use support::Backend;
 use waba_onprem_proxy::db::NewPayload;
 use waba_onprem_proxy::db::{Claim, Database, DatabaseUrl, Outcome};
 
@@ -24,7 +21,7 @@ async fn open(backend: Backend) -> Database {
 }
 
 async fn postgres_url() -> Option<DatabaseUrl> {
-    let url = support::postgres::fresh_database().await?;
+    let url = crate::support::postgres::fresh_database().await?;
     Some(DatabaseUrl::Postgres(url))
 }
 
@@ -473,7 +470,7 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
 /// certificate from another CA is refused with a reason an operator can act on.
 #[tokio::test]
 async fn postgres_over_tls_is_encrypted_and_verified_against_the_given_ca() {
-    let Some(cluster) = support::postgres::tls_cluster().await else {
+    let Some(cluster) = crate::support::postgres::tls_cluster().await else {
         return;
     };
     let url = |mode: &str| DatabaseUrl::Postgres(format!("{}?sslmode={mode}", cluster.url));
@@ -537,7 +534,7 @@ async fn an_outbox_from_before_migrations_is_migrated_in_place() {
 /// be delivered) ahead of the earlier one. Other recipients do not wait.
 #[tokio::test]
 async fn ingests_of_one_recipient_commit_in_id_order() {
-    let Some(url) = support::postgres::fresh_database().await else {
+    let Some(url) = crate::support::postgres::fresh_database().await else {
         return;
     };
     let db = Database::open(&DatabaseUrl::Postgres(url.clone()), None)

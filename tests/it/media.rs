@@ -4,18 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
+use crate::support::mock_upstream::{Behaviour, MockUpstream};
+use crate::support::proxy::{
+    send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, TestProxy, API_KEY,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::mock_upstream::{Behaviour, MockUpstream};
-use support::proxy::{
-    send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, TestProxy, API_KEY,
-};
 
 /// Deterministic, incompressible-looking bytes.
 fn payload(len: usize) -> Bytes {
@@ -35,7 +33,7 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
-async fn upload(proxy: &TestProxy, mime: &str, body: Bytes) -> support::proxy::Answer {
+async fn upload(proxy: &TestProxy, mime: &str, body: Bytes) -> crate::support::proxy::Answer {
     send_bytes(
         proxy,
         "POST",

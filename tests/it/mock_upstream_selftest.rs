@@ -1,10 +1,9 @@
 //! Self-test of the mock 360dialog upstream used by the integration tests.
 
-mod support;
-
 use std::io::Read as _;
 use std::time::Duration;
 
+use crate::support::mock_upstream::{closed_port_url, Behaviour, MockUpstream};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
@@ -12,7 +11,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use support::mock_upstream::{closed_port_url, Behaviour, MockUpstream};
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 

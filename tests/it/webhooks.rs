@@ -3,16 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-#[macro_use]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::mock_upstream::{Behaviour, MockUpstream};
+use crate::support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
+use crate::support::Backend;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use support::mock_upstream::{Behaviour, MockUpstream};
-use support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
-use support::Backend;
 use waba_onprem_proxy::config::Config;
 
 const SECRET: &str = "cloud-to-proxy-secret";
@@ -417,7 +414,7 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
         "{inbound}"
     );
     assert!(
-        !inbound.contains(support::proxy::API_KEY),
+        !inbound.contains(crate::support::proxy::API_KEY),
         "the API key must not appear in the URL"
     );
 

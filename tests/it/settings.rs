@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
+use crate::support::mock_upstream::{Behaviour, MockUpstream};
+use crate::support::proxy::{send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::json;
-use support::mock_upstream::{Behaviour, MockUpstream};
-use support::proxy::{send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
 
 const META: &str = r#"{"api_status":"stable","version":"v2.53.0"}"#;
 

@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::mock_upstream::MockUpstream;
 use serde_json::{json, Value};
-use support::mock_upstream::MockUpstream;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -166,7 +164,7 @@ async fn raw_call(base: &str, method: &str, path: &str) -> (u16, bytes::Bytes) {
 async fn legacy_client_session_through_the_binary() {
     let mock = MockUpstream::start().await;
     let receiver = MockUpstream::start().await;
-    receiver.set_default(support::mock_upstream::Behaviour::Json {
+    receiver.set_default(crate::support::mock_upstream::Behaviour::Json {
         status: 200,
         body: json!({}),
     });

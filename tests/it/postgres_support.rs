@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
-use support::postgres::{drop_database, fresh_database};
+use crate::support::postgres::{drop_database, fresh_database};
 use tokio_postgres::{Client, NoTls};
 
 async fn connect(url: &str) -> Client {
