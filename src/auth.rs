@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use crate::clock::epoch_ms;
-use crate::db::Database;
+use crate::db::{Database, DbError};
 use crate::secret::key_hash;
 
 /// The header 360dialog authenticates with.
@@ -79,23 +79,23 @@ impl KeyMap {
 }
 
 /// A login that failed, or could not happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum LoginRefused {
     /// No `user:` entries are configured: login cannot work here at all.
     NoUsers,
     /// Missing or malformed Basic credentials, unknown user or wrong password.
     BadCredentials,
     /// The session could not be stored.
-    Storage,
+    Storage(DbError),
 }
 
 /// A request whose credentials cannot be turned into an API key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Unauthenticated {
     /// No such login token, or it expired or its user left the key map.
     UnknownToken,
     /// The session store could not be asked.
-    Storage,
+    Storage(DbError),
 }
 
 /// Login sessions live in the database (any replica accepts a token another one issued), as
@@ -155,7 +155,7 @@ impl Auth {
             .db
             .session_user(&key_hash(token), epoch_ms(SystemTime::now()))
             .await
-            .map_err(|_| Unauthenticated::Storage)?
+            .map_err(Unauthenticated::Storage)?
             .ok_or(Unauthenticated::UnknownToken)?;
         let api_key = map
             .users
@@ -189,16 +189,15 @@ impl Auth {
         self.db
             .create_session(&key_hash(&token), &name, epoch_ms(expires))
             .await
-            .map_err(|_| LoginRefused::Storage)?;
+            .map_err(LoginRefused::Storage)?;
         Ok((token, expires))
     }
 
-    /// Ends the session of the request's bearer token; whether there was one (None: the
-    /// session store could not be asked).
-    pub async fn logout(&self, headers: &HeaderMap) -> Option<bool> {
+    /// Ends the session of the request's bearer token; whether there was one.
+    pub async fn logout(&self, headers: &HeaderMap) -> Result<bool, DbError> {
         match bearer(headers) {
-            Some(token) => self.db.delete_session(&key_hash(token)).await.ok(),
-            None => Some(false),
+            Some(token) => self.db.delete_session(&key_hash(token)).await,
+            None => Ok(false),
         }
     }
 }
@@ -300,23 +299,23 @@ mod tests {
         auth.authenticate(&mut h).await.unwrap();
         assert_eq!(h["d360-api-key"], "K1");
         assert!(h.get("authorization").is_none());
-        assert_eq!(
-            auth.logout(&headers(&[("authorization", &bearer)])).await,
-            Some(true)
-        );
-        assert_eq!(
+        assert!(auth
+            .logout(&headers(&[("authorization", &bearer)]))
+            .await
+            .unwrap());
+        assert!(matches!(
             auth.authenticate(&mut headers(&[("authorization", &bearer)]))
                 .await,
             Err(Unauthenticated::UnknownToken)
-        );
+        ));
         let wrong = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("admin:nope")
         );
-        assert_eq!(
+        assert!(matches!(
             auth.login(&headers(&[("authorization", &wrong)])).await,
             Err(LoginRefused::BadCredentials)
-        );
+        ));
     }
 
     #[tokio::test]

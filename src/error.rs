@@ -32,9 +32,9 @@ pub enum ProxyError {
     /// A media provider's host could not give us the media a send links to.
     #[error("media provider fetch failed: {0}")]
     MediaFetch(#[source] MediaFetch),
-    /// The data directory could not be read or written.
-    #[error("storage failed: {0}")]
-    Storage(#[source] std::io::Error),
+    /// The proxy's database could not be read or written; the cause is kept for the log.
+    #[error("database: {0}")]
+    Storage(#[from] crate::db::DbError),
     /// `--upstream dry-run` cannot simulate this call (media transfers, fetches).
     #[error("not simulated in dry-run mode: {0}")]
     NotInDryRun(&'static str),
@@ -184,8 +184,8 @@ mod tests {
             status(ProxyError::MediaFetch(MediaFetch::Timeout)),
             (400, 400)
         );
-        let io = std::io::Error::other("disk full");
-        assert_eq!(status(ProxyError::Storage(io)), (503, 1011));
+        let db = crate::db::DbError::Other("disk full".to_owned());
+        assert_eq!(status(ProxyError::Storage(db)), (503, 1011));
         let internal = http::Request::builder().uri("\n").body(()).unwrap_err();
         assert_eq!(status(ProxyError::Internal(internal)), (500, 1014));
     }

@@ -2,11 +2,9 @@
 //! database so every replica answers the same. Documents are found by the SHA-256 of the key,
 //! so no key is ever stored.
 
-use std::io;
-
 use serde_json::Value;
 
-use crate::db::Database;
+use crate::db::{Database, DbError};
 pub use crate::secret::key_hash;
 
 pub struct Store {
@@ -18,11 +16,8 @@ impl Store {
         Store { db }
     }
 
-    pub async fn load(&self, kind: &str, api_key: &str) -> io::Result<Option<Value>> {
-        self.db
-            .document(kind, &key_hash(api_key))
-            .await
-            .map_err(io::Error::other)
+    pub async fn load(&self, kind: &str, api_key: &str) -> Result<Option<Value>, DbError> {
+        self.db.document(kind, &key_hash(api_key)).await
     }
 
     /// Read, change and write one document in one transaction.
@@ -31,10 +26,9 @@ impl Store {
         kind: &str,
         api_key: &str,
         change: impl FnOnce(Option<Value>) -> Value + Send + 'static,
-    ) -> io::Result<Value> {
+    ) -> Result<Value, DbError> {
         self.db
             .update_document(kind, &key_hash(api_key), Box::new(change))
             .await
-            .map_err(io::Error::other)
     }
 }

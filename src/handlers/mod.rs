@@ -276,9 +276,7 @@ async fn serve(
                 1005,
                 "the login token is unknown or expired; log in again",
             )),
-            Unauthenticated::Storage => ProxyError::Storage(std::io::Error::other(
-                "the login session store is unavailable",
-            )),
+            Unauthenticated::Storage(cause) => ProxyError::Storage(cause),
         });
     }
 
@@ -394,7 +392,13 @@ fn check_head(parts: &Parts, max_header_bytes: usize) -> Result<(), ProxyError> 
 }
 
 async fn metrics(state: &AppState) -> Reply {
-    let stats = state.relay.db.stats(crate::clock::now_ms()).await.ok();
+    let stats = match state.relay.db.stats(crate::clock::now_ms()).await {
+        Ok(stats) => Some(stats),
+        Err(error) => {
+            warn!(%error, "outbox statistics unavailable for /metrics");
+            None
+        }
+    };
     let mut response = Response::new(full(state.metrics.render(stats.as_ref())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

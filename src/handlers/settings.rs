@@ -125,9 +125,7 @@ pub(super) async fn login(
             1005,
             "unknown user or wrong password",
         ))),
-        Err(LoginRefused::Storage) => Err(ProxyError::Storage(std::io::Error::other(
-            "the login session store is unavailable",
-        ))),
+        Err(LoginRefused::Storage(cause)) => Err(ProxyError::Storage(cause)),
     }
 }
 
@@ -137,17 +135,15 @@ pub(super) async fn logout(
     client_headers: &HeaderMap,
 ) -> Result<Reply, ProxyError> {
     match state.auth.logout(client_headers).await {
-        Some(true) => Ok(Reply::Json(
+        Ok(true) => Ok(Reply::Json(
             200,
             json!({"meta": state.config.meta.to_value()}),
         )),
-        Some(false) => Err(ProxyError::Rejected(OnPremError::new(
+        Ok(false) => Err(ProxyError::Rejected(OnPremError::new(
             401,
             1005,
             "no valid login token in the Authorization header",
         ))),
-        None => Err(ProxyError::Storage(std::io::Error::other(
-            "the login session store is unavailable",
-        ))),
+        Err(cause) => Err(ProxyError::Storage(cause)),
     }
 }

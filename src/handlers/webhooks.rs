@@ -75,7 +75,12 @@ pub(super) async fn config(
     let meta = state.config.meta.to_value();
     if method == "GET" {
         let (name, _) = channel_for_key(key);
-        let channel = state.relay.db.channel(&name).await.map_err(|_| storage())?;
+        let channel = state
+            .relay
+            .db
+            .channel(&name)
+            .await
+            .map_err(ProxyError::Storage)?;
         let mut answer = webhook_config_answer(channel.as_ref());
         answer["meta"] = meta;
         return Ok(Reply::Json(200, answer));
@@ -104,10 +109,6 @@ pub(super) async fn config(
     };
     register(state, upstream_headers, &url, headers).await?;
     Ok(Reply::Json(200, json!({"url": url, "meta": meta})))
-}
-
-fn storage() -> ProxyError {
-    ProxyError::Storage(std::io::Error::other("webhook outbox unavailable"))
 }
 
 /// Keeps the client's legacy URL for its key and registers the proxy's own inbound URL (with
@@ -144,7 +145,7 @@ pub(super) async fn register(
         .map(WebhookOptions::from_application_settings);
     let channel = configure_channel(&state.relay.db, &key, legacy_url, headers, relayed)
         .await
-        .map_err(|_| storage())?;
+        .map_err(ProxyError::Storage)?;
 
     let registration = json!({
         "url": format!("{public_url}/cloud-webhooks/{}", channel.name),
@@ -239,7 +240,7 @@ pub(super) async fn admin(
         }
     }
     .await
-    .map_err(|_: crate::db::DbError| storage())?;
+    .map_err(ProxyError::Storage)?;
     if answer.0 == 200 {
         state.relay.wake();
     }
