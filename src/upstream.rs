@@ -23,15 +23,6 @@ use crate::config::{Config, UpstreamRoot};
 use crate::error::{ProxyError, Unreadable};
 use crate::translate::dryrun;
 
-tokio::task_local! {
-    /// The last upstream status of the request being served, for its access log line.
-    pub static UPSTREAM_STATUS: std::cell::Cell<u16>;
-}
-
-fn note_upstream_status(status: StatusCode) {
-    let _ = UPSTREAM_STATUS.try_with(|s| s.set(status.as_u16()));
-}
-
 /// HTTP statuses are 100 to 599 (RFC 9110, 15); hyper parses up to 999. Anything outside is
 /// a broken upstream, never passed on to the client.
 fn checked_status(status: StatusCode) -> Result<StatusCode, ProxyError> {
@@ -184,7 +175,6 @@ impl Upstream {
                 .map_err(ProxyError::Internal)?;
             let response = self.pool().request(request).await.map_err(client_error)?;
             let status = checked_status(response.status())?;
-            note_upstream_status(status);
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
             if matches!(
                 status,
@@ -228,7 +218,6 @@ impl Upstream {
         let (status, answer) =
             dryrun::synthetic_cloud_answer(method.as_str(), path_and_query, body.as_ref(), serial);
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        note_upstream_status(status);
         CloudAnswer {
             status,
             headers: HeaderMap::new(),
@@ -259,7 +248,7 @@ impl Upstream {
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
         let response = self.pool().request(request).await.map_err(client_error)?;
-        note_upstream_status(checked_status(response.status())?);
+        checked_status(response.status())?;
         Ok(response)
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
 
-use super::{content_length, translate_answer, Reply};
+use super::{content_length, translate_answer, Reply, RequestContext};
 use crate::body::{empty, Activity, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
 use crate::error::{MediaFetch, ProxyError, Unreadable};
 use crate::handlers::AppState;
@@ -28,6 +28,7 @@ use crate::upstream::CloudAnswer;
 /// `POST /v1/media`: the raw body becomes the `file` part of Cloud's multipart upload.
 pub(super) async fn upload(
     state: &AppState,
+    context: &RequestContext,
     parts: &Parts,
     headers: HeaderMap,
     body: Incoming,
@@ -40,7 +41,7 @@ pub(super) async fn upload(
         }
     };
     let deadline = Instant::now() + state.config.media_timeout;
-    let answer = stream_to_cloud(state, &kind, declared, body, headers, deadline).await?;
+    let answer = stream_to_cloud(state, context, &kind, declared, body, headers, deadline).await?;
     translate_answer(&Route::UploadMedia, &answer, state)
 }
 
@@ -71,6 +72,7 @@ fn empty_upload() -> ProxyError {
 /// out too large or incomplete is an error even if Cloud already answered.
 async fn stream_to_cloud(
     state: &AppState,
+    context: &RequestContext,
     kind: &MediaKind,
     declared: Option<u64>,
     file: Incoming,
@@ -104,6 +106,7 @@ async fn stream_to_cloud(
             .upstream
             .open(Method::POST, "/media", headers, multipart.boxed_unsync())
             .await?;
+        context.upstream_answered(response.status());
         state.upstream.read_answer(response).await
     };
     let idle = state.config.media_idle_timeout;
@@ -145,6 +148,7 @@ pub(super) enum Uploaded {
 /// Cloud upload, under the same limits as a client upload.
 pub(super) async fn fetch_and_upload(
     state: &AppState,
+    context: &RequestContext,
     link: Uri,
     fetch_headers: HeaderMap,
     client_headers: HeaderMap,
@@ -170,6 +174,7 @@ pub(super) async fn fetch_and_upload(
     headers.remove(header::CONTENT_TYPE);
     let answer = stream_to_cloud(
         state,
+        context,
         &kind,
         declared,
         fetched.into_body(),
@@ -193,6 +198,7 @@ pub(super) async fn fetch_and_upload(
 /// re-rooted on the upstream (path and query byte for byte: the query is a signed secret).
 pub(super) async fn download(
     state: &AppState,
+    context: &RequestContext,
     media_id: &str,
     headers: HeaderMap,
 ) -> Result<Reply, ProxyError> {
@@ -203,6 +209,7 @@ pub(super) async fn download(
         .upstream
         .exchange(Method::GET, &media_path(media_id), &headers, None)
         .await?;
+    context.upstream_answered(lookup.status);
     if !lookup.status.is_success() {
         return translate_answer(&route, &lookup, state);
     }
@@ -222,6 +229,7 @@ pub(super) async fn download(
         .map_err(|_| ProxyError::UpstreamTimeout {
             after: idle.min(state.config.media_timeout),
         })??;
+    context.upstream_answered(response.status());
     if !response.status().is_success() {
         let answer = state.upstream.read_answer(response).await?;
         return translate_answer(&route, &answer, state);

@@ -9,7 +9,7 @@ mod settings;
 mod webhooks;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::routes::{route, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, CloudAnswer, Upstream, UPSTREAM_STATUS};
+use crate::upstream::{forwarded_request_headers, CloudAnswer, Upstream};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -112,6 +112,26 @@ enum Reply {
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// What one request learns on its way and its log line reports, handed explicitly to whatever
+/// talks to upstream for it (no task-local a reader cannot see).
+#[derive(Default)]
+pub(crate) struct RequestContext {
+    /// The status of the last upstream answer (0: none yet).
+    upstream_status: AtomicU16,
+}
+
+impl RequestContext {
+    /// Records an upstream answer's status.
+    fn upstream_answered(&self, status: StatusCode) {
+        self.upstream_status
+            .store(status.as_u16(), Ordering::Relaxed);
+    }
+
+    fn upstream_status(&self) -> Option<u16> {
+        Some(self.upstream_status.load(Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+}
+
 /// Counts a request in flight for exactly as long as its work runs, whatever way it ends.
 struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
@@ -149,11 +169,17 @@ pub async fn handle(
     let route_name = route.name();
     let in_flight = InFlight::enter(&state.metrics.in_flight);
 
-    let served = UPSTREAM_STATUS.scope(std::cell::Cell::new(0), async {
-        let reply = serve(&state, request, &request_id, route, &path_and_query).await;
-        (reply, UPSTREAM_STATUS.with(std::cell::Cell::get))
-    });
-    let (reply, upstream_status) = served.await;
+    let context = RequestContext::default();
+    let reply = serve(
+        &state,
+        request,
+        &request_id,
+        route,
+        &path_and_query,
+        &context,
+    )
+    .await;
+    let upstream_status = context.upstream_status();
     // What a send became, in its log line: a trace of every message that reached Cloud, also
     // when its client is no longer there to hear the answer.
     let message_id = match &reply {
@@ -219,7 +245,7 @@ pub async fn handle(
         method = %method,
         path = %path,
         route = route_name,
-        upstream_status = (upstream_status != 0).then_some(upstream_status),
+        upstream_status,
         status,
         message_id = message_id.as_deref(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -234,6 +260,7 @@ async fn serve(
     request_id: &str,
     route: Route,
     path_and_query: &str,
+    context: &RequestContext,
 ) -> Result<Reply, ProxyError> {
     let method = request.method().as_str().to_owned();
     let (parts, body) = request.into_parts();
@@ -281,12 +308,16 @@ async fn serve(
     }
 
     match &route {
-        Route::UploadMedia => return media::upload(state, &parts, headers, body).await,
+        Route::UploadMedia => return media::upload(state, context, &parts, headers, body).await,
         Route::DownloadMedia { media_id } => {
-            return media::download(state, media_id, headers).await
+            return media::download(state, context, media_id, headers).await
         }
-        Route::PhotoPost => return profile::upload_photo(state, &parts, headers, body).await,
-        Route::PhotoGet { link: false } => return profile::stream_photo(state, headers).await,
+        Route::PhotoPost => {
+            return profile::upload_photo(state, context, &parts, headers, body).await
+        }
+        Route::PhotoGet { link: false } => {
+            return profile::stream_photo(state, context, headers).await
+        }
         _ => {}
     }
 
@@ -296,14 +327,16 @@ async fn serve(
             return providers::manage(state, &method, name.as_deref(), &headers, &body).await
         }
         Route::ApplicationSettings => {
-            return settings::application(state, &method, &headers, &body).await
+            return settings::application(state, context, &method, &headers, &body).await
         }
-        Route::WebhookConfig => return webhooks::config(state, &method, &headers, &body).await,
+        Route::WebhookConfig => {
+            return webhooks::config(state, context, &method, &headers, &body).await
+        }
         // Only sends that name a provider are parsed here; every other send is parsed once, by
         // the translation below.
         Route::SendMessage if body.windows(10).any(|w| w == b"\"provider\"") => {
             if let Ok(message) = crate::translate::parse_body(&body) {
-                match providers::resolve_provider_links(state, &headers, message).await? {
+                match providers::resolve_provider_links(state, context, &headers, message).await? {
                     None => {}
                     Some(Ok(by_id)) => body = Bytes::from(by_id.to_string()),
                     Some(Err(refused)) => return Ok(refused),
@@ -351,6 +384,7 @@ async fn serve(
         .upstream_seconds
         .observe(upstream_started.elapsed().as_secs_f64());
     let answer = answer?;
+    context.upstream_answered(answer.status);
     translate_answer(&route, &answer, state)
 }
 

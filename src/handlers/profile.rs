@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::time::{timeout_at, Instant};
 
-use super::{translate_answer, Reply};
+use super::{translate_answer, Reply, RequestContext};
 use crate::error::{ProxyError, Unreadable};
 use crate::handlers::AppState;
 use crate::routes::Route;
@@ -38,6 +38,7 @@ fn json_of(body: &[u8]) -> Result<Value, ProxyError> {
 /// `GET /v1/settings/profile/photo` without `format=link`: the image bytes themselves.
 pub(super) async fn stream_photo(
     state: &AppState,
+    context: &RequestContext,
     headers: HeaderMap,
 ) -> Result<Reply, ProxyError> {
     let route = Route::PhotoGet { link: false };
@@ -45,6 +46,7 @@ pub(super) async fn stream_photo(
         .upstream
         .exchange(Method::GET, PHOTO_URL_QUERY, &headers, None)
         .await?;
+    context.upstream_answered(answer.status);
     if !answer.status.is_success() {
         return translate_answer(&route, &answer, state);
     }
@@ -96,6 +98,7 @@ pub(super) async fn stream_photo(
 /// first upload step needs its length) -> the three Cloud calls.
 pub(super) async fn upload_photo(
     state: &AppState,
+    context: &RequestContext,
     parts: &Parts,
     headers: HeaderMap,
     body: Incoming,
@@ -149,6 +152,7 @@ pub(super) async fn upload_photo(
         .upstream
         .exchange(Method::POST, &session, &headers, None)
         .await?;
+    context.upstream_answered(opened.status);
     if !opened.status.is_success() {
         return translate_answer(&route, &opened, state);
     }
@@ -161,6 +165,7 @@ pub(super) async fn upload_photo(
         .upstream
         .exchange(Method::POST, &upload_path, &upload_headers, Some(photo))
         .await?;
+    context.upstream_answered(uploaded.status);
     if !uploaded.status.is_success() {
         return translate_answer(&route, &uploaded, state);
     }
@@ -176,5 +181,6 @@ pub(super) async fn upload_photo(
             Some(Bytes::from(set.to_string())),
         )
         .await?;
+    context.upstream_answered(answer.status);
     translate_answer(&route, &answer, state)
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::media::{fetch_and_upload, Uploaded};
 use super::settings::api_key;
-use super::Reply;
+use super::{Reply, RequestContext};
 use crate::error::ProxyError;
 use crate::handlers::AppState;
 use crate::translate::errors::{onprem_error_for, OnPremError};
@@ -116,6 +116,7 @@ pub(super) async fn manage(
 /// use the uploaded ids. Sends without any come back as `None` (nothing to do).
 pub(super) async fn resolve_provider_links(
     state: &AppState,
+    context: &RequestContext,
     upstream_headers: &HeaderMap,
     mut message: Value,
 ) -> Result<Option<Result<Value, Reply>>, ProxyError> {
@@ -185,6 +186,7 @@ pub(super) async fn resolve_provider_links(
     for (link, uri, fetch_headers) in fetches {
         match fetch_and_upload(
             state,
+            context,
             uri,
             fetch_headers,
             upstream_headers.clone(),

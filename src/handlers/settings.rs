@@ -3,7 +3,7 @@
 use http::HeaderMap;
 use serde_json::json;
 
-use super::Reply;
+use super::{Reply, RequestContext};
 use crate::auth::{LoginRefused, API_KEY_HEADER};
 use crate::error::ProxyError;
 use crate::handlers::AppState;
@@ -35,6 +35,7 @@ pub(super) fn api_key(upstream_headers: &HeaderMap) -> Result<&str, ProxyError> 
 /// GET shows, PATCH merges, DELETE resets to defaults.
 pub(super) async fn application(
     state: &AppState,
+    context: &RequestContext,
     method: &str,
     upstream_headers: &HeaderMap,
     body: &[u8],
@@ -60,7 +61,8 @@ pub(super) async fn application(
             // Meta's own form of setting the webhook: the relay takes it like /v1/configs/webhook.
             if let Some(url) = patch.pointer("/webhooks/url").and_then(|u| u.as_str()) {
                 if !url.is_empty() {
-                    super::webhooks::register(state, upstream_headers, url, Vec::new()).await?;
+                    super::webhooks::register(state, context, upstream_headers, url, Vec::new())
+                        .await?;
                 }
             }
             let settings = state

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::settings::{api_key, APPLICATION_SETTINGS};
-use super::Reply;
+use super::{Reply, RequestContext};
 use crate::clock::now_ms;
 use crate::error::ProxyError;
 use crate::handlers::AppState;
@@ -67,6 +67,7 @@ fn rejected(status: u16, code: i64, details: String) -> ProxyError {
 /// `GET/POST /v1/configs/webhook`.
 pub(super) async fn config(
     state: &AppState,
+    context: &RequestContext,
     method: &str,
     upstream_headers: &HeaderMap,
     body: &[u8],
@@ -107,7 +108,7 @@ pub(super) async fn config(
             .collect::<Result<Vec<_>, _>>()?,
         Some(_) => return Err(bad(TranslateError::wrong_type("headers", "an object"))),
     };
-    register(state, upstream_headers, &url, headers).await?;
+    register(state, context, upstream_headers, &url, headers).await?;
     Ok(Reply::Json(200, json!({"url": url, "meta": meta})))
 }
 
@@ -115,6 +116,7 @@ pub(super) async fn config(
 /// the channel's secret) upstream, so Cloud's events come to the proxy first.
 pub(super) async fn register(
     state: &AppState,
+    context: &RequestContext,
     upstream_headers: &HeaderMap,
     legacy_url: &str,
     headers: Vec<(String, String)>,
@@ -160,6 +162,7 @@ pub(super) async fn register(
             Some(Bytes::from(registration.to_string())),
         )
         .await?;
+    context.upstream_answered(answer.status);
     if !answer.status.is_success() {
         // Cloud's refusal, translated like any other answer, is the client's answer.
         return Err(ProxyError::Rejected(cloud_to_onprem_error(

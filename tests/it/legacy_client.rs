@@ -340,6 +340,14 @@ async fn legacy_client_session_through_the_binary() {
 
     let logs = proxy.stderr.lock().unwrap().clone();
     assert!(logs.contains("request"), "no request log lines:\n{logs}");
+    // A send's line says what upstream answered and which message Cloud made of it: the
+    // trace of every message that reached Cloud.
+    assert!(
+        logs.lines().any(|l| l.contains("route=\"send_message\"")
+            && l.contains("upstream_status=200")
+            && l.contains("message_id=\"wamid.")),
+        "no send line with its upstream status and message id:\n{logs}"
+    );
     assert!(
         !logs.contains(KEY),
         "the API key leaked into the logs:\n{logs}"
