@@ -2,6 +2,7 @@
 //! connections with an armed header-read timeout, and graceful shutdown (stop accepting, drain
 //! in-flight requests on every thread, bounded by the grace period).
 
+use crate::upstream::Lane;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -144,6 +145,7 @@ fn serve_connection(
     open: OpenConnection,
     state: &Arc<AppState>,
     graceful: &GracefulShutdown,
+    lane: Lane,
 ) {
     let mut builder = http1::Builder::new();
     // header_read_timeout does nothing without a timer.
@@ -159,7 +161,7 @@ fn serve_connection(
         .half_close(true)
         .keep_alive(true);
     let state = state.clone();
-    let service = service_fn(move |request| handle(state.clone(), request));
+    let service = service_fn(move |request| handle(state.clone(), request, lane));
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -170,7 +172,12 @@ fn serve_connection(
 }
 
 /// Serves a connection that crossed threads as a plain socket.
-fn serve_handed(accepted: Accepted, state: &Arc<AppState>, graceful: &GracefulShutdown) {
+fn serve_handed(
+    accepted: Accepted,
+    state: &Arc<AppState>,
+    graceful: &GracefulShutdown,
+    lane: Lane,
+) {
     let Accepted {
         stream,
         peer,
@@ -178,7 +185,7 @@ fn serve_handed(accepted: Accepted, state: &Arc<AppState>, graceful: &GracefulSh
         open,
     } = accepted;
     match TcpStream::from_std(stream) {
-        Ok(stream) => serve_connection(stream, peer, permit, open, state, graceful),
+        Ok(stream) => serve_connection(stream, peer, permit, open, state, graceful, lane),
         Err(error) => warn!(%peer, %error, "connection dropped: socket unusable"),
     }
 }
@@ -217,7 +224,8 @@ async fn accept_until(
                 };
                 let open = OpenConnection::count(&thread.open);
                 let Some(handover) = &thread.handover else {
-                    serve_connection(stream, peer, permit, open, state, &graceful);
+                    // The accepting thread serves with lane 0.
+                    serve_connection(stream, peer, permit, open, state, &graceful, Lane(0));
                     continue;
                 };
                 let stream = match stream.into_std() {
@@ -233,7 +241,7 @@ async fn accept_until(
                     warn!("a serving thread has ended; serving on the others");
                     thread.open.store(usize::MAX / 2, Ordering::Relaxed);
                     let open = OpenConnection::count(&threads[0].open);
-                    serve_handed(Accepted { open, ..back }, state, &graceful);
+                    serve_handed(Accepted { open, ..back }, state, &graceful, Lane(0));
                 }
             }
             () = &mut shutdown => break,
@@ -265,12 +273,11 @@ fn spawn_serving_thread(
     std::thread::Builder::new()
         .name(format!("serving-{index}"))
         .spawn(move || {
-            crate::upstream::enter_serving_thread(index);
             runtime.block_on(async move {
                 let graceful = GracefulShutdown::new();
                 let work = async {
                     while let Some(accepted) = handed.recv().await {
-                        serve_handed(accepted, &state, &graceful);
+                        serve_handed(accepted, &state, &graceful, Lane(index));
                     }
                     let grace = state.config.shutdown_grace;
                     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;

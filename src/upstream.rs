@@ -54,15 +54,11 @@ type Pool = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 /// Fetches on a client's behalf: addresses checked after DNS (see [`crate::link_guard`]).
 type LinkClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, ProxyBody>;
 
-thread_local! {
-    /// Which serving thread this is (0 outside them). Set once when the thread starts.
-    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as serving thread `index`: its requests use pool `index`.
-pub fn enter_serving_thread(index: usize) {
-    SERVING_THREAD.with(|thread| thread.set(index));
-}
+/// Which serving thread's connection pool a request uses: the one of the thread serving it,
+/// handed down explicitly from the server (a pooled connection is driven by a task on the
+/// runtime that opened it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lane(pub usize);
 
 pub struct Upstream {
     /// One pool per serving thread. A pooled connection is driven by a task on the runtime
@@ -130,6 +126,7 @@ impl Upstream {
     /// `headers` are the end-to-end headers to send (see [`forwarded_request_headers`]).
     pub async fn exchange(
         &self,
+        lane: Lane,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
@@ -142,7 +139,9 @@ impl Upstream {
             .root
             .join(path_and_query)
             .map_err(ProxyError::Internal)?;
-        match tokio::time::timeout(self.timeout, self.follow(method, uri, headers, body)).await {
+        match tokio::time::timeout(self.timeout, self.follow(lane, method, uri, headers, body))
+            .await
+        {
             Ok(answer) => answer,
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 after: self.timeout,
@@ -152,6 +151,7 @@ impl Upstream {
 
     async fn follow(
         &self,
+        lane: Lane,
         method: Method,
         mut uri: Uri,
         headers: &HeaderMap,
@@ -173,7 +173,11 @@ impl Upstream {
             let request = request
                 .body(full(body.clone().unwrap_or_default()))
                 .map_err(ProxyError::Internal)?;
-            let response = self.pool().request(request).await.map_err(client_error)?;
+            let response = self
+                .pool(lane)
+                .request(request)
+                .await
+                .map_err(client_error)?;
             let status = checked_status(response.status())?;
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
             if matches!(
@@ -191,9 +195,8 @@ impl Upstream {
         }
     }
 
-    fn pool(&self) -> &Pool {
-        let index = SERVING_THREAD.with(std::cell::Cell::get);
-        &self.pools[index % self.pools.len()]
+    fn pool(&self, lane: Lane) -> &Pool {
+        &self.pools[lane.0 % self.pools.len()]
     }
 
     pub fn is_dry_run(&self) -> bool {
@@ -229,6 +232,7 @@ impl Upstream {
     /// arrives. No redirects: a streamed body cannot be sent twice. The caller bounds time.
     pub async fn open(
         &self,
+        lane: Lane,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
@@ -247,7 +251,11 @@ impl Upstream {
             h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
-        let response = self.pool().request(request).await.map_err(client_error)?;
+        let response = self
+            .pool(lane)
+            .request(request)
+            .await
+            .map_err(client_error)?;
         checked_status(response.status())?;
         Ok(response)
     }

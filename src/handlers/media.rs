@@ -104,7 +104,13 @@ async fn stream_to_cloud(
     let exchange = async {
         let response = state
             .upstream
-            .open(Method::POST, "/media", headers, multipart.boxed_unsync())
+            .open(
+                context.lane,
+                Method::POST,
+                "/media",
+                headers,
+                multipart.boxed_unsync(),
+            )
             .await?;
         context.upstream_answered(response.status());
         state.upstream.read_answer(response).await
@@ -207,7 +213,13 @@ pub(super) async fn download(
     };
     let lookup = state
         .upstream
-        .exchange(Method::GET, &media_path(media_id), &headers, None)
+        .exchange(
+            context.lane,
+            Method::GET,
+            &media_path(media_id),
+            &headers,
+            None,
+        )
         .await?;
     context.upstream_answered(lookup.status);
     if !lookup.status.is_success() {
@@ -220,9 +232,13 @@ pub(super) async fn download(
 
     let deadline = Instant::now() + state.config.media_timeout;
     let idle = state.config.media_idle_timeout;
-    let fetch = state
-        .upstream
-        .open(Method::GET, &info.path_and_query, headers, empty());
+    let fetch = state.upstream.open(
+        context.lane,
+        Method::GET,
+        &info.path_and_query,
+        headers,
+        empty(),
+    );
     // Nothing moves until the answer's head arrives: the idle timeout bounds the wait.
     let response = timeout_at(deadline.min(Instant::now() + idle), fetch)
         .await

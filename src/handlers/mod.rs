@@ -33,7 +33,7 @@ use crate::routes::{route, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, CloudAnswer, Upstream};
+use crate::upstream::{forwarded_request_headers, CloudAnswer, Lane, Upstream};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -114,13 +114,21 @@ const REQUEST_ID: &str = "x-request-id";
 
 /// What one request learns on its way and its log line reports, handed explicitly to whatever
 /// talks to upstream for it (no task-local a reader cannot see).
-#[derive(Default)]
 pub(crate) struct RequestContext {
+    /// The serving thread's upstream pool this request uses.
+    lane: Lane,
     /// The status of the last upstream answer (0: none yet).
     upstream_status: AtomicU16,
 }
 
 impl RequestContext {
+    fn new(lane: Lane) -> Self {
+        RequestContext {
+            lane,
+            upstream_status: AtomicU16::new(0),
+        }
+    }
+
     /// Records an upstream answer's status.
     fn upstream_answered(&self, status: StatusCode) {
         self.upstream_status
@@ -155,6 +163,7 @@ impl Drop for InFlight<'_> {
 pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
+    lane: Lane,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
@@ -169,7 +178,7 @@ pub async fn handle(
     let route_name = route.name();
     let in_flight = InFlight::enter(&state.metrics.in_flight);
 
-    let context = RequestContext::default();
+    let context = RequestContext::new(lane);
     let reply = serve(
         &state,
         request,
@@ -377,7 +386,7 @@ async fn serve(
     let upstream_started = Instant::now();
     let answer = state
         .upstream
-        .exchange(method, &cloud.path, &headers, body)
+        .exchange(context.lane, method, &cloud.path, &headers, body)
         .await;
     state
         .metrics

@@ -44,7 +44,7 @@ pub(super) async fn stream_photo(
     let route = Route::PhotoGet { link: false };
     let answer = state
         .upstream
-        .exchange(Method::GET, PHOTO_URL_QUERY, &headers, None)
+        .exchange(context.lane, Method::GET, PHOTO_URL_QUERY, &headers, None)
         .await?;
     context.upstream_answered(answer.status);
     if !answer.status.is_success() {
@@ -150,7 +150,7 @@ pub(super) async fn upload_photo(
     );
     let opened = state
         .upstream
-        .exchange(Method::POST, &session, &headers, None)
+        .exchange(context.lane, Method::POST, &session, &headers, None)
         .await?;
     context.upstream_answered(opened.status);
     if !opened.status.is_success() {
@@ -163,7 +163,13 @@ pub(super) async fn upload_photo(
     upload_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind.mime));
     let uploaded = state
         .upstream
-        .exchange(Method::POST, &upload_path, &upload_headers, Some(photo))
+        .exchange(
+            context.lane,
+            Method::POST,
+            &upload_path,
+            &upload_headers,
+            Some(photo),
+        )
         .await?;
     context.upstream_answered(uploaded.status);
     if !uploaded.status.is_success() {
@@ -175,6 +181,7 @@ pub(super) async fn upload_photo(
     let answer = state
         .upstream
         .exchange(
+            context.lane,
             Method::POST,
             "/whatsapp_business_profile",
             &headers,

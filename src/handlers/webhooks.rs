@@ -156,6 +156,7 @@ pub(super) async fn register(
     let answer = state
         .upstream
         .exchange(
+            context.lane,
             Method::POST,
             "/v1/configs/webhook",
             upstream_headers,
