@@ -117,6 +117,105 @@ impl Route {
     }
 }
 
+/// Who may call a route: part of the route, so dispatch never has to remember it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Anyone (probes, metrics, the local On-Premise answers that need no key).
+    Anyone,
+    /// An On-Premise client: its `D360-API-KEY` (mapped) or a login token becomes the key sent
+    /// upstream.
+    Client,
+    /// The operator, with `Authorization: Bearer <--admin-token>`.
+    Admin,
+    /// Cloud, posting webhooks: the channel's secret is checked by the relay.
+    Cloud,
+}
+
+/// What body a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// None is read (what a client sends anyway is left to the connection).
+    Nothing,
+    /// A JSON body, read whole within `--max-body-bytes`.
+    Json,
+    /// Bytes streamed through as they come (media, webhooks with their own limit).
+    Stream,
+}
+
+impl Route {
+    /// Who may call this route.
+    pub fn caller(&self) -> Caller {
+        match self {
+            Route::Login | Route::Logout => Caller::Anyone,
+            Route::Healthz | Route::Readyz | Route::Metrics => Caller::Anyone,
+            Route::InboundWebhook { .. } => Caller::Cloud,
+            Route::AdminStats
+            | Route::AdminDead
+            | Route::AdminReplay { .. }
+            | Route::AdminDryRunReport => Caller::Admin,
+            Route::SendMessage
+            | Route::MarkRead { .. }
+            | Route::UploadMedia
+            | Route::DownloadMedia { .. }
+            | Route::DeleteMedia { .. }
+            | Route::MediaProviders { .. }
+            | Route::BusinessProfileGet
+            | Route::BusinessProfilePost
+            | Route::AboutGet
+            | Route::AboutPatch
+            | Route::PhotoGet { .. }
+            | Route::PhotoPost
+            | Route::PhotoDelete
+            | Route::ApplicationSettings
+            | Route::WebhookConfig
+            | Route::Contacts
+            | Route::Health
+            | Route::PassThrough
+            | Route::NotOnCloud
+            | Route::NotYetSupported
+            | Route::InvalidSegment
+            | Route::NotFound => Caller::Client,
+        }
+    }
+
+    /// What body this route takes.
+    pub fn intake(&self) -> Intake {
+        match self {
+            Route::UploadMedia | Route::PhotoPost | Route::InboundWebhook { .. } => Intake::Stream,
+            Route::Login
+            | Route::Logout
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::AdminStats
+            | Route::AdminDead
+            | Route::AdminReplay { .. }
+            | Route::AdminDryRunReport
+            | Route::DownloadMedia { .. }
+            | Route::PhotoGet { link: false } => Intake::Nothing,
+            Route::SendMessage
+            | Route::MarkRead { .. }
+            | Route::DeleteMedia { .. }
+            | Route::MediaProviders { .. }
+            | Route::BusinessProfileGet
+            | Route::BusinessProfilePost
+            | Route::AboutGet
+            | Route::AboutPatch
+            | Route::PhotoGet { link: true }
+            | Route::PhotoDelete
+            | Route::ApplicationSettings
+            | Route::WebhookConfig
+            | Route::Contacts
+            | Route::Health
+            | Route::PassThrough
+            | Route::NotOnCloud
+            | Route::NotYetSupported
+            | Route::InvalidSegment
+            | Route::NotFound => Intake::Json,
+        }
+    }
+}
+
 /// Matches the path (query ignored, a trailing `/` tolerated) against the table.
 pub fn route(method: &str, path_and_query: &str) -> Route {
     let path = path_and_query.split('?').next().unwrap_or("");
@@ -264,6 +363,40 @@ fn decode_segment(segment: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Who may call what, and what body it takes, is the route's own: spot checks of the policy.
+    #[test]
+    fn routes_carry_their_policy() {
+        let policy = |method, path| {
+            let r = route(method, path);
+            (r.caller(), r.intake())
+        };
+        assert_eq!(
+            policy("POST", "/v1/messages"),
+            (Caller::Client, Intake::Json)
+        );
+        assert_eq!(
+            policy("POST", "/v1/media"),
+            (Caller::Client, Intake::Stream)
+        );
+        assert_eq!(
+            policy("GET", "/v1/media/1"),
+            (Caller::Client, Intake::Nothing)
+        );
+        assert_eq!(
+            policy("POST", "/v1/users/login"),
+            (Caller::Anyone, Intake::Nothing)
+        );
+        assert_eq!(
+            policy("GET", "/admin/webhooks/dead"),
+            (Caller::Admin, Intake::Nothing)
+        );
+        assert_eq!(
+            policy("POST", "/cloud-webhooks/default"),
+            (Caller::Cloud, Intake::Stream)
+        );
+        assert_eq!(policy("GET", "/nope"), (Caller::Client, Intake::Json));
+    }
 
     /// Ids become upstream paths sent with the client's key: every hostile form is 404 before
     /// any upstream call.

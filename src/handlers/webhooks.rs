@@ -218,12 +218,8 @@ pub(super) fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(),
     }
 }
 
-pub(super) async fn admin(
-    state: &AppState,
-    route: &Route,
-    headers: &HeaderMap,
-) -> Result<Reply, ProxyError> {
-    admin_allowed(state, headers)?;
+/// The admin routes; the caller was checked by the route's policy (`Caller::Admin`).
+pub(super) async fn admin(state: &AppState, route: &Route) -> Result<Reply, ProxyError> {
     let db = &state.relay.db;
     let answer = async {
         match route {
@@ -236,8 +232,12 @@ pub(super) async fn admin(
                 Ok(id) if db.replay(id, now_ms()).await? => Ok((200, json!({"replayed": id}))),
                 _ => Ok((
                     404,
-                    json!({"errors": [{"code": 1006, "title": "Resource not found",
-                    "details": format!("no replayable dead-letter entry {dead_id}")}]}),
+                    OnPremError::new(
+                        404,
+                        1006,
+                        format!("no replayable dead-letter entry {dead_id}"),
+                    )
+                    .to_body(&state.config.meta),
                 )),
             },
             _ => Ok((404, json!({}))),

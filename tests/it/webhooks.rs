@@ -340,6 +340,11 @@ async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed(db
         got.last().unwrap().json()["messages"][0]["id"],
         "wamid.Dead"
     );
+    // Replaying what is not (or no longer) a dead letter: an On-Premise error, meta included.
+    let (status, body) = admin(&proxy, "POST", "/admin/webhooks/dead/999999/replay").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["errors"][0]["code"], 1006);
+    assert_eq!(body["meta"]["api_status"], "stable");
 }
 
 async fn admin_routes_need_the_token_and_do_not_exist_without_one(db: Backend) {
