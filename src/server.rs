@@ -154,8 +154,15 @@ fn serve_connection(
         .header_read_timeout(state.config.header_read_timeout)
         // Room for four times the header cap, so heads past it (a 64 KiB header, say) reach the
         // handler and get an On-Premise-shaped 431; only far larger ones get hyper's own bare
-        // 431. Bounded, so hostile heads cannot grow a connection's buffer without end.
-        .max_buf_size(state.config.max_header_bytes.saturating_mul(4).max(8192))
+        // 431. Never more than 256 KiB, so hostile heads cannot grow a connection's buffer
+        // without end whatever the cap is set to.
+        .max_buf_size(
+            state
+                .config
+                .max_header_bytes
+                .saturating_mul(4)
+                .clamp(8192, 256 * 1024),
+        )
         // A client that sends its request and then shuts down its writing side still wants
         // its answer (RFC 9112, 9.6): without this, hyper took the half-close for a hang-up.
         .half_close(true)

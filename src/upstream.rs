@@ -60,6 +60,34 @@ type LinkClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, ProxyBo
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lane(pub usize);
 
+/// One request's dealings with upstream: the pool it uses, and the status upstream last
+/// answered, recorded here as soon as it is known (so a log line has it even when the answer
+/// then turns out unusable). Owned by the request, handed to every call it makes.
+#[derive(Debug, Default)]
+pub struct UpstreamCall {
+    lane: Lane,
+    status: std::sync::atomic::AtomicU16,
+}
+
+impl UpstreamCall {
+    pub fn new(lane: Lane) -> Self {
+        UpstreamCall {
+            lane,
+            status: std::sync::atomic::AtomicU16::new(0),
+        }
+    }
+
+    fn answered(&self, status: StatusCode) {
+        self.status
+            .store(status.as_u16(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The status upstream last answered, if it answered at all.
+    pub fn status(&self) -> Option<u16> {
+        Some(self.status.load(std::sync::atomic::Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+}
+
 pub struct Upstream {
     /// One pool per serving thread. A pooled connection is driven by a task on the runtime
     /// that opened it; sharing one pool across threads made most requests hand over to, and
@@ -126,20 +154,22 @@ impl Upstream {
     /// `headers` are the end-to-end headers to send (see [`forwarded_request_headers`]).
     pub async fn exchange(
         &self,
-        lane: Lane,
+        call: &UpstreamCall,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: Option<Bytes>,
     ) -> Result<CloudAnswer, ProxyError> {
         if self.dry_run {
-            return Ok(self.dry_run_answer(&method, path_and_query, body.as_deref()));
+            let answer = self.dry_run_answer(&method, path_and_query, body.as_deref());
+            call.answered(answer.status);
+            return Ok(answer);
         }
         let uri = self
             .root
             .join(path_and_query)
             .map_err(ProxyError::Internal)?;
-        match tokio::time::timeout(self.timeout, self.follow(lane, method, uri, headers, body))
+        match tokio::time::timeout(self.timeout, self.follow(call, method, uri, headers, body))
             .await
         {
             Ok(answer) => answer,
@@ -151,7 +181,7 @@ impl Upstream {
 
     async fn follow(
         &self,
-        lane: Lane,
+        call: &UpstreamCall,
         method: Method,
         mut uri: Uri,
         headers: &HeaderMap,
@@ -174,11 +204,12 @@ impl Upstream {
                 .body(full(body.clone().unwrap_or_default()))
                 .map_err(ProxyError::Internal)?;
             let response = self
-                .pool(lane)
+                .pool(call.lane)
                 .request(request)
                 .await
                 .map_err(client_error)?;
             let status = checked_status(response.status())?;
+            call.answered(status);
             // 307/308 keep method and body; Cloud answers 308 when a path moved.
             if matches!(
                 status,
@@ -232,7 +263,7 @@ impl Upstream {
     /// arrives. No redirects: a streamed body cannot be sent twice. The caller bounds time.
     pub async fn open(
         &self,
-        lane: Lane,
+        call: &UpstreamCall,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
@@ -252,11 +283,11 @@ impl Upstream {
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
         let response = self
-            .pool(lane)
+            .pool(call.lane)
             .request(request)
             .await
             .map_err(client_error)?;
-        checked_status(response.status())?;
+        call.answered(checked_status(response.status())?);
         Ok(response)
     }
 

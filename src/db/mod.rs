@@ -211,7 +211,7 @@ impl DatabaseUrl {
 pub enum DbError {
     #[error("sqlite: {}", chain(.0))]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {}", chain(.0))]
+    #[error("postgres: {}", postgres_text(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres: {}", chain(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -219,6 +219,15 @@ pub enum DbError {
     CreatePool(#[from] deadpool_postgres::CreatePoolError),
     #[error("{0}")]
     Other(String),
+}
+
+/// A PostgreSQL error for the log: the server's message and SQLSTATE only. Its DETAIL line can
+/// quote the row it refused ("Failing row contains (...)"), secrets and headers included.
+fn postgres_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => chain(error),
+    }
 }
 
 /// An error and its causes, each said once.

@@ -105,14 +105,13 @@ async fn stream_to_cloud(
         let response = state
             .upstream
             .open(
-                context.lane,
+                &context.upstream,
                 Method::POST,
                 "/media",
                 headers,
                 multipart.boxed_unsync(),
             )
             .await?;
-        context.upstream_answered(response.status());
         state.upstream.read_answer(response).await
     };
     let idle = state.config.media_idle_timeout;
@@ -214,14 +213,13 @@ pub(super) async fn download(
     let lookup = state
         .upstream
         .exchange(
-            context.lane,
+            &context.upstream,
             Method::GET,
             &media_path(media_id),
             &headers,
             None,
         )
         .await?;
-    context.upstream_answered(lookup.status);
     if !lookup.status.is_success() {
         return translate_answer(&route, &lookup, state);
     }
@@ -233,7 +231,7 @@ pub(super) async fn download(
     let deadline = Instant::now() + state.config.media_timeout;
     let idle = state.config.media_idle_timeout;
     let fetch = state.upstream.open(
-        context.lane,
+        &context.upstream,
         Method::GET,
         &info.path_and_query,
         headers,
@@ -245,7 +243,6 @@ pub(super) async fn download(
         .map_err(|_| ProxyError::UpstreamTimeout {
             after: idle.min(state.config.media_timeout),
         })??;
-    context.upstream_answered(response.status());
     if !response.status().is_success() {
         let answer = state.upstream.read_answer(response).await?;
         return translate_answer(&route, &answer, state);

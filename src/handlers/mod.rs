@@ -9,7 +9,7 @@ mod settings;
 mod webhooks;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::routes::{route, Caller, Intake, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, CloudAnswer, Lane, Upstream};
+use crate::upstream::{forwarded_request_headers, CloudAnswer, Lane, Upstream, UpstreamCall};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -113,30 +113,17 @@ enum Reply {
 const REQUEST_ID: &str = "x-request-id";
 
 /// What one request learns on its way and its log line reports, handed explicitly to whatever
-/// talks to upstream for it (no task-local a reader cannot see).
+/// talks to upstream for it (no task-local or thread-local a reader cannot see).
 pub(crate) struct RequestContext {
-    /// The serving thread's upstream pool this request uses.
-    lane: Lane,
-    /// The status of the last upstream answer (0: none yet).
-    upstream_status: AtomicU16,
+    /// The serving thread's upstream pool, and the status upstream answered.
+    upstream: UpstreamCall,
 }
 
 impl RequestContext {
     fn new(lane: Lane) -> Self {
         RequestContext {
-            lane,
-            upstream_status: AtomicU16::new(0),
+            upstream: UpstreamCall::new(lane),
         }
-    }
-
-    /// Records an upstream answer's status.
-    fn upstream_answered(&self, status: StatusCode) {
-        self.upstream_status
-            .store(status.as_u16(), Ordering::Relaxed);
-    }
-
-    fn upstream_status(&self) -> Option<u16> {
-        Some(self.upstream_status.load(Ordering::Relaxed)).filter(|s| *s != 0)
     }
 }
 
@@ -188,7 +175,7 @@ pub async fn handle(
         &context,
     )
     .await;
-    let upstream_status = context.upstream_status();
+    let upstream_status = context.upstream.status();
     // What a send became, in its log line: a trace of every message that reached Cloud, also
     // when its client is no longer there to hear the answer.
     let message_id = match &reply {
@@ -474,14 +461,13 @@ async fn translate_and_forward(
     let upstream_started = Instant::now();
     let answer = state
         .upstream
-        .exchange(context.lane, method, &cloud.path, headers, body)
+        .exchange(&context.upstream, method, &cloud.path, headers, body)
         .await;
     state
         .metrics
         .upstream_seconds
         .observe(upstream_started.elapsed().as_secs_f64());
     let answer = answer?;
-    context.upstream_answered(answer.status);
     translate_answer(route, &answer, state)
 }
 

@@ -44,9 +44,14 @@ pub(super) async fn stream_photo(
     let route = Route::PhotoGet { link: false };
     let answer = state
         .upstream
-        .exchange(context.lane, Method::GET, PHOTO_URL_QUERY, &headers, None)
+        .exchange(
+            &context.upstream,
+            Method::GET,
+            PHOTO_URL_QUERY,
+            &headers,
+            None,
+        )
         .await?;
-    context.upstream_answered(answer.status);
     if !answer.status.is_success() {
         return translate_answer(&route, &answer, state);
     }
@@ -150,9 +155,8 @@ pub(super) async fn upload_photo(
     );
     let opened = state
         .upstream
-        .exchange(context.lane, Method::POST, &session, &headers, None)
+        .exchange(&context.upstream, Method::POST, &session, &headers, None)
         .await?;
-    context.upstream_answered(opened.status);
     if !opened.status.is_success() {
         return translate_answer(&route, &opened, state);
     }
@@ -164,14 +168,13 @@ pub(super) async fn upload_photo(
     let uploaded = state
         .upstream
         .exchange(
-            context.lane,
+            &context.upstream,
             Method::POST,
             &upload_path,
             &upload_headers,
             Some(photo),
         )
         .await?;
-    context.upstream_answered(uploaded.status);
     if !uploaded.status.is_success() {
         return translate_answer(&route, &uploaded, state);
     }
@@ -181,13 +184,12 @@ pub(super) async fn upload_photo(
     let answer = state
         .upstream
         .exchange(
-            context.lane,
+            &context.upstream,
             Method::POST,
             "/whatsapp_business_profile",
             &headers,
             Some(Bytes::from(set.to_string())),
         )
         .await?;
-    context.upstream_answered(answer.status);
     translate_answer(&route, &answer, state)
 }

@@ -50,6 +50,7 @@ pub(super) async fn inbound(
         )),
         // Not stored: a 5xx makes Cloud send it again; the cause is for the operator.
         Err(Refused::Storage(cause)) => {
+            let cause = cause.to_string().escape_debug().to_string();
             tracing::warn!(error = %cause, %channel, "inbound webhook not stored");
             Err(rejected(
                 503,
@@ -156,14 +157,13 @@ pub(super) async fn register(
     let answer = state
         .upstream
         .exchange(
-            context.lane,
+            &context.upstream,
             Method::POST,
             "/v1/configs/webhook",
             upstream_headers,
             Some(Bytes::from(registration.to_string())),
         )
         .await?;
-    context.upstream_answered(answer.status);
     if !answer.status.is_success() {
         // Cloud's refusal, translated like any other answer, is the client's answer.
         return Err(ProxyError::Rejected(cloud_to_onprem_error(

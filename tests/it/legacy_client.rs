@@ -528,3 +528,42 @@ async fn sighup_reloads_the_key_map_without_dropping_connections() {
     );
     proxy.child.kill().await.unwrap();
 }
+
+/// When Cloud answers but the answer cannot be used (not JSON here), the failure's log line
+/// still says what upstream answered: the operator sees "upstream said 200, then garbage".
+#[tokio::test]
+async fn an_unusable_upstream_answer_is_logged_with_the_status_upstream_gave() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(crate::support::mock_upstream::Behaviour::Respond {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: bytes::Bytes::from_static(b"<html>not json</html>"),
+    });
+    let proxy = start_binary_with(&upstream.url(), &[]).await;
+    let (status, body) = call(
+        &proxy.base,
+        "POST",
+        "/v1/messages",
+        json!({"to": "1", "type": "text", "text": {"body": "x"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_i64()),
+        (502, Some(1000))
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = proxy.stderr.lock().unwrap().clone();
+        if logs
+            .lines()
+            .any(|l| l.contains("status=502") && l.contains("upstream_status=200"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such line:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
