@@ -88,6 +88,72 @@ impl UpstreamCall {
     }
 }
 
+/// Dry-run mode: nothing leaves the machine. Cloud's answers are synthesized (ids
+/// `wamid.DRYRUN...`), and what the proxy saw is counted for `GET /admin/dry-run/report`.
+#[derive(Debug)]
+pub struct DryRun {
+    serial: std::sync::atomic::AtomicU64,
+    report: std::sync::Mutex<DryRunReport>,
+}
+
+impl Default for DryRun {
+    fn default() -> Self {
+        DryRun {
+            serial: std::sync::atomic::AtomicU64::new(1),
+            report: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Counts for `GET /admin/dry-run/report`: requests by route and status, refusals by reason, and
+/// the On-Premise fields that did not reach the Cloud request.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DryRunReport {
+    pub requests: std::collections::BTreeMap<String, u64>,
+    pub refused: std::collections::BTreeMap<String, u64>,
+    pub dropped_fields: std::collections::BTreeMap<String, u64>,
+}
+
+impl DryRun {
+    /// Changes the report (a poisoned lock only means a panic elsewhere: the counts stand).
+    pub fn record(&self, change: impl FnOnce(&mut DryRunReport)) {
+        change(
+            &mut self
+                .report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
+    /// A copy of the report as it stands.
+    pub fn report(&self) -> DryRunReport {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Logs the Cloud request that would have been sent (secrets masked, no query) and
+    /// synthesizes Cloud's answer.
+    fn answer(&self, method: &Method, path_and_query: &str, body: Option<&[u8]>) -> CloudAnswer {
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        let path = path_and_query.split('?').next().unwrap_or("");
+        let logged = body.as_ref().map(dryrun::redacted).unwrap_or_default();
+        tracing::info!(method = %method, path = %path, body = %logged, "dry run: Cloud request not sent");
+        let (status, answer) =
+            dryrun::synthetic_cloud_answer(method.as_str(), path_and_query, body.as_ref(), serial);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        CloudAnswer {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(answer.to_string()),
+        }
+    }
+}
+
 pub struct Upstream {
     /// One pool per serving thread. A pooled connection is driven by a task on the runtime
     /// that opened it; sharing one pool across threads made most requests hand over to, and
@@ -95,8 +161,9 @@ pub struct Upstream {
     pools: Vec<Pool>,
     links: LinkClient,
     link_policy: LinkPolicy,
-    dry_run: bool,
-    serial: std::sync::atomic::AtomicU64,
+    /// `--upstream dry-run`: the one place the mode lives. Nothing is sent; Cloud's answers
+    /// are synthesized and what the proxy saw is reported.
+    dry_run: Option<DryRun>,
     root: UpstreamRoot,
     timeout: Duration,
     max_body_bytes: usize,
@@ -142,8 +209,7 @@ impl Upstream {
             pools,
             links,
             link_policy: config.link_fetch_block,
-            dry_run: config.dry_run,
-            serial: std::sync::atomic::AtomicU64::new(1),
+            dry_run: config.dry_run.then(DryRun::default),
             root: config.upstream.clone(),
             timeout: config.upstream_timeout,
             max_body_bytes: config.max_upstream_body_bytes,
@@ -160,8 +226,8 @@ impl Upstream {
         headers: &HeaderMap,
         body: Option<Bytes>,
     ) -> Result<CloudAnswer, ProxyError> {
-        if self.dry_run {
-            let answer = self.dry_run_answer(&method, path_and_query, body.as_deref());
+        if let Some(dry_run) = &self.dry_run {
+            let answer = dry_run.answer(&method, path_and_query, body.as_deref());
             call.answered(answer.status);
             return Ok(answer);
         }
@@ -230,33 +296,26 @@ impl Upstream {
         &self.pools[lane.0 % self.pools.len()]
     }
 
-    pub fn is_dry_run(&self) -> bool {
-        self.dry_run
+    /// The dry-run mode's state, when the proxy runs in it.
+    pub fn dry_run(&self) -> Option<&DryRun> {
+        self.dry_run.as_ref()
     }
 
-    /// Logs the Cloud request that would have been sent (secrets masked, no query) and
-    /// synthesizes Cloud's answer.
-    fn dry_run_answer(
-        &self,
-        method: &Method,
-        path_and_query: &str,
-        body: Option<&[u8]>,
-    ) -> CloudAnswer {
-        let serial = self
-            .serial
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let body = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
-        let path = path_and_query.split('?').next().unwrap_or("");
-        let logged = body.as_ref().map(dryrun::redacted).unwrap_or_default();
-        tracing::info!(method = %method, path = %path, body = %logged, "dry run: Cloud request not sent");
-        let (status, answer) =
-            dryrun::synthetic_cloud_answer(method.as_str(), path_and_query, body.as_ref(), serial);
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        CloudAnswer {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::from(answer.to_string()),
+    /// Whether upstream accepts a TCP connection within `timeout` (always, in dry-run mode:
+    /// nothing is sent there).
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        if self.dry_run.is_some() {
+            return true;
         }
+        let port = self.root.authority.port_u16().unwrap_or(
+            if self.root.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            },
+        );
+        let connect = tokio::net::TcpStream::connect((self.root.authority.host(), port));
+        matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)))
     }
 
     /// Sends a request whose body streams (media), returning as soon as the answer's head
@@ -269,7 +328,7 @@ impl Upstream {
         headers: HeaderMap,
         body: ProxyBody,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        if self.dry_run {
+        if self.dry_run.is_some() {
             return Err(ProxyError::NotInDryRun("a media transfer"));
         }
         let uri = self
@@ -297,7 +356,7 @@ impl Upstream {
         uri: Uri,
         headers: HeaderMap,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        if self.dry_run {
+        if self.dry_run.is_some() {
             return Err(ProxyError::NotInDryRun("fetching a link"));
         }
         self.check_literal(&uri)?;

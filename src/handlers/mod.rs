@@ -10,7 +10,7 @@ mod webhooks;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,9 @@ use crate::routes::{route, Caller, Intake, Route};
 use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, CloudAnswer, Lane, Upstream, UpstreamCall};
+use crate::upstream::{
+    forwarded_request_headers, CloudAnswer, DryRun, Lane, Upstream, UpstreamCall,
+};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -43,8 +45,6 @@ pub struct AppState {
     pub auth: Auth,
     pub relay: Arc<Relay>,
     pub metrics: Metrics,
-    /// What dry-run mode has seen (empty otherwise).
-    pub dry_run_report: std::sync::Mutex<DryRunReport>,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
     pub shutting_down: AtomicBool,
 }
@@ -89,19 +89,9 @@ impl AppState {
             auth,
             relay,
             metrics: Metrics::new(),
-            dry_run_report: std::sync::Mutex::new(DryRunReport::default()),
             shutting_down: AtomicBool::new(false),
         })
     }
-}
-
-/// Counts for `GET /admin/dry-run/report`: requests by route and status, refusals by reason, and
-/// the On-Premise fields that did not reach the Cloud request.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct DryRunReport {
-    pub requests: std::collections::BTreeMap<String, u64>,
-    pub refused: std::collections::BTreeMap<String, u64>,
-    pub dropped_fields: std::collections::BTreeMap<String, u64>,
 }
 
 /// A handler's answer: JSON built from the translation, or a streamed response (media).
@@ -202,28 +192,26 @@ pub async fn handle(
                 .errors
                 .get_or_create(&ErrorLabels { code: onprem.code })
                 .inc();
-            if state.config.dry_run {
-                let mut report = state
-                    .dry_run_report
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                *report
-                    .refused
-                    .entry(format!("{route_name}: {}", onprem.details))
-                    .or_default() += 1;
+            if let Some(dry_run) = state.upstream.dry_run() {
+                dry_run.record(|report| {
+                    *report
+                        .refused
+                        .entry(format!("{route_name}: {}", onprem.details))
+                        .or_default() += 1;
+                });
             }
             json_response(onprem.status, &onprem.to_body(&state.config.meta))
         }
     };
     drop(in_flight);
     let status = response.status().as_u16();
-    if state.config.dry_run {
-        let mut report = state
-            .dry_run_report
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = format!("{route_name} {status}");
-        *report.requests.entry(key).or_default() += 1;
+    if let Some(dry_run) = state.upstream.dry_run() {
+        dry_run.record(|report| {
+            *report
+                .requests
+                .entry(format!("{route_name} {status}"))
+                .or_default() += 1;
+        });
     }
     state
         .metrics
@@ -407,14 +395,12 @@ async fn serve_stream(
 }
 
 fn dry_run_report(state: &AppState) -> Reply {
-    let report = state
-        .dry_run_report
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let body = serde_json::to_value(&*report).unwrap_or_default();
+    let dry_run = state.upstream.dry_run();
+    let report = dry_run.map(DryRun::report).unwrap_or_default();
+    let body = serde_json::to_value(&report).unwrap_or_default();
     Reply::Json(
         200,
-        serde_json::json!({"dry_run": state.config.dry_run, "report": body}),
+        serde_json::json!({"dry_run": dry_run.is_some(), "report": body}),
     )
 }
 
@@ -436,19 +422,17 @@ async fn translate_and_forward(
         Translated::Local { status, body } => return Ok(Reply::Json(status, body)),
         Translated::Upstream(cloud) => cloud,
     };
-    if state.config.dry_run {
+    if let Some(dry_run) = state.upstream.dry_run() {
         if let (Ok(onprem), Some(cloud_body)) = (crate::translate::parse_body(body), &cloud.body) {
             let dropped = crate::translate::dryrun::dropped_fields(&onprem, cloud_body);
-            let mut report = state
-                .dry_run_report
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for field in dropped {
-                *report
-                    .dropped_fields
-                    .entry(format!("{}: {field}", route.name()))
-                    .or_default() += 1;
-            }
+            dry_run.record(|report| {
+                for field in dropped {
+                    *report
+                        .dropped_fields
+                        .entry(format!("{}: {field}", route.name()))
+                        .or_default() += 1;
+                }
+            });
         }
     }
     // serde_json's writer straight into bytes (`to_string` goes through `Display`: about 2 %
@@ -529,22 +513,7 @@ async fn metrics(state: &AppState) -> Reply {
 async fn readyz(state: &AppState) -> Reply {
     let shutting_down = state.shutting_down.load(Ordering::SeqCst);
     let outbox_ok = state.relay.db.writable().await.is_ok();
-    let root = &state.config.upstream;
-    let port = root
-        .authority
-        .port_u16()
-        .unwrap_or(if root.scheme == http::uri::Scheme::HTTPS {
-            443
-        } else {
-            80
-        });
-    let connect = tokio::net::TcpStream::connect((root.authority.host(), port));
-    // In dry-run mode nothing is sent upstream, so its reachability does not matter.
-    let upstream_ok = state.config.dry_run
-        || matches!(
-            tokio::time::timeout(state.config.connect_timeout, connect).await,
-            Ok(Ok(_))
-        );
+    let upstream_ok = state.upstream.reachable(state.config.connect_timeout).await;
     let ready = !shutting_down && outbox_ok && upstream_ok;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
