@@ -7,8 +7,9 @@
 //! - [`routes`]: pure route table, (method, On-Premise path) -> [`routes::Route`].
 //! - [`handlers`]: one request end to end (limited body -> translate -> upstream -> back), with
 //!   one module per area: media, profile (photo), providers, settings, webhooks.
-//! - [`upstream`]: the Cloud API client (pooling, TLS, timeouts, redirects, gzip, headers,
-//!   dry-run answers).
+//! - [`upstream`]: everything that leaves the proxy: `cloud` (the Cloud API, with the key),
+//!   `outbound` (provider links and webhook receivers, never the key, within the link policy)
+//!   and `dry_run` (the one place that mode lives).
 //! - [`link_guard`]: the addresses fetches on a client's behalf may not reach (after DNS).
 //! - [`body`]: the streaming bodies (multipart upload, media download).
 //! - [`auth`]: the key map and login tokens.

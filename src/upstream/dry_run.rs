@@ -1,0 +1,88 @@
+//! `--upstream dry-run`: nothing leaves the machine. Every request is translated and validated
+//! as usual; the Cloud request it would have been is logged (secrets masked), a synthetic Cloud
+//! answer is reshaped as usual, and what the proxy saw is counted for the operator's report.
+
+use bytes::Bytes;
+use http::header::HeaderMap;
+use http::{Method, StatusCode};
+
+use super::{CloudAnswer, Upstream};
+use crate::translate::dryrun;
+
+/// Dry-run mode: nothing leaves the machine. Cloud's answers are synthesized (ids
+/// `wamid.DRYRUN...`), and what the proxy saw is counted for `GET /admin/dry-run/report`.
+#[derive(Debug)]
+pub struct DryRun {
+    serial: std::sync::atomic::AtomicU64,
+    report: std::sync::Mutex<DryRunReport>,
+}
+
+impl Default for DryRun {
+    fn default() -> Self {
+        DryRun {
+            serial: std::sync::atomic::AtomicU64::new(1),
+            report: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Counts for `GET /admin/dry-run/report`: requests by route and status, refusals by reason, and
+/// the On-Premise fields that did not reach the Cloud request.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DryRunReport {
+    pub requests: std::collections::BTreeMap<String, u64>,
+    pub refused: std::collections::BTreeMap<String, u64>,
+    pub dropped_fields: std::collections::BTreeMap<String, u64>,
+}
+
+impl DryRun {
+    /// Changes the report (a poisoned lock only means a panic elsewhere: the counts stand).
+    pub fn record(&self, change: impl FnOnce(&mut DryRunReport)) {
+        change(
+            &mut self
+                .report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
+    /// A copy of the report as it stands.
+    pub fn report(&self) -> DryRunReport {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Logs the Cloud request that would have been sent (secrets masked, no query) and
+    /// synthesizes Cloud's answer.
+    pub(super) fn answer(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        body: Option<&[u8]>,
+    ) -> CloudAnswer {
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        let path = path_and_query.split('?').next().unwrap_or("");
+        let logged = body.as_ref().map(dryrun::redacted).unwrap_or_default();
+        tracing::info!(method = %method, path = %path, body = %logged, "dry run: Cloud request not sent");
+        let (status, answer) =
+            dryrun::synthetic_cloud_answer(method.as_str(), path_and_query, body.as_ref(), serial);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        CloudAnswer {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(answer.to_string()),
+        }
+    }
+}
+
+impl Upstream {
+    /// The dry-run mode's state, when the proxy runs in it.
+    pub fn dry_run(&self) -> Option<&DryRun> {
+        self.dry_run.as_ref()
+    }
+}
