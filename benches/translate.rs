@@ -6,10 +6,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Value};
-use waba_onprem_proxy::translate::messages::{
-    cloud_to_onprem_send_response, onprem_to_cloud_send_owned,
-};
-use waba_onprem_proxy::translate::webhooks::{cloud_to_onprem_webhook_owned, WebhookOptions};
+use waba_onprem_proxy::translate::messages::{cloud_to_onprem_send_response, onprem_to_cloud_send};
+use waba_onprem_proxy::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
 use waba_onprem_proxy::translate::{parse_body, Meta};
 
 // The allocator the proxy binary runs with (src/main.rs): allocation is most of these costs.
@@ -49,7 +47,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("text send: parse + onprem_to_cloud_send + serialize", |b| {
         b.iter(|| {
             let body = parse_body(black_box(&text_bytes)).unwrap();
-            serde_json::to_vec(&onprem_to_cloud_send_owned(body).unwrap()).unwrap()
+            serde_json::to_vec(&onprem_to_cloud_send(body).unwrap()).unwrap()
         })
     });
     let hsm_bytes = serde_json::to_vec(&hsm()).unwrap();
@@ -58,7 +56,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let body = parse_body(black_box(&hsm_bytes)).unwrap();
-                serde_json::to_vec(&onprem_to_cloud_send_owned(body).unwrap()).unwrap()
+                serde_json::to_vec(&onprem_to_cloud_send(body).unwrap()).unwrap()
             })
         },
     );
@@ -68,7 +66,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("text send: onprem_to_cloud_send only", |b| {
         b.iter_batched(
             || text_value.clone(),
-            |body| onprem_to_cloud_send_owned(body).unwrap(),
+            |body| onprem_to_cloud_send(body).unwrap(),
             BatchSize::SmallInput,
         )
     });
@@ -76,7 +74,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("hsm with 3 params: onprem_to_cloud_send only", |b| {
         b.iter_batched(
             || hsm_value.clone(),
-            |body| onprem_to_cloud_send_owned(body).unwrap(),
+            |body| onprem_to_cloud_send(body).unwrap(),
             BatchSize::SmallInput,
         )
     });
@@ -86,7 +84,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter_batched(
                 || webhook_value.clone(),
-                |body| cloud_to_onprem_webhook_owned(body, WebhookOptions::default()).unwrap(),
+                |body| cloud_to_onprem_webhook(body, WebhookOptions::default()).unwrap(),
                 BatchSize::SmallInput,
             )
         },
@@ -108,7 +106,7 @@ fn benches(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let body: Value = serde_json::from_slice(black_box(&webhook_bytes)).unwrap();
-                cloud_to_onprem_webhook_owned(body, WebhookOptions::default()).unwrap()
+                cloud_to_onprem_webhook(body, WebhookOptions::default()).unwrap()
             })
         },
     );

@@ -3,6 +3,6 @@
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     use waba_onprem_proxy::translate::{messages::onprem_to_cloud_send, parse_body};
     if let Ok(body) = parse_body(data) {
-        let _ = onprem_to_cloud_send(&body);
+        let _ = onprem_to_cloud_send(body);
     }
 });

@@ -20,7 +20,7 @@ use crate::routes::Route;
 use crate::secret::same_secret;
 use crate::translate::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
 use crate::translate::webhooks::WebhookOptions;
-use crate::translate::{as_object_pub, parse_body, TranslateError};
+use crate::translate::{as_object, parse_body, TranslateError};
 
 /// `POST /cloud-webhooks/{channel}`: 200 only once the event is committed to disk.
 pub(super) async fn inbound(
@@ -89,7 +89,7 @@ pub(super) async fn config(
     }
     let bad = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
     let body = parse_body(body).map_err(bad)?;
-    let request = as_object_pub(&body, "request body").map_err(bad)?;
+    let request = as_object(&body, "request body").map_err(bad)?;
     let url = match request.get("url") {
         Some(Value::String(url)) => url.clone(),
         None | Some(Value::Null) => return Err(bad(TranslateError::missing("url"))),

@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::db::{Channel, Claim, Database, DbError, Due, NewPayload, Outcome};
 use crate::secret::same_secret;
-use crate::translate::webhooks::{cloud_to_onprem_webhook_owned, WebhookOptions};
+use crate::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
 use crate::upstream::Upstream;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -113,7 +113,7 @@ impl Relay {
         };
         let translated = serde_json::from_slice::<Value>(&raw)
             .map_err(|e| e.to_string())
-            .and_then(|v| cloud_to_onprem_webhook_owned(v, options).map_err(|e| e.to_string()));
+            .and_then(|v| cloud_to_onprem_webhook(v, options).map_err(|e| e.to_string()));
         match translated {
             Ok(translation) => {
                 let skipped = translation.skipped.len();

@@ -20,14 +20,9 @@ const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"
 /// would fail the send.
 pub const ONPREM_ONLY_FIELDS: [&str; 2] = ["render_mentions", "ttl"];
 
-/// On-Premise send body -> Cloud `POST /messages` body.
-pub fn onprem_to_cloud_send(body: &Value) -> Result<Value, TranslateError> {
-    onprem_to_cloud_send_owned(body.clone())
-}
-
-/// [`onprem_to_cloud_send`] taking the parsed body by value: the proxy's hot path moves the
-/// fields it keeps instead of copying them.
-pub fn onprem_to_cloud_send_owned(body: Value) -> Result<Value, TranslateError> {
+/// On-Premise send body -> Cloud `POST /messages` body. Takes the parsed body by value: the
+/// proxy's hot path moves the fields it keeps instead of copying them.
+pub fn onprem_to_cloud_send(body: Value) -> Result<Value, TranslateError> {
     let mut message = match body {
         Value::Object(map) => map,
         Value::Null => return Err(TranslateError::missing("to")),
@@ -315,7 +310,7 @@ mod tests {
 
     #[test]
     fn text_preview_url_already_inside_text_wins() {
-        let out = onprem_to_cloud_send(&json!({
+        let out = onprem_to_cloud_send(json!({
             "to": "1", "type": "text", "preview_url": true,
             "text": {"body": "https://example.com", "preview_url": false}
         }))
@@ -328,7 +323,7 @@ mod tests {
     fn text_body_at_the_limit_passes_and_one_more_char_is_too_long() {
         let at_limit = "é".repeat(TEXT_BODY_MAX_CHARS);
         let send = |body: &str| {
-            onprem_to_cloud_send(&json!({"to":"1","type":"text","text":{"body": body}}))
+            onprem_to_cloud_send(json!({"to":"1","type":"text","text":{"body": body}}))
         };
         assert!(send(&at_limit).is_ok());
         let over = format!("{at_limit}x");

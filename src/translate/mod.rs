@@ -86,7 +86,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value, TranslateError> {
 }
 
 /// The body as a JSON object, or the error a client expects for a non-object body.
-pub(crate) fn as_object<'a>(
+pub fn as_object<'a>(
     value: &'a Value,
     path: &str,
 ) -> Result<&'a Map<String, Value>, TranslateError> {
@@ -95,14 +95,6 @@ pub(crate) fn as_object<'a>(
         Value::Null => Err(TranslateError::missing(path)),
         _ => Err(TranslateError::wrong_type(path, "an object")),
     }
-}
-
-/// `as_object` for the shell, which validates a few bodies of its own.
-pub fn as_object_pub<'a>(
-    value: &'a Value,
-    path: &str,
-) -> Result<&'a Map<String, Value>, TranslateError> {
-    as_object(value, path)
 }
 
 /// A required string field of `map`, `path` being the map's own path ("" at top level).

@@ -54,7 +54,7 @@ pub fn onprem_to_cloud_request(
     match route {
         Route::SendMessage => {
             let body = parse_body(body).map_err(client_error)?;
-            let cloud = messages::onprem_to_cloud_send_owned(body).map_err(client_error)?;
+            let cloud = messages::onprem_to_cloud_send(body).map_err(client_error)?;
             Ok(upstream("POST", "/messages".into(), Some(cloud)))
         }
         Route::MarkRead { message_id } => {

@@ -74,16 +74,9 @@ pub struct WebhookTranslation {
     pub skipped: Vec<String>,
 }
 
+/// A Cloud webhook post -> the On-Premise payloads. Takes the parsed post by value: the relay
+/// moves fields instead of copying them.
 pub fn cloud_to_onprem_webhook(
-    envelope: &Value,
-    options: WebhookOptions,
-) -> Result<WebhookTranslation, TranslateError> {
-    cloud_to_onprem_webhook_owned(envelope.clone(), options)
-}
-
-/// [`cloud_to_onprem_webhook`] taking the parsed post by value: the relay's hot path moves
-/// fields instead of copying them.
-pub fn cloud_to_onprem_webhook_owned(
     envelope: Value,
     options: WebhookOptions,
 ) -> Result<WebhookTranslation, TranslateError> {
@@ -277,7 +270,7 @@ mod tests {
     #[test]
     fn ordering_and_dedupe_keys_follow_the_recipient_and_ids() {
         let t = cloud_to_onprem_webhook(
-            &envelope(json!({"statuses": [{"id": "wamid.A", "status": "read", "recipient_id": "155", "timestamp": "1"}]})),
+            envelope(json!({"statuses": [{"id": "wamid.A", "status": "read", "recipient_id": "155", "timestamp": "1"}]})),
             WebhookOptions::default(),
         )
         .unwrap();
@@ -291,7 +284,7 @@ mod tests {
     #[test]
     fn a_payload_left_empty_by_sent_status_off_is_not_delivered() {
         let t = cloud_to_onprem_webhook(
-            &envelope(
+            envelope(
                 json!({"statuses": [{"id": "wamid.A", "status": "sent", "recipient_id": "155"}]}),
             ),
             WebhookOptions {

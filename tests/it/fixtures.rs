@@ -134,7 +134,7 @@ fn messages_fixtures_translate_sends_to_cloud() {
     let cases = cases("messages");
     for (case, sides) in &cases {
         let input = read(&path("messages", case, "onprem"));
-        let actual = match onprem_to_cloud_send(&input) {
+        let actual = match onprem_to_cloud_send(input.clone()) {
             Ok(cloud) => ("cloud", cloud),
             Err(e) => {
                 let error = onprem_error_for(&e);
@@ -422,7 +422,7 @@ fn run_webhooks(area: &str) {
             ),
             (None, _) => (input.clone(), WebhookOptions::default()),
         };
-        let result = cloud_to_onprem_webhook(&envelope, options);
+        let result = cloud_to_onprem_webhook(envelope, options);
         match (
             sides
                 .iter()

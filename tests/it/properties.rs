@@ -149,7 +149,7 @@ proptest! {
 
     #[test]
     fn any_bytes_as_a_send_translate_or_refuse(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        match parse_body(&bytes).and_then(|v| onprem_to_cloud_send(&v)) {
+        match parse_body(&bytes).and_then(onprem_to_cloud_send) {
             Ok(cloud) => prop_assert_eq!(&cloud["messaging_product"], &json!("whatsapp")),
             Err(e) => assert_onprem_error(&e),
         }
@@ -157,7 +157,7 @@ proptest! {
 
     #[test]
     fn any_json_as_a_send_translate_or_refuse(value in json_value()) {
-        match onprem_to_cloud_send(&value) {
+        match onprem_to_cloud_send(value.clone()) {
             Ok(cloud) => {
                 prop_assert_eq!(&cloud["messaging_product"], &json!("whatsapp"));
                 for onprem_only in ["preview_url", "render_mentions", "hsm"] {
@@ -186,7 +186,7 @@ proptest! {
 
     #[test]
     fn any_json_as_a_webhook_translates_or_refuses(value in json_value(), sent in any::<bool>(), delivered in any::<bool>(), read in any::<bool>()) {
-        if let Ok(translation) = cloud_to_onprem_webhook(&value, WebhookOptions { sent, delivered, read }) {
+        if let Ok(translation) = cloud_to_onprem_webhook(value.clone(), WebhookOptions { sent, delivered, read }) {
             for payload in translation.payloads {
                 prop_assert!(payload.body.is_object());
                 prop_assert!(payload.body.get("metadata").is_none());
