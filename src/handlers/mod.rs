@@ -2,27 +2,31 @@
 //! Every outcome, success or failure, leaves here as an On-Premise-shaped response carrying an
 //! `X-Request-Id`, and is logged once (without header values or queries: they carry secrets).
 
+mod intake;
 mod media;
+mod probes;
 mod profile;
 mod providers;
 mod settings;
 mod webhooks;
 
+use intake::{content_length, discard, read_body};
+use probes::{metrics, readyz};
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::auth::{Auth, KeyMapError, Unauthenticated};
+use crate::auth::{Auth, KeyMapError, Unauthenticated, API_KEY_HEADER};
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::db::Database;
@@ -92,6 +96,25 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
         })
     }
+}
+
+/// Shared by the areas below: where a key's documents are filed.
+pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
+
+/// The API key documents are filed under: the key as it goes upstream (after the key map and
+/// login tokens), so one channel's state is the same whichever way its client authenticates.
+pub(super) fn api_key(upstream_headers: &HeaderMap) -> Result<&str, ProxyError> {
+    upstream_headers
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ProxyError::Rejected(OnPremError::new(
+                401,
+                1005,
+                "the D360-API-KEY header (or a login token) is required",
+            ))
+        })
 }
 
 /// A handler's answer: JSON built from the translation, or a streamed response (media).
@@ -492,36 +515,6 @@ fn check_head(parts: &Parts, max_header_bytes: usize) -> Result<(), ProxyError> 
     Ok(())
 }
 
-async fn metrics(state: &AppState) -> Reply {
-    let stats = match state.relay.db.stats(crate::clock::now_ms()).await {
-        Ok(stats) => Some(stats),
-        Err(error) => {
-            warn!(%error, "outbox statistics unavailable for /metrics");
-            None
-        }
-    };
-    let mut response = Response::new(full(state.metrics.render(stats.as_ref())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    Reply::Stream(response)
-}
-
-/// Ready means: not shutting down, the outbox takes writes, and upstream accepts a TCP
-/// connection within the connect timeout.
-async fn readyz(state: &AppState) -> Reply {
-    let shutting_down = state.shutting_down.load(Ordering::SeqCst);
-    let outbox_ok = state.relay.db.writable().await.is_ok();
-    let upstream_ok = state.upstream.reachable(state.config.connect_timeout).await;
-    let ready = !shutting_down && outbox_ok && upstream_ok;
-    let body = serde_json::json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "checks": {"shutting_down": shutting_down, "outbox_writable": outbox_ok, "upstream_reachable": upstream_ok},
-    });
-    Reply::Json(if ready { 200 } else { 503 }, body)
-}
-
 /// The client's end-to-end headers plus our request id, as sent upstream.
 fn upstream_headers(parts: &Parts, request_id: &str) -> HeaderMap {
     let mut headers = forwarded_request_headers(&parts.headers);
@@ -554,92 +547,6 @@ fn translate_answer(
         }
     }
     Ok(Reply::Json(status, body))
-}
-
-/// Reads the whole body, refusing more than the configured limit (by `Content-Length` up
-/// front, and by counting for chunked bodies) and giving up after the body read timeout.
-async fn read_body(
-    config: &Config,
-    headers: &HeaderMap,
-    body: Incoming,
-) -> Result<Bytes, ProxyError> {
-    let limit = config.max_body_bytes;
-    read_limited(headers, body, limit, config.body_read_timeout, || {
-        ProxyError::BodyTooLarge { limit }
-    })
-    .await
-}
-
-/// Reads a whole body of at most `limit` bytes (declared or counted; past it: `too_large()`)
-/// that must arrive `within` the given time.
-async fn read_limited(
-    headers: &HeaderMap,
-    mut body: Incoming,
-    limit: usize,
-    within: Duration,
-    too_large: impl Fn() -> ProxyError,
-) -> Result<Bytes, ProxyError> {
-    if content_length(headers).is_some_and(|n| n > limit as u64) {
-        discard(body, within);
-        return Err(too_large());
-    }
-    let read = async {
-        // A body usually arrives as one frame, which is then answered without a copy.
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut seen = 0;
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.map_err(ProxyError::BodyRead)?.into_data() else {
-                continue;
-            };
-            seen += data.len();
-            if seen > limit {
-                return Err(too_large());
-            }
-            chunks.push(data);
-        }
-        Ok(match chunks.len() {
-            1 => chunks.swap_remove(0),
-            _ => Bytes::from(chunks.concat()),
-        })
-    };
-    let read = tokio::time::timeout(within, read).await;
-    match read {
-        Err(_) => Err(ProxyError::BodyTimeout { after: within }),
-        Ok(Err(error @ ProxyError::BodyRead(_))) => Err(error),
-        Ok(Err(refused)) => {
-            discard(body, within);
-            Err(refused)
-        }
-        Ok(Ok(bytes)) => Ok(bytes),
-    }
-}
-
-/// Refused bodies are read this far at most before the connection is closed instead.
-const DISCARD_LIMIT: usize = 256 * 1024 * 1024;
-
-/// Reads and throws away the rest of a refused body while the refusal is sent. Closing a
-/// socket with unread data resets the connection, and a client still sending loses the
-/// answer (it sees a broken pipe instead of the 413).
-pub(super) fn discard(mut body: Incoming, within: Duration) {
-    tokio::spawn(async move {
-        let drain = async {
-            let mut seen = 0;
-            while let Some(Ok(frame)) = body.frame().await {
-                seen += frame.data_ref().map_or(0, Bytes::len);
-                if seen > DISCARD_LIMIT {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(within, drain).await;
-    });
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh one: 32 hex digits, a

@@ -127,7 +127,7 @@ pub(super) async fn upload_photo(
         }
     };
     let limit = usize::try_from(kind.limit).unwrap_or(usize::MAX);
-    let photo = super::read_limited(
+    let photo = super::intake::read_limited(
         &parts.headers,
         body,
         limit,

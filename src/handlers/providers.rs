@@ -6,8 +6,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::Uri;
 use serde_json::Value;
 
+use super::api_key;
 use super::media::{fetch_and_upload, Uploaded};
-use super::settings::api_key;
 use super::{Reply, RequestContext};
 use crate::error::ProxyError;
 use crate::handlers::AppState;

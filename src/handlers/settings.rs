@@ -3,8 +3,8 @@
 use http::HeaderMap;
 use serde_json::json;
 
-use super::{Reply, RequestContext};
-use crate::auth::{LoginRefused, API_KEY_HEADER};
+use super::{api_key, Reply, RequestContext, APPLICATION_SETTINGS};
+use crate::auth::LoginRefused;
 use crate::error::ProxyError;
 use crate::handlers::AppState;
 use crate::translate::errors::{onprem_error_for, OnPremError};
@@ -13,24 +13,6 @@ use crate::translate::settings::{
 };
 use crate::translate::webhooks::WebhookOptions;
 use crate::translate::{parse_body, TranslateError};
-
-pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
-
-/// The API key documents are filed under: the key as it goes upstream (after the key map and
-/// login tokens), so one channel's state is the same whichever way its client authenticates.
-pub(super) fn api_key(upstream_headers: &HeaderMap) -> Result<&str, ProxyError> {
-    upstream_headers
-        .get(API_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            ProxyError::Rejected(OnPremError::new(
-                401,
-                1005,
-                "the D360-API-KEY header (or a login token) is required",
-            ))
-        })
-}
 
 /// GET shows, PATCH merges, DELETE resets to defaults.
 pub(super) async fn application(

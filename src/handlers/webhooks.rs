@@ -8,7 +8,7 @@ use http::Method;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::settings::{api_key, APPLICATION_SETTINGS};
+use super::{api_key, APPLICATION_SETTINGS};
 use super::{Reply, RequestContext};
 use crate::clock::now_ms;
 use crate::error::ProxyError;
@@ -31,8 +31,8 @@ pub(super) async fn inbound(
 ) -> Result<Reply, ProxyError> {
     let limit = state.config.max_webhook_bytes;
     let within = state.config.body_read_timeout;
-    let raw = super::read_limited(headers, body, limit, within, || ProxyError::BodyTooLarge {
-        limit,
+    let raw = super::intake::read_limited(headers, body, limit, within, || {
+        ProxyError::BodyTooLarge { limit }
     })
     .await?;
     let secret = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
