@@ -2,6 +2,7 @@
 //! keep working, unchanged, against the **Cloud** API (through a BSP such as 360dialog).
 //!
 //! # Layout
+//! - [`app`]: the parts every request shares, built once at start-up ([`app::AppState`]).
 //! - [`config`]: flags and `WABA_PROXY_*` variables -> validated [`config::Config`].
 //! - [`server`]: accept loop, connection cap, header-read timeout, graceful shutdown, SIGHUP.
 //! - [`routes`]: pure route table, (method, On-Premise path) -> [`routes::Route`].
@@ -27,6 +28,7 @@
 //!   answers, shared with the `translate` command).
 //! - [`cli`]: the `translate` subcommand.
 
+pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cli;

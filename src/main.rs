@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use waba_onprem_proxy::app::AppState;
 use waba_onprem_proxy::config::{Cli, Command, LogFormat, ServeArgs, TranslateArgs};
-use waba_onprem_proxy::handlers::AppState;
 use waba_onprem_proxy::translate::Meta;
 use waba_onprem_proxy::{cli, server};
 

@@ -14,7 +14,7 @@ use intake::{content_length, discard, read_body};
 use probes::{metrics, readyz};
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -26,77 +26,15 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::auth::{Auth, KeyMapError, Unauthenticated, API_KEY_HEADER};
+pub use crate::app::{AppState, StartError};
+use crate::auth::{Unauthenticated, API_KEY_HEADER};
 use crate::body::{full, ProxyBody};
-use crate::config::Config;
-use crate::db::Database;
 use crate::error::{ProxyError, Unreadable};
-use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
-use crate::relay::Relay;
+use crate::metrics::{ErrorLabels, RequestLabels};
 use crate::routes::{route, Caller, Intake, Route};
-use crate::store::Store;
 use crate::translate::errors::OnPremError;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{
-    forwarded_request_headers, CloudAnswer, DryRun, Lane, Upstream, UpstreamCall,
-};
-
-/// What every request handler shares.
-pub struct AppState {
-    pub config: Config,
-    pub upstream: Arc<Upstream>,
-    pub store: Store,
-    pub auth: Auth,
-    pub relay: Arc<Relay>,
-    pub metrics: Metrics,
-    /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
-    pub shutting_down: AtomicBool,
-}
-
-/// Why the proxy cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    KeyMap(#[from] KeyMapError),
-    #[error("cannot open the database {database}: {source}")]
-    Database {
-        database: String,
-        source: crate::db::DbError,
-    },
-}
-
-impl AppState {
-    /// Opens (and migrates) the database. Fails when the key map cannot be read or the
-    /// database cannot be opened.
-    pub async fn open(config: Config) -> Result<AppState, StartError> {
-        let url = config.database_url();
-        let failed = |source| StartError::Database {
-            database: url.describe(),
-            source,
-        };
-        // Documents kept as files by earlier versions come along into the default database.
-        let import_dir = config
-            .database
-            .is_none()
-            .then_some(config.data_dir.as_path());
-        let db = Database::open_with(&url, import_dir, config.database_ca_file.as_deref())
-            .await
-            .map_err(failed)?;
-        let auth = Auth::new(config.key_map.clone(), db.clone())?;
-        let relay = Arc::new(Relay::open(&config, db.clone()).await.map_err(failed)?);
-        let upstream = Arc::new(Upstream::new(&config));
-        let store = Store::new(db);
-        Ok(AppState {
-            config,
-            upstream,
-            store,
-            auth,
-            relay,
-            metrics: Metrics::new(),
-            shutting_down: AtomicBool::new(false),
-        })
-    }
-}
+use crate::upstream::{forwarded_request_headers, CloudAnswer, DryRun, Lane, UpstreamCall};
 
 /// Shared by the areas below: where a key's documents are filed.
 pub(super) const APPLICATION_SETTINGS: &str = "application_settings";

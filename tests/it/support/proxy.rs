@@ -30,7 +30,7 @@ pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) ->
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let state = std::sync::Arc::new(
-        waba_onprem_proxy::handlers::AppState::open(config)
+        waba_onprem_proxy::app::AppState::open(config)
             .await
             .expect("state"),
     );

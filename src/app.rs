@@ -1,0 +1,71 @@
+//! The application: the parts every request shares, built once at start-up from the
+//! configuration (the database opened and migrated, the key map read, the upstream clients,
+//! the relay, the metrics). No request logic lives here.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::auth::{Auth, KeyMapError};
+use crate::config::Config;
+use crate::db::Database;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Config,
+    pub upstream: Arc<Upstream>,
+    pub store: Store,
+    pub auth: Auth,
+    pub relay: Arc<Relay>,
+    pub metrics: Metrics,
+    /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
+    pub shutting_down: AtomicBool,
+}
+
+/// Why the proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    KeyMap(#[from] KeyMapError),
+    #[error("cannot open the database {database}: {source}")]
+    Database {
+        database: String,
+        source: crate::db::DbError,
+    },
+}
+
+impl AppState {
+    /// Opens (and migrates) the database. Fails when the key map cannot be read or the
+    /// database cannot be opened.
+    pub async fn open(config: Config) -> Result<AppState, StartError> {
+        let url = config.database_url();
+        let failed = |source| StartError::Database {
+            database: url.describe(),
+            source,
+        };
+        // Documents kept as files by earlier versions come along into the default database.
+        let import_dir = config
+            .database
+            .is_none()
+            .then_some(config.data_dir.as_path());
+        let db = Database::open_with(&url, import_dir, config.database_ca_file.as_deref())
+            .await
+            .map_err(failed)?;
+        let auth = Auth::new(config.key_map.clone(), db.clone())?;
+        let relay = Arc::new(Relay::open(&config, db.clone()).await.map_err(failed)?);
+        let upstream = Arc::new(Upstream::new(&config));
+        let store = Store::new(db);
+        Ok(AppState {
+            config,
+            upstream,
+            store,
+            auth,
+            relay,
+            metrics: Metrics::new(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+}
