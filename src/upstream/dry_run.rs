@@ -1,4 +1,5 @@
-//! `--upstream dry-run`: nothing leaves the machine. Every request is translated and validated
+//! `--upstream dry-run`: nothing is sent to Cloud (webhook deliveries to the client's own
+//! receivers still go out, as in live mode). Every request is translated and validated
 //! as usual; the Cloud request it would have been is logged (secrets masked), a synthetic Cloud
 //! answer is reshaped as usual, and what the proxy saw is counted for the operator's report.
 
@@ -9,7 +10,7 @@ use http::{Method, StatusCode};
 use super::{CloudAnswer, Upstream};
 use crate::translate::dryrun;
 
-/// Dry-run mode: nothing leaves the machine. Cloud's answers are synthesized (ids
+/// Dry-run mode: nothing is sent to Cloud. Cloud's answers are synthesized (ids
 /// `wamid.DRYRUN...`), and what the proxy saw is counted for `GET /admin/dry-run/report`.
 #[derive(Debug)]
 pub struct DryRun {

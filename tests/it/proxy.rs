@@ -1052,6 +1052,7 @@ async fn dry_run_translates_everything_sends_nothing_and_reports_what_was_droppe
     )
     .await;
     assert_eq!(report.status, 200);
+    assert_eq!(report.json()["dry_run"], true);
     let report = report.json()["report"].clone();
     assert_eq!(report["requests"]["send_message 201"], 2);
     assert_eq!(report["requests"]["send_message 400"], 1);
@@ -1474,4 +1475,18 @@ async fn webhook_deliveries_cannot_reach_link_local_addresses() {
             "refused before connecting"
         );
     }
+}
+
+/// In dry-run mode nothing is sent upstream, so its reachability does not decide readiness
+/// (the dry-run root does not even resolve).
+#[tokio::test]
+async fn a_dry_run_proxy_is_ready_without_any_upstream() {
+    let proxy = spawn_proxy_with("dry-run", |_| {}).await;
+    let ready = send(&proxy, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    assert_eq!(ready.json()["checks"]["upstream_reachable"], true);
+    let live = spawn_proxy(&closed_port_url().await).await;
+    let ready = send(&live, "GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 503, "{:?}", ready.body);
+    assert_eq!(ready.json()["checks"]["upstream_reachable"], false);
 }

@@ -373,16 +373,23 @@ async fn admin_routes_need_the_token_and_do_not_exist_without_one(db: Backend) {
     .await;
     assert_eq!(lower.status, 200, "{:?}", lower.body);
     let without = relay_proxy(&db, &receiver, |c| c.admin_token = None).await;
-    let absent = send(
-        &without,
-        "GET",
-        "/admin/webhooks/stats",
-        &[("authorization", "Bearer admin-token")],
-        "",
-    )
-    .await;
-    assert_eq!(absent.status, 404);
-    assert_eq!(absent.json()["meta"]["api_status"], "stable");
+    for (method, path) in [
+        ("GET", "/admin/webhooks/stats"),
+        ("GET", "/admin/webhooks/dead"),
+        ("POST", "/admin/webhooks/dead/1/replay"),
+        ("GET", "/admin/dry-run/report"),
+    ] {
+        let absent = send(
+            &without,
+            method,
+            path,
+            &[("authorization", "Bearer admin-token")],
+            "",
+        )
+        .await;
+        assert_eq!(absent.status, 404, "{path}");
+        assert_eq!(absent.json()["meta"]["api_status"], "stable");
+    }
 }
 
 async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it(
