@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tracing::{info, warn};
 
-pub use crate::app::{AppState, StartError};
+pub use crate::app::AppState;
 use crate::auth::{Unauthenticated, API_KEY_HEADER};
 use crate::body::{full, ProxyBody};
 use crate::error::{ProxyError, Unreadable};

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::messages::{HEADER_MEDIA_TYPES, MEDIA_TYPES};
 use super::{as_object, required_str, Meta, TranslateError};
 
 const MIB: u64 = 1024 * 1024;
@@ -332,7 +333,7 @@ pub fn provider_links(message: &Value) -> Vec<ProviderLink> {
         (None, Value::Object(map)) => super::messages::implied_type(map),
         (None, _) => "",
     };
-    if ["image", "video", "document", "audio", "sticker"].contains(&kind) {
+    if MEDIA_TYPES.contains(&kind) {
         look(message.get(kind), format!("/{kind}"), kind.to_owned());
     }
     if let Some(components) = message.pointer("/template/components") {
@@ -344,7 +345,7 @@ pub fn provider_links(message: &Value) -> Vec<ProviderLink> {
         );
     }
     if let Some(header) = message.pointer("/interactive/header") {
-        for media in ["image", "video", "document"] {
+        for media in HEADER_MEDIA_TYPES {
             look(
                 header.get(media),
                 format!("/interactive/header/{media}"),
@@ -354,7 +355,7 @@ pub fn provider_links(message: &Value) -> Vec<ProviderLink> {
     }
     if let Some(Value::Array(cards)) = message.pointer("/interactive/action/cards") {
         for (k, card) in cards.iter().enumerate() {
-            for media in ["image", "video", "document"] {
+            for media in HEADER_MEDIA_TYPES {
                 look(
                     card.get("header").and_then(|h| h.get(media)),
                     format!("/interactive/action/cards/{k}/header/{media}"),
@@ -380,7 +381,7 @@ fn template_provider_links(
     for (c, component) in components.iter().enumerate() {
         if let Some(Value::Array(parameters)) = component.get("parameters") {
             for (p, parameter) in parameters.iter().enumerate() {
-                for media in ["image", "video", "document"] {
+                for media in HEADER_MEDIA_TYPES {
                     look(
                         parameter.get(media),
                         format!("{pointer}/{c}/parameters/{p}/{media}"),

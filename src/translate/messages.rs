@@ -11,7 +11,8 @@ use super::{as_object, join, optional_str, required_str, Meta, TranslateError};
 /// Cloud's limit for `text.body`; On-Premise answered 1001 "Message too long" past it.
 pub const TEXT_BODY_MAX_CHARS: usize = 4096;
 
-const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"];
+/// The message types whose object is a media object (`id` or `link`, and On-Premise's `provider`).
+pub const MEDIA_TYPES: [&str; 5] = ["image", "video", "document", "audio", "sticker"];
 
 /// Top-level send fields that exist only in On-Premise and have no Cloud form, so they are
 /// removed: `render_mentions` (Cloud renders mentions itself) and `ttl` (the message
