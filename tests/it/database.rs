@@ -583,5 +583,17 @@ async fn a_sqlite_file_in_use_is_refused_until_released() {
         .expect("a second open must be refused");
     assert!(refused.to_string().contains("in use"), "{refused}");
     drop(first);
-    Database::open(&url, None).await.unwrap();
+    // Released with `first`. The integration tests share one process, and another test
+    // spawning the proxy binary forks: until that child's exec closes it, the fork holds the
+    // lock file's description too, for microseconds. So the reopen may wait briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Database::open(&url, None).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("in use") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("not released: {e}"),
+        }
+    }
 }
