@@ -575,4 +575,21 @@ mod tests {
         let args = serve(&["x", "--upstream-timeout-ms", "0"]);
         assert!(matches!(args.validate(), Err(ConfigError::Zero { .. })));
     }
+
+    #[test]
+    fn timeouts_past_30_days_are_refused_and_the_header_cap_is_clamped() {
+        // `now + timeout` must never overflow on a request path.
+        let args = serve(&["x", "--media-idle-timeout-ms", "18446744073709551615"]);
+        assert!(matches!(args.validate(), Err(ConfigError::TooLong { .. })));
+        let month = (30 * 24 * 3600 * 1000u64).to_string();
+        assert!(serve(&["x", "--media-timeout-ms", &month])
+            .validate()
+            .is_ok());
+        let huge = serve(&["x", "--max-header-bytes", "99999999999"])
+            .validate()
+            .unwrap();
+        assert_eq!(huge.max_header_bytes, 1024 * 1024);
+        let tiny = serve(&["x", "--max-header-bytes", "1"]).validate().unwrap();
+        assert_eq!(tiny.max_header_bytes, 1024);
+    }
 }

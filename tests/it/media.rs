@@ -841,3 +841,30 @@ async fn media_transfers_that_stall_end_after_the_idle_timeout() {
         started.elapsed()
     );
 }
+
+/// One send may name a provider on at most 11 media objects (a header and ten carousel cards):
+/// more is refused before anything is fetched, so no send makes the proxy fetch without bound.
+#[tokio::test]
+async fn a_send_naming_providers_on_more_than_eleven_media_objects_is_refused_unfetched() {
+    let mock = MockUpstream::start().await;
+    let media_host = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock.url()).await;
+    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
+    send_json(
+        &proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        &providers,
+    )
+    .await;
+    let cards: Vec<_> = (0..12)
+        .map(|i| json!({"card_index": i, "components": [{"type": "header", "parameters": [{"type": "image",
+            "image": {"link": format!("{}/{i}.jpg", media_host.url()), "provider": {"name": "cdn"}}}]}]}))
+        .collect();
+    let send = json!({"to": "1", "type": "template", "template": {"name": "t", "language": {"code": "en"},
+        "components": [{"type": "carousel", "cards": cards}]}});
+    let answer = send_json(&proxy, "POST", "/v1/messages", &send.to_string()).await;
+    assert_eq!((answer.status, answer.onprem_error_code()), (400, 1009));
+    assert!(media_host.requests().is_empty());
+    assert!(mock.requests().is_empty());
+}
