@@ -55,7 +55,11 @@ impl AppState {
             .await
             .map_err(failed)?;
         let auth = Auth::new(config.key_map.clone(), db.clone())?;
-        let relay = Arc::new(Relay::open(&config, db.clone()).await.map_err(failed)?);
+        let relay = Arc::new(
+            Relay::open(&config, db.clone(), crate::clock::Clock::system())
+                .await
+                .map_err(failed)?,
+        );
         let upstream = Arc::new(Upstream::new(&config));
         let store = Store::new(db);
         Ok(AppState {

@@ -176,6 +176,25 @@ pub struct ServeArgs {
     /// Deliveries in flight at once (to different recipients).
     #[arg(long, env = "WABA_PROXY_WEBHOOK_CONCURRENCY", default_value_t = 32)]
     pub webhook_concurrency: usize,
+    /// Deliveries in flight at once to one channel (one legacy receiver); default: half of
+    /// --webhook-concurrency, so a slow receiver never holds every slot.
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_CHANNEL_CONCURRENCY")]
+    pub webhook_channel_concurrency: Option<usize>,
+    /// Failed deliveries in a row that open a channel's circuit breaker: the channel is then
+    /// probed with one delivery at its backoff instead of taking slots.
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_BREAKER_FAILURES", default_value_t = 5)]
+    pub webhook_breaker_failures: u32,
+    /// Inbound webhook posts stored in one transaction at most (group commit).
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_BATCH_MAX", default_value_t = 512)]
+    pub webhook_batch_max: usize,
+    /// How long a transaction waits for more inbound posts once it has one, in microseconds
+    /// (0: it takes what is already waiting; posts gather anyway while a commit runs).
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_BATCH_WAIT_US", default_value_t = 0)]
+    pub webhook_batch_wait_us: u64,
+    /// How long dead letters are kept, in seconds; delivered payloads go after the retry
+    /// period or this, whichever is shorter.
+    #[arg(long, env = "WABA_PROXY_WEBHOOK_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
+    pub webhook_retention_secs: u64,
     /// Largest inbound webhook post accepted, in bytes (larger: 413).
     #[arg(long, env = "WABA_PROXY_MAX_WEBHOOK_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_webhook_bytes: usize,
@@ -231,6 +250,13 @@ pub struct Config {
     pub webhook_retry_base: Duration,
     pub webhook_delivery_timeout: Duration,
     pub webhook_concurrency: usize,
+    /// At least 1, at most `webhook_concurrency`.
+    pub webhook_channel_concurrency: usize,
+    pub webhook_breaker_failures: u32,
+    /// At least 1.
+    pub webhook_batch_max: usize,
+    pub webhook_batch_wait: Duration,
+    pub webhook_retention: Duration,
     pub max_webhook_bytes: usize,
     pub max_connections: usize,
     /// At least 1: `--worker-threads`, or one per core.
@@ -423,6 +449,15 @@ impl ServeArgs {
             webhook_retry_base: positive(self.webhook_retry_base_ms, "webhook-retry-base-ms")?,
             webhook_delivery_timeout: positive(self.webhook_timeout_ms, "webhook-timeout-ms")?,
             webhook_concurrency: self.webhook_concurrency.max(1),
+            webhook_channel_concurrency: self
+                .webhook_channel_concurrency
+                .unwrap_or(self.webhook_concurrency / 2)
+                .clamp(1, self.webhook_concurrency.max(1)),
+            webhook_breaker_failures: self.webhook_breaker_failures.max(1),
+            webhook_batch_max: self.webhook_batch_max.max(1),
+            // Beyond a second it would only hold acknowledgements back.
+            webhook_batch_wait: Duration::from_micros(self.webhook_batch_wait_us.min(1_000_000)),
+            webhook_retention: Duration::from_secs(self.webhook_retention_secs),
             max_webhook_bytes: self.max_webhook_bytes,
             max_connections: self.max_connections.max(1),
             serving_threads: match self.worker_threads {

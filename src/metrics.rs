@@ -10,6 +10,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::db::Stats;
+use crate::relay::ChannelView;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -27,6 +28,11 @@ pub struct OutboxLabels {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -35,6 +41,9 @@ pub struct Metrics {
     pub upstream_seconds: Histogram,
     pub delivery_seconds: Histogram,
     outbox: Family<OutboxLabels, Gauge>,
+    oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
+    circuit_open: Family<ChannelLabels, Gauge>,
+    channel_in_flight: Family<ChannelLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -84,6 +93,24 @@ impl Metrics {
             "Webhook payloads by state (read at scrape time)",
             outbox.clone(),
         );
+        let oldest_pending = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "webhook_outbox_oldest_pending_seconds",
+            "Age of the oldest undelivered webhook payload (0 when none; read at scrape time)",
+            oldest_pending.clone(),
+        );
+        let circuit_open = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "webhook_channel_circuit_open",
+            "1 while a channel's circuit breaker is open or probing, else 0",
+            circuit_open.clone(),
+        );
+        let channel_in_flight = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "webhook_channel_in_flight",
+            "Deliveries in flight per channel",
+            channel_in_flight.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -92,12 +119,29 @@ impl Metrics {
             upstream_seconds,
             delivery_seconds,
             outbox,
+            oldest_pending,
+            circuit_open,
+            channel_in_flight,
         }
     }
 
-    /// The OpenMetrics text, with the outbox figures as of now.
-    pub fn render(&self, outbox: Option<&Stats>) -> String {
+    /// The OpenMetrics text, with the outbox figures and the delivery loop's channels as of
+    /// now.
+    pub fn render(&self, outbox: Option<&Stats>, channels: &[ChannelView]) -> String {
+        for view in channels {
+            let labels = ChannelLabels {
+                channel: view.channel.clone(),
+            };
+            self.circuit_open
+                .get_or_create(&labels)
+                .set(i64::from(view.circuit != "closed"));
+            self.channel_in_flight
+                .get_or_create(&labels)
+                .set(view.in_flight as i64);
+        }
         if let Some(stats) = outbox {
+            self.oldest_pending
+                .set(stats.oldest_pending_age_ms.unwrap_or(0).max(0) as f64 / 1000.0);
             for (state, value) in [
                 ("pending", stats.pending),
                 ("delivered", stats.delivered),

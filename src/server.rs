@@ -41,7 +41,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         upstream: state.upstream.clone(),
         delivery_seconds: state.metrics.delivery_seconds.clone(),
         settings: crate::relay::DeliverySettings::from_config(&state.config),
+        clock: state.relay.clock().clone(),
     }));
+    let upkeep = tokio::spawn(crate::relay::maintain_forever(
+        state.relay.clone(),
+        crate::relay::Retention::from_config(&state.config),
+    ));
     let (release, released) = watch::channel(false);
     let mut threads = vec![ServingThread::here()];
     let mut helpers = Vec::new();
@@ -62,8 +67,10 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     // Deliveries in flight are simply retried after the restart (at least once); on a shared
     // database their claims go back at once instead of when the lease ends.
     delivery.abort();
+    upkeep.abort();
     // Stopped before its claims go back: no post of ours may still be on its way then.
     let _ = delivery.await;
+    let _ = upkeep.await;
     hangups.abort();
     let _ = hangups.await;
     if let Err(error) = state.relay.db.release_claims(&state.relay.replica).await {

@@ -21,11 +21,24 @@ mod schema;
 mod url;
 
 pub use error::DbError;
-pub use model::{Channel, Claim, Dead, Due, Ingested, NewPayload, Outcome, Stats};
+pub use model::{
+    Channel, Claim, Dead, Due, DueFilter, Inbound, Ingested, NewPayload, Outcome, Stats,
+};
 pub use url::DatabaseUrl;
 
 use model::{dead_payload, headers_from_text, headers_to_text};
-use schema::{migrations, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET};
+use schema::{migrations, PENDING_CHANNELS, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET};
+
+/// What cleanup may remove.
+#[derive(Debug, Clone, Copy)]
+pub struct Horizon {
+    /// Delivered and dead outbox rows (and their raw events) created before this.
+    pub finished_before_ms: i64,
+    /// Dead letters that died before this.
+    pub dead_letters_before_ms: i64,
+    /// Login sessions that expired before this.
+    pub now_ms: i64,
+}
 
 /// The database handle the handlers and the relay share; cheap to clone.
 #[derive(Clone)]
@@ -147,8 +160,21 @@ impl Database {
         }
     }
 
-    /// Stores one inbound event and its payloads in one transaction. Payloads whose dedupe key
-    /// was already stored (an upstream re-send) are left out.
+    /// Stores inbound posts, in order, in one transaction: all of them or none. For each post,
+    /// what was stored; payloads whose dedupe key was already stored (an upstream re-send, also
+    /// one earlier in the same batch) are left out.
+    pub async fn ingest_batch(
+        &self,
+        posts: Vec<Inbound>,
+        now_ms: i64,
+    ) -> Result<Vec<Ingested>, DbError> {
+        match self {
+            Database::Sqlite(db) => blocking(db, move |db| db.ingest_batch(&posts, now_ms)).await,
+            Database::Postgres(db) => db.ingest_batch(&posts, now_ms).await,
+        }
+    }
+
+    /// Stores one inbound event and its payloads in one transaction (a batch of one).
     pub async fn ingest(
         &self,
         channel: &str,
@@ -157,16 +183,14 @@ impl Database {
         skipped: usize,
         now_ms: i64,
     ) -> Result<Ingested, DbError> {
-        match self {
-            Database::Sqlite(db) => {
-                let channel = channel.to_owned();
-                blocking(db, move |db| {
-                    db.ingest(&channel, &raw, &payloads, skipped, now_ms)
-                })
-                .await
-            }
-            Database::Postgres(db) => db.ingest(channel, &raw, &payloads, skipped, now_ms).await,
-        }
+        let post = Inbound::Event {
+            channel: channel.to_owned(),
+            raw,
+            payloads,
+            skipped,
+        };
+        let mut stored = self.ingest_batch(vec![post], now_ms).await?;
+        Ok(stored.pop().unwrap_or_default())
     }
 
     /// An inbound post that is not a Cloud webhook: kept in the dead-letter table, never lost.
@@ -177,16 +201,12 @@ impl Database {
         reason: String,
         now_ms: i64,
     ) -> Result<(), DbError> {
-        match self {
-            Database::Sqlite(db) => {
-                let channel = channel.to_owned();
-                blocking(db, move |db| {
-                    db.store_unreadable(&channel, &raw, &reason, now_ms)
-                })
-                .await
-            }
-            Database::Postgres(db) => db.store_unreadable(channel, &raw, &reason, now_ms).await,
-        }
+        let post = Inbound::Unreadable {
+            channel: channel.to_owned(),
+            raw,
+            reason,
+        };
+        self.ingest_batch(vec![post], now_ms).await.map(|_| ())
     }
 
     /// Due payloads, oldest first, at most one per (channel, recipient): a later event for a
@@ -198,11 +218,44 @@ impl Database {
         limit: usize,
         claim: &Claim,
     ) -> Result<Vec<Due>, DbError> {
+        let filter = DueFilter {
+            per_channel: limit,
+            ..DueFilter::default()
+        };
+        let mut due = self.claim_heads(now_ms, &filter, claim).await?;
+        if due.len() > limit {
+            // Over several channels: keep the oldest, give the rest back.
+            let spare: Vec<i64> = due.split_off(limit).iter().map(|d| d.id).collect();
+            self.release(&spare, &claim.replica).await?;
+        }
+        Ok(due)
+    }
+
+    /// [`Database::claim_due`] channel by channel: each channel's due heads, oldest first, at
+    /// most `filter.per_channel` of each, leaving out what `filter` names. The result is in id
+    /// order.
+    pub async fn claim_heads(
+        &self,
+        now_ms: i64,
+        filter: &DueFilter,
+        claim: &Claim,
+    ) -> Result<Vec<Due>, DbError> {
         match self {
             // One process owns the file: nobody to claim against, and a restart must not wait
             // for its own earlier claims to expire.
-            Database::Sqlite(db) => blocking(db, move |db| db.due(now_ms, limit)).await,
-            Database::Postgres(db) => db.claim_due(now_ms, limit, claim).await,
+            Database::Sqlite(db) => {
+                let filter = filter.clone();
+                blocking(db, move |db| db.due(now_ms, &filter)).await
+            }
+            Database::Postgres(db) => db.claim_heads(now_ms, filter, claim).await,
+        }
+    }
+
+    /// Gives claims back before their lease ends (payloads this replica will not deliver now).
+    pub async fn release(&self, ids: &[i64], replica: &str) -> Result<(), DbError> {
+        match self {
+            Database::Postgres(db) if !ids.is_empty() => db.release(ids, replica).await,
+            Database::Postgres(_) | Database::Sqlite(_) => Ok(()),
         }
     }
 
@@ -245,10 +298,17 @@ impl Database {
         }
     }
 
+    /// The first `limit` dead letters, oldest first.
     pub async fn dead(&self, limit: usize) -> Result<Vec<Dead>, DbError> {
+        self.dead_page(0, limit).await
+    }
+
+    /// Up to `limit` dead letters with an id above `after`, oldest first: the page after the
+    /// one that ended at `after`.
+    pub async fn dead_page(&self, after: i64, limit: usize) -> Result<Vec<Dead>, DbError> {
         match self {
-            Database::Sqlite(db) => blocking(db, move |db| db.dead(limit)).await,
-            Database::Postgres(db) => db.dead(limit).await,
+            Database::Sqlite(db) => blocking(db, move |db| db.dead_page(after, limit)).await,
+            Database::Postgres(db) => db.dead_page(after, limit).await,
         }
     }
 
@@ -261,12 +321,26 @@ impl Database {
         }
     }
 
-    /// Forgets delivered and dead payloads (and raw events) older than the retry period (until
-    /// then they still deduplicate upstream re-sends), and expired login sessions.
+    /// Forgets delivered and dead payloads (and raw events) created before `before_ms` (until
+    /// then they still deduplicate upstream re-sends), and expired login sessions. Dead
+    /// letters stay (see [`Database::prune_batch`]).
     pub async fn prune(&self, before_ms: i64, now_ms: i64) -> Result<(), DbError> {
+        let horizon = Horizon {
+            finished_before_ms: before_ms,
+            dead_letters_before_ms: i64::MIN,
+            now_ms,
+        };
+        while self.prune_batch(horizon, 10_000).await? == 10_000 {}
+        Ok(())
+    }
+
+    /// One small step of cleanup: at most `batch` rows of each kind that `horizon` lets go, in
+    /// short transactions, so ingest waits for none of them long. Returns the most rows removed
+    /// of one kind (the caller goes on while that is `batch`).
+    pub async fn prune_batch(&self, horizon: Horizon, batch: usize) -> Result<usize, DbError> {
         match self {
-            Database::Sqlite(db) => blocking(db, move |db| db.prune(before_ms, now_ms)).await,
-            Database::Postgres(db) => db.prune(before_ms, now_ms).await,
+            Database::Sqlite(db) => blocking(db, move |db| db.prune_batch(horizon, batch)).await,
+            Database::Postgres(db) => db.prune_batch(horizon, batch).await,
         }
     }
 

@@ -13,6 +13,25 @@ pub struct NewPayload {
     pub dedupe_key: Option<String>,
 }
 
+/// One inbound post to store: a Cloud webhook with its translated payloads, or a post that is
+/// not one (kept as a dead letter for the operator). Posts that arrive together are stored
+/// together, in one transaction (group commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Event {
+        channel: String,
+        raw: String,
+        payloads: Vec<NewPayload>,
+        /// Changes the translation left out (counted, not stored).
+        skipped: usize,
+    },
+    Unreadable {
+        channel: String,
+        raw: String,
+        reason: String,
+    },
+}
+
 /// Where inbound events for one legacy receiver come in and go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
@@ -84,6 +103,17 @@ pub enum Outcome {
         id: i64,
         error: String,
     },
+}
+
+/// Which due payloads a delivery loop wants: the heads of each channel's recipients, at most
+/// `per_channel` of each channel, none of the channels or payloads it names.
+#[derive(Debug, Clone, Default)]
+pub struct DueFilter {
+    pub per_channel: usize,
+    /// Channels not to fetch for (an open circuit breaker, a full queue).
+    pub except_channels: Vec<String>,
+    /// Payloads the loop already holds (waiting, in flight, or delivered and not yet recorded).
+    pub except_ids: Vec<i64>,
 }
 
 /// Who takes a round of due payloads, and until when nobody else may.

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::try_join_all;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -13,8 +14,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, Claim, DbError, Dead,
-    DocumentChange, Due, Ingested, NewPayload, Outcome, Stats, UPSERT_CHANNEL,
-    UPSERT_CHANNEL_KEEPING_SECRET,
+    DocumentChange, Due, DueFilter, Horizon, Inbound, Ingested, Outcome, Stats, PENDING_CHANNELS,
+    UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
 };
 
 /// Any lock id both our migrations and nobody else's use: replicas starting together migrate
@@ -240,41 +241,84 @@ impl Postgres {
         Ok(())
     }
 
-    pub async fn ingest(
+    /// One transaction for the whole batch, in four round trips whatever its size: the
+    /// recipients' locks, the events, the payloads (each pipelined: sent together, answered in
+    /// order), the counters and the commit.
+    pub async fn ingest_batch(
         &self,
-        channel: &str,
-        raw: &str,
-        payloads: &[NewPayload],
-        skipped: usize,
+        posts: &[Inbound],
         now_ms: i64,
-    ) -> Result<Ingested, DbError> {
+    ) -> Result<Vec<Ingested>, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Ids are handed out at insert, rows become visible at commit: two ingests of one
         // recipient on two connections could commit out of id order, and a delivery round in
         // between would take the later event as the head. One ingest per recipient at a time
         // (until commit) keeps id order and commit order the same. Sorted: no deadlocks.
-        let mut recipients: Vec<String> = payloads
+        let mut recipients: Vec<String> = posts
             .iter()
-            .map(|p| format!("{channel}:{}", p.ordering_key))
+            .flat_map(|post| match post {
+                Inbound::Event {
+                    channel, payloads, ..
+                } => payloads
+                    .iter()
+                    .map(|p| format!("{channel}:{}", p.ordering_key))
+                    .collect(),
+                Inbound::Unreadable { .. } => Vec::new(),
+            })
             .collect();
         recipients.sort();
         recipients.dedup();
-        let lock = tx
-            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
-            .await?;
-        for recipient in &recipients {
-            tx.execute(&lock, &[recipient]).await?;
+        if !recipients.is_empty() {
+            let lock = tx
+                .prepare_cached(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(r, 1))
+                     FROM (SELECT r FROM unnest($1::text[]) r ORDER BY r) sorted",
+                )
+                .await?;
+            tx.execute(&lock, &[&recipients]).await?;
         }
         let insert_event = tx
             .prepare_cached(
                 "INSERT INTO webhook_events (channel, received_at, body) VALUES ($1, $2, $3) RETURNING id",
             )
             .await?;
-        let event_id: i64 = tx
-            .query_one(&insert_event, &[&channel, &now_ms, &raw])
-            .await?
-            .try_get(0)?;
+        let insert_unreadable = tx
+            .prepare_cached(
+                "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
+                 VALUES (NULL, $1, '', $2, $3, 0, $4, $4)",
+            )
+            .await?;
+        let kept: Vec<Option<String>> = posts
+            .iter()
+            .map(|post| match post {
+                Inbound::Unreadable { raw, .. } => Some(Value::String(raw.clone()).to_string()),
+                Inbound::Event { .. } => None,
+            })
+            .collect();
+        let event_ids = try_join_all(posts.iter().zip(&kept).map(|(post, kept)| {
+            let (insert_event, insert_unreadable, tx) = (&insert_event, &insert_unreadable, &tx);
+            async move {
+                match (post, kept) {
+                    (Inbound::Event { channel, raw, .. }, _) => {
+                        let row = tx.query_one(insert_event, &[channel, &now_ms, raw]).await?;
+                        Ok::<_, DbError>(Some(row.try_get::<_, i64>(0)?))
+                    }
+                    (
+                        Inbound::Unreadable {
+                            channel, reason, ..
+                        },
+                        Some(kept),
+                    ) => {
+                        tx.execute(insert_unreadable, &[channel, kept, reason, &now_ms])
+                            .await?;
+                        Ok(None)
+                    }
+                    (Inbound::Unreadable { .. }, None) => Ok(None),
+                }
+            }
+        }))
+        .await?;
         let insert = tx
             .prepare_cached(
                 "INSERT INTO webhook_outbox
@@ -283,81 +327,108 @@ impl Postgres {
                  ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
             )
             .await?;
-        let mut ingested = Ingested::default();
-        for payload in payloads {
-            let inserted = tx
-                .execute(
-                    &insert,
+        // (post index, inserted?) per payload, in order.
+        let mut rows = Vec::new();
+        for (index, (post, event_id)) in posts.iter().zip(&event_ids).enumerate() {
+            if let (
+                Inbound::Event {
+                    channel, payloads, ..
+                },
+                Some(event_id),
+            ) = (post, event_id)
+            {
+                for payload in payloads {
+                    rows.push((index, event_id, channel, payload));
+                }
+            }
+        }
+        let inserted = try_join_all(rows.iter().map(|(_, event_id, channel, payload)| {
+            let (tx, insert) = (&tx, &insert);
+            let body = payload.body.as_str();
+            async move {
+                tx.execute(
+                    insert,
                     &[
-                        &event_id,
-                        &channel,
+                        *event_id,
+                        *channel,
                         &payload.ordering_key,
                         &payload.dedupe_key,
-                        &payload.body.as_str(),
+                        &body,
                         &now_ms,
                     ],
                 )
-                .await?;
+                .await
+            }
+        }))
+        .await?;
+        let mut results = vec![Ingested::default(); posts.len()];
+        for ((index, ..), inserted) in rows.iter().zip(inserted) {
             if inserted == 1 {
-                ingested.stored += 1;
+                results[*index].stored += 1;
             } else {
-                ingested.duplicates += 1;
+                results[*index].duplicates += 1;
             }
         }
+        let skipped: usize = posts
+            .iter()
+            .map(|post| match post {
+                Inbound::Event { skipped, .. } => *skipped,
+                Inbound::Unreadable { .. } => 0,
+            })
+            .sum();
+        let duplicates: usize = results.iter().map(|r| r.duplicates).sum();
         bump(&tx, "skipped_changes", skipped as i64).await?;
-        bump(&tx, "duplicates", ingested.duplicates as i64).await?;
+        bump(&tx, "duplicates", duplicates as i64).await?;
         tx.commit().await?;
-        Ok(ingested)
-    }
-
-    pub async fn store_unreadable(
-        &self,
-        channel: &str,
-        raw: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<(), DbError> {
-        self.execute(
-            "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
-             VALUES (NULL, $1, '', $2, $3, 0, $4, $4)",
-            &[&channel, &Value::String(raw.to_owned()).to_string(), &reason, &now_ms],
-        )
-        .await?;
-        Ok(())
+        Ok(results)
     }
 
     /// The heads of the recipients' queues that are due and not claimed by a live lease, locked
     /// (`SKIP LOCKED`: another replica's in-flight claim is passed over, not waited for) and
     /// claimed in one statement. A later event of a recipient whose head is claimed elsewhere
     /// is not a head, so per-recipient order holds across replicas.
-    pub async fn claim_due(
+    pub async fn claim_heads(
         &self,
         now_ms: i64,
-        limit: usize,
+        filter: &DueFilter,
         claim: &Claim,
     ) -> Result<Vec<Due>, DbError> {
         let client = self.pool.get().await?;
+        // Channel by channel (LATERAL), so a channel with a large backlog is not walked through
+        // to find another channel's payloads.
         let statement = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "WITH heads AS (
-                     SELECT o.id FROM webhook_outbox o
-                     WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= $1
-                       AND (o.claimed_until IS NULL OR o.claimed_until < $1)
-                       AND NOT EXISTS (
-                           SELECT 1 FROM webhook_outbox p
-                           WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
-                             AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)
-                     ORDER BY o.id LIMIT $2
-                     FOR UPDATE OF o SKIP LOCKED)
+                     SELECT h.id FROM ({PENDING_CHANNELS}) c CROSS JOIN LATERAL (
+                         SELECT o.id FROM webhook_outbox o
+                         WHERE o.channel = c.name
+                           AND o.delivered_at IS NULL AND o.dead_at IS NULL
+                           AND o.next_attempt_at <= $1
+                           AND (o.claimed_until IS NULL OR o.claimed_until < $1)
+                           AND NOT (o.id = ANY($6::BIGINT[]))
+                           AND NOT EXISTS (
+                               SELECT 1 FROM webhook_outbox p
+                               WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
+                                 AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)
+                         ORDER BY o.id LIMIT $2
+                         FOR UPDATE OF o SKIP LOCKED) h
+                     WHERE NOT (c.name = ANY($5::TEXT[])))
                  UPDATE webhook_outbox w SET claimed_by = $3, claimed_until = $4
                  FROM heads WHERE w.id = heads.id
                  RETURNING w.id, w.channel, w.payload, w.attempts, w.created_at",
-            )
+            ))
             .await?;
         let rows = client
             .query(
                 &statement,
-                &[&now_ms, &(limit as i64), &claim.replica, &claim.until_ms],
+                &[
+                    &now_ms,
+                    &(filter.per_channel as i64),
+                    &claim.replica,
+                    &claim.until_ms,
+                    &filter.except_channels,
+                    &filter.except_ids,
+                ],
             )
             .await?;
         let mut due = rows
@@ -483,6 +554,16 @@ impl Postgres {
         Ok(())
     }
 
+    pub async fn release(&self, ids: &[i64], replica: &str) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE webhook_outbox SET claimed_by = NULL, claimed_until = NULL
+             WHERE id = ANY($1::BIGINT[]) AND claimed_by = $2",
+            &[&ids, &replica],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn release_claims(&self, replica: &str) -> Result<(), DbError> {
         self.execute(
             "UPDATE webhook_outbox SET claimed_by = NULL, claimed_until = NULL
@@ -517,15 +598,15 @@ impl Postgres {
         })
     }
 
-    pub async fn dead(&self, limit: usize) -> Result<Vec<Dead>, DbError> {
+    pub async fn dead_page(&self, after: i64, limit: usize) -> Result<Vec<Dead>, DbError> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
                 "SELECT id, channel, ordering_key, payload, reason, attempts, created_at, died_at
-                 FROM webhook_dead ORDER BY id LIMIT $1",
-                &[&(limit as i64)],
+                 FROM webhook_dead WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &(limit as i64)],
             )
             .await?;
         let dead = rows
@@ -577,28 +658,41 @@ impl Postgres {
         Ok(true)
     }
 
-    pub async fn prune(&self, before_ms: i64, now_ms: i64) -> Result<(), DbError> {
+    pub async fn prune_batch(&self, horizon: Horizon, batch: usize) -> Result<usize, DbError> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "DELETE FROM webhook_outbox WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND created_at < $1",
-                &[&before_ms],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM webhook_events WHERE received_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = webhook_events.id)",
-                &[&before_ms],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM login_sessions WHERE expires_at <= $1",
-                &[&now_ms],
-            )
-            .await?;
-        Ok(())
+        let batch = batch as i64;
+        // Each statement is a transaction of its own: ingest waits for one small step at most.
+        let mut most = 0;
+        for (sql, at) in [
+            (
+                "DELETE FROM webhook_outbox WHERE id IN (
+                     SELECT id FROM webhook_outbox
+                     WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND created_at < $1
+                     LIMIT $2)",
+                horizon.finished_before_ms,
+            ),
+            (
+                "DELETE FROM webhook_events WHERE id IN (
+                     SELECT e.id FROM webhook_events e WHERE e.received_at < $1
+                       AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = e.id)
+                     LIMIT $2)",
+                horizon.finished_before_ms,
+            ),
+            (
+                "DELETE FROM webhook_dead WHERE id IN (
+                     SELECT id FROM webhook_dead WHERE died_at < $1 LIMIT $2)",
+                horizon.dead_letters_before_ms,
+            ),
+            (
+                "DELETE FROM login_sessions WHERE token_hash IN (
+                     SELECT token_hash FROM login_sessions WHERE expires_at <= $1 LIMIT $2)",
+                horizon.now_ms,
+            ),
+        ] {
+            let removed = client.execute(sql, &[&at, &batch]).await?;
+            most = most.max(removed as usize);
+        }
+        Ok(most)
     }
 
     pub async fn document(&self, kind: &str, key_hash: &str) -> Result<Option<Value>, DbError> {

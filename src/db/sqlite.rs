@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, DbError, Dead,
-    DocumentChange, Due, Ingested, NewPayload, Outcome, Stats, UPSERT_CHANNEL,
-    UPSERT_CHANNEL_KEEPING_SECRET,
+    DocumentChange, Due, DueFilter, Horizon, Inbound, Ingested, Outcome, Stats, PENDING_CHANNELS,
+    UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
 };
 
 pub struct Sqlite {
@@ -192,85 +192,115 @@ impl Sqlite {
         Ok(())
     }
 
-    pub fn ingest(
-        &self,
-        channel: &str,
-        raw: &str,
-        payloads: &[NewPayload],
-        skipped: usize,
-        now_ms: i64,
-    ) -> rusqlite::Result<Ingested> {
+    pub fn ingest_batch(&self, posts: &[Inbound], now_ms: i64) -> rusqlite::Result<Vec<Ingested>> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
-        tx.execute(
-            "INSERT INTO webhook_events (channel, received_at, body) VALUES (?1, ?2, ?3)",
-            params![channel, now_ms, raw],
-        )?;
-        let event_id = tx.last_insert_rowid();
-        let mut ingested = Ingested::default();
-        for payload in payloads {
-            let inserted = tx.execute(
+        let mut results = Vec::with_capacity(posts.len());
+        let (mut skipped_total, mut duplicates_total) = (0i64, 0i64);
+        {
+            let mut insert_event = tx.prepare_cached(
+                "INSERT INTO webhook_events (channel, received_at, body) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut insert_payload = tx.prepare_cached(
                 "INSERT INTO webhook_outbox
                      (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
                  ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
-                params![
-                    event_id,
-                    channel,
-                    payload.ordering_key,
-                    payload.dedupe_key,
-                    payload.body.as_str(),
-                    now_ms
-                ],
             )?;
-            if inserted == 1 {
-                ingested.stored += 1;
-            } else {
-                ingested.duplicates += 1;
+            let mut insert_unreadable = tx.prepare_cached(
+                "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
+                 VALUES (NULL, ?1, '', ?2, ?3, 0, ?4, ?4)",
+            )?;
+            for post in posts {
+                let mut ingested = Ingested::default();
+                match post {
+                    Inbound::Event {
+                        channel,
+                        raw,
+                        payloads,
+                        skipped,
+                    } => {
+                        insert_event.execute(params![channel, now_ms, raw])?;
+                        let event_id = tx.last_insert_rowid();
+                        for payload in payloads {
+                            let inserted = insert_payload.execute(params![
+                                event_id,
+                                channel,
+                                payload.ordering_key,
+                                payload.dedupe_key,
+                                payload.body.as_str(),
+                                now_ms
+                            ])?;
+                            if inserted == 1 {
+                                ingested.stored += 1;
+                            } else {
+                                ingested.duplicates += 1;
+                            }
+                        }
+                        skipped_total += *skipped as i64;
+                        duplicates_total += ingested.duplicates as i64;
+                    }
+                    Inbound::Unreadable {
+                        channel,
+                        raw,
+                        reason,
+                    } => {
+                        let kept = Value::String(raw.clone()).to_string();
+                        insert_unreadable.execute(params![channel, kept, reason, now_ms])?;
+                    }
+                }
+                results.push(ingested);
             }
         }
-        bump(&tx, "skipped_changes", skipped as i64)?;
-        bump(&tx, "duplicates", ingested.duplicates as i64)?;
+        bump(&tx, "skipped_changes", skipped_total)?;
+        bump(&tx, "duplicates", duplicates_total)?;
         tx.commit()?;
-        Ok(ingested)
+        Ok(results)
     }
 
-    pub fn store_unreadable(
-        &self,
-        channel: &str,
-        raw: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> rusqlite::Result<()> {
-        self.lock().execute(
-            "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
-             VALUES (NULL, ?1, '', ?2, ?3, 0, ?4, ?4)",
-            params![channel, Value::String(raw.to_owned()).to_string(), reason, now_ms],
-        )?;
-        Ok(())
-    }
-
-    pub fn due(&self, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<Due>> {
+    /// Each channel's due heads on their own (the channels with pending payloads; each query walks
+    /// only that channel's pending rows, in id order, by `webhook_outbox_pending_channel`).
+    pub fn due(&self, now_ms: i64, filter: &DueFilter) -> rusqlite::Result<Vec<Due>> {
         let connection = self.lock();
+        let mut names = connection.prepare_cached(PENDING_CHANNELS)?;
+        let channels: Vec<String> = names
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let except_ids = serde_json::to_string(&filter.except_ids).unwrap_or_else(|_| "[]".into());
         let mut statement = connection.prepare_cached(
             "SELECT o.id, o.channel, o.payload, o.attempts, o.created_at FROM webhook_outbox o
-             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?1
+             WHERE o.channel = ?1 AND o.delivered_at IS NULL AND o.dead_at IS NULL
+               AND o.next_attempt_at <= ?2
+               AND o.id NOT IN (SELECT value FROM json_each(?4))
                AND NOT EXISTS (
                    SELECT 1 FROM webhook_outbox p
                    WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
                      AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)
-             ORDER BY o.id LIMIT ?2",
+             ORDER BY o.id LIMIT ?3",
         )?;
-        let rows = statement.query_map(params![now_ms, limit as i64], |row| {
-            Ok(Due {
-                id: row.get(0)?,
-                channel: row.get(1)?,
-                payload: row.get(2)?,
-                attempts: row.get(3)?,
-                created_at: row.get(4)?,
-            })
-        })?;
-        rows.collect()
+        let mut due = Vec::new();
+        for channel in channels
+            .iter()
+            .filter(|c| !filter.except_channels.contains(c))
+        {
+            let rows = statement.query_map(
+                params![channel, now_ms, filter.per_channel as i64, except_ids],
+                |row| {
+                    Ok(Due {
+                        id: row.get(0)?,
+                        channel: row.get(1)?,
+                        payload: row.get(2)?,
+                        attempts: row.get(3)?,
+                        created_at: row.get(4)?,
+                    })
+                },
+            )?;
+            for row in rows {
+                due.push(row?);
+            }
+        }
+        due.sort_by_key(|d| d.id);
+        Ok(due)
     }
 
     pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
@@ -357,13 +387,13 @@ impl Sqlite {
         })
     }
 
-    pub fn dead(&self, limit: usize) -> rusqlite::Result<Vec<Dead>> {
+    pub fn dead_page(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<Dead>> {
         let connection = self.lock();
-        let mut statement = connection.prepare(
+        let mut statement = connection.prepare_cached(
             "SELECT id, channel, ordering_key, payload, reason, attempts, created_at, died_at
-             FROM webhook_dead ORDER BY id LIMIT ?1",
+             FROM webhook_dead WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = statement.query_map(params![limit as i64], |row| {
+        let rows = statement.query_map(params![after, limit as i64], |row| {
             Ok(Dead {
                 id: row.get(0)?,
                 channel: row.get(1)?,
@@ -402,22 +432,37 @@ impl Sqlite {
         Ok(true)
     }
 
-    pub fn prune(&self, before_ms: i64, now_ms: i64) -> rusqlite::Result<()> {
-        let connection = self.lock();
-        connection.execute(
-            "DELETE FROM webhook_outbox WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND created_at < ?1",
-            params![before_ms],
+    pub fn prune_batch(&self, horizon: Horizon, batch: usize) -> rusqlite::Result<usize> {
+        let batch = batch as i64;
+        let step = |sql: &str, at: i64| -> rusqlite::Result<usize> {
+            // Each in a transaction of its own: ingest waits for one small step at most.
+            self.lock().prepare_cached(sql)?.execute(params![at, batch])
+        };
+        let finished = step(
+            "DELETE FROM webhook_outbox WHERE id IN (
+                 SELECT id FROM webhook_outbox
+                 WHERE (delivered_at IS NOT NULL OR dead_at IS NOT NULL) AND created_at < ?1
+                 LIMIT ?2)",
+            horizon.finished_before_ms,
         )?;
-        connection.execute(
-            "DELETE FROM webhook_events WHERE received_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = webhook_events.id)",
-            params![before_ms],
+        let events = step(
+            "DELETE FROM webhook_events WHERE id IN (
+                 SELECT e.id FROM webhook_events e WHERE e.received_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = e.id)
+                 LIMIT ?2)",
+            horizon.finished_before_ms,
         )?;
-        connection.execute(
-            "DELETE FROM login_sessions WHERE expires_at <= ?1",
-            params![now_ms],
+        let dead = step(
+            "DELETE FROM webhook_dead WHERE id IN (
+                 SELECT id FROM webhook_dead WHERE died_at < ?1 LIMIT ?2)",
+            horizon.dead_letters_before_ms,
         )?;
-        Ok(())
+        let sessions = step(
+            "DELETE FROM login_sessions WHERE token_hash IN (
+                 SELECT token_hash FROM login_sessions WHERE expires_at <= ?1 LIMIT ?2)",
+            horizon.now_ms,
+        )?;
+        Ok(finished.max(events).max(dead).max(sessions))
     }
 
     pub fn document(&self, kind: &str, key_hash: &str) -> rusqlite::Result<Option<Value>> {

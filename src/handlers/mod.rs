@@ -253,7 +253,7 @@ async fn serve(
         Route::Login => settings::login(state, &parts.headers).await,
         Route::Logout => settings::logout(state, &parts.headers).await,
         Route::AdminStats | Route::AdminDead | Route::AdminReplay { .. } => {
-            webhooks::admin(state, &route).await
+            webhooks::admin(state, &route, parts.uri.query()).await
         }
         Route::AdminDryRunReport => Ok(dry_run_report(state)),
         Route::Healthz => Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),

@@ -18,7 +18,11 @@ pub(super) async fn metrics(state: &AppState) -> Reply {
             None
         }
     };
-    let mut response = Response::new(full(state.metrics.render(stats.as_ref())));
+    let mut response = Response::new(full(
+        state
+            .metrics
+            .render(stats.as_ref(), &state.relay.channel_views()),
+    ));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

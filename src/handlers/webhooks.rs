@@ -146,7 +146,7 @@ pub(super) async fn register(
     let relayed = stored
         .as_ref()
         .map(WebhookOptions::from_application_settings);
-    let channel = configure_channel(&state.relay.db, &key, legacy_url, headers, relayed)
+    let channel = configure_channel(&state.relay, &key, legacy_url, headers, relayed)
         .await
         .map_err(ProxyError::Storage)?;
 
@@ -191,7 +191,7 @@ pub(super) async fn follow_relayed_statuses(
         .is_some()
         .then_some(crate::relay::DEFAULT_CHANNEL);
     for channel in std::iter::once(name.as_str()).chain(sidecar) {
-        if let Err(error) = state.relay.db.set_relayed_statuses(channel, statuses).await {
+        if let Err(error) = state.relay.set_relayed_statuses(channel, statuses).await {
             tracing::warn!(%error, "the status filter was not applied to the webhook channel");
         }
     }
@@ -218,16 +218,72 @@ pub(super) fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(),
     }
 }
 
+/// Dead letters per page unless `limit` says otherwise, and the most it may say.
+const DEAD_PAGE: usize = 100;
+const DEAD_PAGE_MAX: usize = 1_000;
+
+/// `?after=<id>&limit=<n>` of the dead-letter listing: the page after the one that ended at
+/// `after` (its `next`).
+fn dead_page(query: Option<&str>) -> Result<(i64, usize), ProxyError> {
+    let mut page = (0, DEAD_PAGE);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "after" => {
+                page.0 = value.parse::<i64>().map_err(|_| {
+                    rejected(
+                        400,
+                        1009,
+                        "after must be a dead-letter id (a number)".to_owned(),
+                    )
+                })?;
+            }
+            "limit" => {
+                page.1 = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=DEAD_PAGE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        rejected(
+                            400,
+                            1009,
+                            format!("limit must be a number from 1 to {DEAD_PAGE_MAX}"),
+                        )
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(page)
+}
+
 /// The admin routes; the caller was checked by the route's policy (`Caller::Admin`).
-pub(super) async fn admin(state: &AppState, route: &Route) -> Result<Reply, ProxyError> {
+pub(super) async fn admin(
+    state: &AppState,
+    route: &Route,
+    query: Option<&str>,
+) -> Result<Reply, ProxyError> {
     let db = &state.relay.db;
+    let page = match route {
+        Route::AdminDead => Some(dead_page(query)?),
+        _ => None,
+    };
     let answer = async {
         match route {
-            Route::AdminStats => Ok((
-                200,
-                serde_json::to_value(db.stats(now_ms()).await?).unwrap_or_default(),
-            )),
-            Route::AdminDead => Ok((200, json!({"dead": db.dead(1000).await?}))),
+            Route::AdminStats => {
+                let mut stats = serde_json::to_value(db.stats(now_ms()).await?).unwrap_or_default();
+                stats["channels"] =
+                    serde_json::to_value(state.relay.channel_views()).unwrap_or_default();
+                Ok((200, stats))
+            }
+            Route::AdminDead => {
+                let (after, limit) = page.unwrap_or((0, DEAD_PAGE));
+                let dead = db.dead_page(after, limit).await?;
+                // A full page may have a next one; its cursor is the last id shown.
+                let next = (dead.len() == limit)
+                    .then(|| dead.last().map(|d| d.id))
+                    .flatten();
+                Ok((200, json!({"dead": dead, "next": next})))
+            }
             Route::AdminReplay { dead_id } => match dead_id.parse::<i64>() {
                 Ok(id) if db.replay(id, now_ms()).await? => Ok((200, json!({"replayed": id}))),
                 _ => Ok((

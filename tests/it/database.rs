@@ -287,7 +287,7 @@ async fn login_sessions_expire_and_end(backend: Backend) {
 
 async fn migrations_are_recorded_and_not_applied_twice(backend: Backend) {
     let db = open(backend).await;
-    assert_eq!(db.schema_version().await.unwrap(), 4);
+    assert_eq!(db.schema_version().await.unwrap(), 5);
 }
 
 #[tokio::test]
@@ -300,7 +300,7 @@ async fn a_sqlite_file_reopens_with_its_events_and_schema() {
         .unwrap();
     drop(db);
     let again = Database::open(&url, None).await.unwrap();
-    assert_eq!(again.schema_version().await.unwrap(), 4);
+    assert_eq!(again.schema_version().await.unwrap(), 5);
     assert_eq!(again.stats(10).await.unwrap().pending, 1);
 }
 
@@ -341,7 +341,7 @@ async fn replicas_starting_together_migrate_once() {
         open.await.unwrap().unwrap();
     }
     let db = Database::open(&url, None).await.unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 4);
+    assert_eq!(db.schema_version().await.unwrap(), 5);
 }
 
 /// A claim keeps a payload from other replicas until its lease ends; then it returns.
@@ -478,7 +478,7 @@ async fn postgres_over_tls_is_encrypted_and_verified_against_the_given_ca() {
         .await
         .unwrap();
     verified.writable().await.unwrap();
-    assert_eq!(verified.schema_version().await.unwrap(), 4);
+    assert_eq!(verified.schema_version().await.unwrap(), 5);
     // Encrypted without verification, as libpq does when no CA is given.
     Database::open_with(&url("prefer"), None, None)
         .await
@@ -519,7 +519,7 @@ async fn an_outbox_from_before_migrations_is_migrated_in_place() {
     let db = Database::open(&DatabaseUrl::Sqlite(path), None)
         .await
         .unwrap();
-    assert_eq!(db.schema_version().await.unwrap(), 4);
+    assert_eq!(db.schema_version().await.unwrap(), 5);
     assert_eq!(due_ids(&db, 20).await, [1]);
     // The old dedupe key still holds.
     let again = db
