@@ -25,7 +25,7 @@ use crate::translate::webhooks::{cloud_to_onprem_webhook, WebhookOptions};
 pub use channels::{Breaker, ChannelView, Channels, Fairness, Pending};
 pub use delivery::{backoff, deliver_forever, Delivery, DeliverySettings};
 pub use ingest::Batching;
-pub use maintenance::{maintain_forever, Retention};
+pub use maintenance::{clean_up, maintain_forever, Retention};
 
 /// Header the inbound post must carry; its value is the channel's secret.
 pub const SECRET_HEADER: &str = "x-webhook-secret";

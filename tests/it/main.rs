@@ -17,6 +17,7 @@ mod mock_upstream_selftest;
 mod postgres_support;
 mod properties;
 mod proxy;
+mod relay;
 mod replicas;
 mod settings;
 mod webhooks;

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use waba_onprem_proxy::config::Config;
 
-const SECRET: &str = "cloud-to-proxy-secret";
+pub(crate) const SECRET: &str = "cloud-to-proxy-secret";
 
-fn text_event(wa_id: &str, id: &str, body: &str) -> Value {
+pub(crate) fn text_event(wa_id: &str, id: &str, body: &str) -> Value {
     json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages",
         "value": {"messaging_product": "whatsapp",
                   "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
@@ -22,13 +22,13 @@ fn text_event(wa_id: &str, id: &str, body: &str) -> Value {
                   "messages": [{"from": wa_id, "id": id, "timestamp": "1669233778", "type": "text", "text": {"body": body}}]}}]}]})
 }
 
-fn status_event(wa_id: &str, id: &str, status: &str) -> Value {
+pub(crate) fn status_event(wa_id: &str, id: &str, status: &str) -> Value {
     json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
         "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": "2"},
                   "statuses": [{"id": id, "status": status, "timestamp": "1669233779", "recipient_id": wa_id}]}}]}]})
 }
 
-fn receiver_ok() -> Behaviour {
+pub(crate) fn receiver_ok() -> Behaviour {
     Behaviour::Json {
         status: 200,
         body: json!({}),
@@ -43,7 +43,7 @@ fn receiver_down() -> Behaviour {
     }
 }
 
-async fn relay_proxy(
+pub(crate) async fn relay_proxy(
     db: &Backend,
     receiver: &MockUpstream,
     tune: impl FnOnce(&mut Config),
@@ -61,7 +61,12 @@ async fn relay_proxy(
     .await
 }
 
-async fn post_event(proxy: &TestProxy, channel: &str, secret: Option<&str>, event: &Value) -> u16 {
+pub(crate) async fn post_event(
+    proxy: &TestProxy,
+    channel: &str,
+    secret: Option<&str>,
+    event: &Value,
+) -> u16 {
     let mut headers = vec![("content-type", "application/json")];
     if let Some(secret) = secret {
         headers.push(("x-webhook-secret", secret));
@@ -78,7 +83,7 @@ async fn post_event(proxy: &TestProxy, channel: &str, secret: Option<&str>, even
 }
 
 /// A proxy that registers its own inbound URL upstream when a client sets its webhook.
-async fn registering_proxy(db: &Backend, upstream: &MockUpstream) -> TestProxy {
+pub(crate) async fn registering_proxy(db: &Backend, upstream: &MockUpstream) -> TestProxy {
     spawn_proxy_with(&upstream.url(), |c| {
         c.database = db.database();
         c.public_url = Some("https://proxy.example.com".into())
@@ -98,7 +103,7 @@ async fn settled_stats(proxy: &TestProxy) -> Value {
     }
 }
 
-async fn admin(proxy: &TestProxy, method: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn admin(proxy: &TestProxy, method: &str, path: &str) -> (u16, Value) {
     let answer = send(
         proxy,
         method,
@@ -515,7 +520,7 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend
 }
 
 /// The channel name and secret the proxy registered upstream (its first request).
-fn registered_channel(upstream: &MockUpstream) -> (String, String) {
+pub(crate) fn registered_channel(upstream: &MockUpstream) -> (String, String) {
     let registration = upstream.requests()[0].json();
     let channel = registration["url"]
         .as_str()

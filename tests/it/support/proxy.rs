@@ -98,8 +98,21 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
+    send_at(proxy.addr, method, path, headers, body).await
+}
+
+/// [`send`] to the proxy at `addr`: from a task of its own while the test holds the proxy.
+pub async fn send_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder().method(method).uri(proxy.url(path));
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
