@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use waba_onprem_proxy::config::Config;
 
+use super::mock_upstream::{Behaviour, MockUpstream};
+
 pub struct TestProxy {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
@@ -46,6 +48,31 @@ pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) ->
 
 pub async fn spawn_proxy(upstream: &str) -> TestProxy {
     spawn_proxy_with(upstream, |_| {}).await
+}
+
+/// A fresh recording mock upstream and a default proxy in front of it: where most tests start.
+pub async fn proxy_with_mock() -> (MockUpstream, TestProxy) {
+    proxy_with_mock_tuned([], |_| {}).await
+}
+
+/// As [`proxy_with_mock`], the mock giving `answers` in turn before it answers like waba-v2.
+pub async fn proxy_with_mock_answering(
+    answers: impl IntoIterator<Item = Behaviour>,
+) -> (MockUpstream, TestProxy) {
+    proxy_with_mock_tuned(answers, |_| {}).await
+}
+
+/// As [`proxy_with_mock_answering`], the proxy's config adjusted by `tune`.
+pub async fn proxy_with_mock_tuned(
+    answers: impl IntoIterator<Item = Behaviour>,
+    tune: impl FnOnce(&mut Config),
+) -> (MockUpstream, TestProxy) {
+    let mock = MockUpstream::start().await;
+    for answer in answers {
+        mock.push(answer);
+    }
+    let proxy = spawn_proxy_with(&mock.url(), tune).await;
+    (mock, proxy)
 }
 
 impl TestProxy {
@@ -118,6 +145,9 @@ pub async fn send(
 
 pub const API_KEY: &str = "TEST-KEY-d360-0123456789abcdef";
 
+/// The smallest valid send, for tests about what happens around a send rather than in it.
+pub const TEXT_MESSAGE: &str = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+
 /// Sends raw bytes with the given headers, as media clients do.
 pub async fn send_bytes(
     proxy: &TestProxy,
@@ -159,6 +189,11 @@ pub async fn send_json(proxy: &TestProxy, method: &str, path: &str, body: &str) 
     .await
 }
 
+/// [`TEXT_MESSAGE`] sent with the usual client headers.
+pub async fn send_text(proxy: &TestProxy) -> Answer {
+    send_json(proxy, "POST", "/v1/messages", TEXT_MESSAGE).await
+}
+
 /// A handle that can send from another task while the test owns the [`TestProxy`].
 pub struct TestProxyRef {
     addr: SocketAddr,
@@ -174,9 +209,7 @@ impl TestProxyRef {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let request = Request::post(format!("http://{}/v1/messages", self.addr))
             .header("d360-api-key", API_KEY)
-            .body(Full::new(Bytes::from_static(
-                br#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-            )))
+            .body(Full::new(Bytes::from_static(TEXT_MESSAGE.as_bytes())))
             .expect("request");
         client
             .request(request)
