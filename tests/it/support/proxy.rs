@@ -194,6 +194,11 @@ pub async fn send_text(proxy: &TestProxy) -> Answer {
     send_json(proxy, "POST", "/v1/messages", TEXT_MESSAGE).await
 }
 
+/// A client changing its application settings with the JSON `patch`.
+pub async fn patch_application_settings(proxy: &TestProxy, patch: &str) -> Answer {
+    send_json(proxy, "PATCH", "/v1/settings/application", patch).await
+}
+
 /// A handle that can send from another task while the test owns the [`TestProxy`].
 pub struct TestProxyRef {
     addr: SocketAddr,
