@@ -199,6 +199,22 @@ pub async fn patch_application_settings(proxy: &TestProxy, patch: &str) -> Answe
     send_json(proxy, "PATCH", "/v1/settings/application", patch).await
 }
 
+/// A client storing its media providers (a JSON array).
+pub async fn set_media_providers(proxy: &TestProxy, providers: &str) -> Answer {
+    send_json(
+        proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        providers,
+    )
+    .await
+}
+
+/// A client reading its media providers back.
+pub async fn media_providers(proxy: &TestProxy) -> Answer {
+    send_json(proxy, "GET", "/v1/settings/application/media/providers", "").await
+}
+
 /// A handle that can send from another task while the test owns the [`TestProxy`].
 pub struct TestProxyRef {
     addr: SocketAddr,
