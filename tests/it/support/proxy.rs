@@ -215,6 +215,47 @@ pub async fn media_providers(proxy: &TestProxy) -> Answer {
     send_json(proxy, "GET", "/v1/settings/application/media/providers", "").await
 }
 
+/// A key map file (`--key-map`) with the given JSON, in a place of its own.
+pub fn key_map_file(json: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+/// A password as a key map stores it: its SHA-256, in hex.
+pub fn password_sha256(password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `authorization` value of a login as `user` with `password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {credentials}")
+}
+
+/// A request carrying only `authorization` (a login's Basic or a session's Bearer), no API key.
+pub async fn post_authorized(
+    proxy: &TestProxy,
+    path: &str,
+    authorization: &str,
+    body: &str,
+) -> Answer {
+    send(
+        proxy,
+        "POST",
+        path,
+        &[("authorization", authorization)],
+        body,
+    )
+    .await
+}
+
 /// A handle that can send from another task while the test owns the [`TestProxy`].
 pub struct TestProxyRef {
     addr: SocketAddr,
