@@ -7,8 +7,8 @@
 use crate::support::mock_upstream::{Behaviour, MockUpstream};
 use crate::support::proxy::{
     basic_auth, key_map_file, media_providers, password_sha256, patch_application_settings,
-    post_authorized, send, send_json, set_media_providers, spawn_proxy_with, TestProxy,
-    TEXT_MESSAGE,
+    post_authorized, send, send_json, set_media_providers, set_webhook, spawn_proxy_with,
+    TestProxy, TEXT_MESSAGE,
 };
 use serde_json::json;
 use waba_onprem_proxy::db::DatabaseUrl;
@@ -68,13 +68,7 @@ async fn a_webhook_url_set_through_one_replica_is_answered_by_another() {
     let Some((a, b)) = two_replicas(&upstream).await else {
         return;
     };
-    let set = send_json(
-        &a,
-        "POST",
-        "/v1/configs/webhook",
-        r#"{"url": "https://crm.example/hook"}"#,
-    )
-    .await;
+    let set = set_webhook(&a, r#"{"url": "https://crm.example/hook"}"#).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
     let read = send_json(&b, "GET", "/v1/configs/webhook", "").await;
     assert_eq!(read.json()["url"], "https://crm.example/hook");

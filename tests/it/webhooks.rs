@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::mock_upstream::{Behaviour, MockUpstream};
 use crate::support::proxy::{
-    patch_application_settings, send, send_json, spawn_proxy_with, TestProxy,
+    patch_application_settings, send, send_json, set_webhook, spawn_proxy_with, TestProxy,
 };
 use crate::support::Backend;
 use bytes::Bytes;
@@ -368,10 +368,8 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
 ) {
     let (upstream, receiver, proxy) = registering_relay(&db).await;
     let legacy = format!("{}/crm/whatsapp", receiver.url());
-    let set = send_json(
+    let set = set_webhook(
         &proxy,
-        "POST",
-        "/v1/configs/webhook",
         &json!({"url": legacy, "headers": {"X-Crm-Token": "crm-secret"}}).to_string(),
     )
     .await;
@@ -417,13 +415,7 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
 async fn without_a_public_url_webhook_registration_is_a_clear_501(db: Backend) {
     let upstream = MockUpstream::start().await;
     let proxy = spawn_proxy_with(&upstream.url(), |c| c.database = db.database()).await;
-    let set = send_json(
-        &proxy,
-        "POST",
-        "/v1/configs/webhook",
-        r#"{"url": "https://crm.example/hook"}"#,
-    )
-    .await;
+    let set = set_webhook(&proxy, r#"{"url": "https://crm.example/hook"}"#).await;
     assert_eq!(set.status, 501);
     assert!(set.json()["errors"][0]["details"]
         .as_str()
@@ -438,28 +430,11 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend
         json!({"webhooks": {"url": format!("{}/hook", receiver.url())}, "sent_status": false});
     let set = patch_application_settings(&proxy, &patch.to_string()).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
-    let (channel, secret) = registered_channel(&upstream);
 
-    assert_eq!(
-        post_event(
-            &proxy,
-            &channel,
-            Some(&secret),
-            &status_event("7", "wamid.S", "sent")
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        post_event(
-            &proxy,
-            &channel,
-            Some(&secret),
-            &status_event("7", "wamid.S", "delivered")
-        )
-        .await,
-        200
-    );
+    let sent = status_event("7", "wamid.S", "sent");
+    assert_eq!(post_registered(&proxy, &upstream, &sent).await, 200);
+    let delivered = status_event("7", "wamid.S", "delivered");
+    assert_eq!(post_registered(&proxy, &upstream, &delivered).await, 200);
     let got = receiver.wait_for_requests(1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
@@ -482,6 +457,12 @@ fn registered_channel(upstream: &MockUpstream) -> (String, String) {
     (channel, secret)
 }
 
+/// Cloud posting `event` on the channel the proxy registered upstream, with its secret.
+async fn post_registered(proxy: &TestProxy, upstream: &MockUpstream, event: &Value) -> u16 {
+    let (channel, secret) = registered_channel(upstream);
+    post_event(proxy, &channel, Some(&secret), event).await
+}
+
 /// On-Premise 2.41.2's `webhooks.message.*` filter statuses like `sent_status`, and resetting
 /// the application settings relays everything again.
 async fn webhooks_message_read_off_drops_read_statuses_until_the_settings_are_reset(db: Backend) {
@@ -490,18 +471,9 @@ async fn webhooks_message_read_off_drops_read_statuses_until_the_settings_are_re
                                     "message": {"sent": true, "delivered": true, "read": false}}});
     let set = patch_application_settings(&proxy, &patch.to_string()).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
-    let (channel, secret) = registered_channel(&upstream);
     let post = |id: &'static str, status: &'static str| {
-        let (proxy, channel, secret) = (&proxy, channel.clone(), secret.clone());
-        async move {
-            post_event(
-                proxy,
-                &channel,
-                Some(&secret),
-                &status_event("7", id, status),
-            )
-            .await
-        }
+        let (proxy, upstream) = (&proxy, &upstream);
+        async move { post_registered(proxy, upstream, &status_event("7", id, status)).await }
     };
 
     // Per recipient, events go out in order: a read that was kept would arrive first.
@@ -568,13 +540,7 @@ async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_pre
         body: json!({"error": "Invalid api key"}),
     });
     let proxy = registering_proxy(&db, &upstream).await;
-    let set = send_json(
-        &proxy,
-        "POST",
-        "/v1/configs/webhook",
-        r#"{"url": "https://crm.example/hook"}"#,
-    )
-    .await;
+    let set = set_webhook(&proxy, r#"{"url": "https://crm.example/hook"}"#).await;
     assert_eq!((set.status, set.onprem_error_code()), (401, 1005));
     assert_eq!(set.json()["errors"][0]["details"], "Invalid api key");
 }

@@ -199,6 +199,11 @@ pub async fn patch_application_settings(proxy: &TestProxy, patch: &str) -> Answe
     send_json(proxy, "PATCH", "/v1/settings/application", patch).await
 }
 
+/// A client setting its webhook (`{"url": ...}`, perhaps with `headers`).
+pub async fn set_webhook(proxy: &TestProxy, body: &str) -> Answer {
+    send_json(proxy, "POST", "/v1/configs/webhook", body).await
+}
+
 /// A client storing its media providers (a JSON array).
 pub async fn set_media_providers(proxy: &TestProxy, providers: &str) -> Answer {
     send_json(
