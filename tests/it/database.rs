@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::support::Backend;
 use serde_json::{json, Value};
-use waba_onprem_proxy::db::NewPayload;
 use waba_onprem_proxy::db::{Claim, Database, DatabaseUrl, Outcome};
+use waba_onprem_proxy::db::{Ingested, NewPayload};
 
 async fn open(backend: Backend) -> Database {
     let url = backend.database().unwrap_or_else(|| {
@@ -50,6 +50,33 @@ async fn claimed_ids(db: &Database, now: i64, limit: usize, replica: &str, until
         .collect()
 }
 
+/// One post to channel `c` carrying `payloads`, stored at `now`.
+async fn ingest(db: &Database, payloads: Vec<NewPayload>, now: i64) -> Ingested {
+    db.ingest("c", "{}".into(), payloads, 0, now).await.unwrap()
+}
+
+/// Replica `r` records `outcomes` at `now` (`r` is the replica `due_ids` claims as).
+async fn record(db: &Database, outcomes: Vec<Outcome>, now: i64) {
+    db.record(outcomes, now, "r").await.unwrap()
+}
+
+/// A failed delivery of `id`, to be tried again at `next_attempt_at`.
+fn retry(id: i64, next_attempt_at: i64) -> Outcome {
+    Outcome::Retry {
+        id,
+        next_attempt_at,
+        error: "503".into(),
+    }
+}
+
+/// `id` given up on: dead-lettered.
+fn gave_up(id: i64) -> Outcome {
+    Outcome::Dead {
+        id,
+        error: "gave up".into(),
+    }
+}
+
 async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
     claimed_ids(db, now, 10, "r", now).await
 }
@@ -69,14 +96,8 @@ on_both_backends!(
 
 async fn resends_are_stored_once(backend: Backend) {
     let db = open(backend).await;
-    let first = db
-        .ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
-        .await
-        .unwrap();
-    let again = db
-        .ingest("c", "{}".into(), vec![payload("1", "a")], 0, 11)
-        .await
-        .unwrap();
+    let first = ingest(&db, vec![payload("1", "a")], 10).await;
+    let again = ingest(&db, vec![payload("1", "a")], 11).await;
     assert_eq!((first.stored, again.stored, again.duplicates), (1, 0, 1));
     let stats = db.stats(20).await.unwrap();
     assert_eq!((stats.pending, stats.duplicates), (1, 1));
@@ -84,87 +105,38 @@ async fn resends_are_stored_once(backend: Backend) {
 
 async fn a_recipient_waits_for_its_earlier_event_others_do_not(backend: Backend) {
     let db = open(backend).await;
-    db.ingest(
-        "c",
-        "{}".into(),
+    ingest(
+        &db,
         vec![payload("1", "a"), payload("1", "b"), payload("2", "c")],
-        0,
         10,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(due_ids(&db, 10).await, [1, 3]);
-    db.record(
-        vec![Outcome::Retry {
-            id: 1,
-            next_attempt_at: 100,
-            error: "503".into(),
-        }],
-        10,
-        "r",
-    )
-    .await
-    .unwrap();
+    record(&db, vec![retry(1, 100)], 10).await;
     // Still waiting on its earlier event, even though that one is not due.
     assert_eq!(due_ids(&db, 20).await, [3]);
-    db.record(
+    record(
+        &db,
         vec![Outcome::Delivered { id: 1 }, Outcome::Delivered { id: 3 }],
         30,
-        "r",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(due_ids(&db, 30).await, [2]);
     assert_eq!(db.stats(30).await.unwrap().delivered, 2);
 }
 
 async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(backend: Backend) {
     let db = open(backend).await;
-    db.ingest(
-        "c",
-        "{}".into(),
-        vec![payload("1", "a"), payload("1", "b")],
-        0,
-        10,
-    )
-    .await
-    .unwrap();
-    db.record(
-        vec![Outcome::Retry {
-            id: 1,
-            next_attempt_at: 5_000,
-            error: "503".into(),
-        }],
-        20,
-        "r",
-    )
-    .await
-    .unwrap();
+    ingest(&db, vec![payload("1", "a"), payload("1", "b")], 10).await;
+    record(&db, vec![retry(1, 5_000)], 20).await;
     // Event b (created at 10) is not deliverable before a: the loop must sleep until 5000.
     assert_eq!(db.next_due_at().await.unwrap(), Some(5_000));
 }
 
 async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Backend) {
     let db = open(backend).await;
-    db.ingest(
-        "c",
-        "{}".into(),
-        vec![payload("1", "a"), payload("1", "b")],
-        0,
-        10,
-    )
-    .await
-    .unwrap();
-    db.record(
-        vec![Outcome::Dead {
-            id: 1,
-            error: "gave up".into(),
-        }],
-        20,
-        "r",
-    )
-    .await
-    .unwrap();
+    ingest(&db, vec![payload("1", "a"), payload("1", "b")], 10).await;
+    record(&db, vec![gave_up(1)], 20).await;
     assert_eq!(due_ids(&db, 20).await, [2]);
     let dead = db.dead(10).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -178,19 +150,8 @@ async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Back
 
 async fn a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned(backend: Backend) {
     let db = open(backend).await;
-    db.ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
-        .await
-        .unwrap();
-    db.record(
-        vec![Outcome::Dead {
-            id: 1,
-            error: "gave up".into(),
-        }],
-        20,
-        "r",
-    )
-    .await
-    .unwrap();
+    ingest(&db, vec![payload("1", "a")], 10).await;
+    record(&db, vec![gave_up(1)], 20).await;
     db.prune(1_000, 1_000).await.unwrap();
     let dead = db.dead(10).await.unwrap();
     assert!(db.replay(dead[0].id, 30).await.unwrap());
@@ -295,9 +256,7 @@ async fn a_sqlite_file_reopens_with_its_events_and_schema() {
     let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
     let url = DatabaseUrl::Sqlite(path);
     let db = Database::open(&url, None).await.unwrap();
-    db.ingest("c", "{}".into(), vec![payload("1", "a")], 0, 10)
-        .await
-        .unwrap();
+    ingest(&db, vec![payload("1", "a")], 10).await;
     drop(db);
     let again = Database::open(&url, None).await.unwrap();
     assert_eq!(again.schema_version().await.unwrap(), 5);
@@ -352,32 +311,19 @@ async fn a_claim_excludes_other_replicas_until_its_lease_ends() {
     };
     let a = Database::open(&url, None).await.unwrap();
     let b = Database::open(&url, None).await.unwrap();
-    a.ingest(
-        "c",
-        "{}".into(),
+    ingest(
+        &a,
         vec![payload("1", "x"), payload("1", "y"), payload("2", "z")],
-        0,
         10,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(claimed_ids(&a, 10, 1, "a", 1_000).await, [1]);
     // Replica b neither takes x nor skips ahead to y (x is still undelivered): only z.
     assert_eq!(claimed_ids(&b, 20, 10, "b", 5_000).await, [3]);
     // Replica a stalls; after its lease, b takes x.
     assert_eq!(claimed_ids(&b, 1_001, 10, "b", 2_000).await, [1]);
     // a comes back and records a failure for x: b is delivering it, and keeps its claim.
-    a.record(
-        vec![Outcome::Retry {
-            id: 1,
-            next_attempt_at: 0,
-            error: "503".into(),
-        }],
-        1_001,
-        "a",
-    )
-    .await
-    .unwrap();
+    a.record(vec![retry(1, 0)], 1_001, "a").await.unwrap();
     assert_eq!(
         claimed_ids(&a, 1_002, 10, "a", 3_000).await,
         Vec::<i64>::new()
@@ -401,7 +347,7 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
         let payloads = (0..recipients)
             .map(|r| payload(&format!("w{r}"), &format!("{r}-{n}")))
             .collect();
-        db.ingest("c", "{}".into(), payloads, 0, 10).await.unwrap();
+        ingest(&db, payloads, 10).await;
     }
     let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     // Recipients with a payload being delivered right now, by any replica.
@@ -555,15 +501,9 @@ async fn ingests_of_one_recipient_commit_in_id_order() {
         .unwrap();
     let waiting = tokio::spawn({
         let db = db.clone();
-        async move {
-            db.ingest("c", "{}".into(), vec![payload("1", "later")], 0, 10)
-                .await
-                .unwrap()
-        }
+        async move { ingest(&db, vec![payload("1", "later")], 10).await }
     });
-    db.ingest("c", "{}".into(), vec![payload("2", "other")], 0, 10)
-        .await
-        .unwrap();
+    ingest(&db, vec![payload("2", "other")], 10).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the later ingest did not wait");
     client.batch_execute("COMMIT").await.unwrap();

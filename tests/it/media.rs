@@ -6,7 +6,8 @@
 
 use crate::support::mock_upstream::{Behaviour, MockUpstream};
 use crate::support::proxy::{
-    send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, TestProxy, API_KEY,
+    media_providers, proxy_with_mock, proxy_with_mock_answering, proxy_with_mock_tuned, send,
+    send_bytes, send_json, set_media_providers, spawn_proxy_with, Answer, TestProxy, API_KEY,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -33,7 +34,7 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
-async fn upload(proxy: &TestProxy, mime: &str, body: Bytes) -> crate::support::proxy::Answer {
+async fn upload(proxy: &TestProxy, mime: &str, body: Bytes) -> Answer {
     send_bytes(
         proxy,
         "POST",
@@ -69,8 +70,7 @@ async fn upload_chunked(
 
 #[tokio::test]
 async fn upload_becomes_cloud_multipart_with_exact_length_and_answers_201() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let image = payload(300_000);
     let answer = upload(&proxy, "image/jpeg", image.clone()).await;
     assert_eq!(answer.status, 201, "{:?}", answer.body);
@@ -98,8 +98,7 @@ async fn upload_becomes_cloud_multipart_with_exact_length_and_answers_201() {
 
 #[tokio::test]
 async fn a_multi_megabyte_chunked_document_arrives_byte_for_byte() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let document = payload(6 * 1024 * 1024 + 17);
     let chunks = document
         .chunks(100_000)
@@ -116,8 +115,7 @@ async fn a_multi_megabyte_chunked_document_arrives_byte_for_byte() {
 
 #[tokio::test]
 async fn uploads_without_a_usable_type_or_over_the_limit_never_reach_upstream() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let missing = send_bytes(
         &proxy,
         "POST",
@@ -151,8 +149,7 @@ async fn uploads_without_a_usable_type_or_over_the_limit_never_reach_upstream() 
 #[tokio::test]
 async fn a_refused_upload_is_read_to_its_end_and_the_connection_stays_usable() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let refusals = [
         (
@@ -220,8 +217,7 @@ async fn a_refused_upload_is_read_to_its_end_and_the_connection_stays_usable() {
 
 #[tokio::test]
 async fn a_chunked_upload_that_outgrows_its_limit_is_cut_off_with_413() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let sticker = payload(600 * 1024);
     let chunks = sticker
         .chunks(64 * 1024)
@@ -238,18 +234,10 @@ async fn a_chunked_upload_that_outgrows_its_limit_is_cut_off_with_413() {
 
 #[tokio::test]
 async fn download_streams_the_bytes_from_the_rerooted_url_with_type_and_length() {
-    let mock = MockUpstream::start().await;
+    let (mock, proxy) = proxy_with_mock().await;
     let image = payload(3 * 1024 * 1024 + 5);
     mock.add_media("1037543291543636", "image/jpeg", image.clone());
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send(
-        &proxy,
-        "GET",
-        "/v1/media/1037543291543636",
-        &[("D360-API-KEY", API_KEY)],
-        "",
-    )
-    .await;
+    let answer = download(&proxy, "1037543291543636").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.headers["content-type"], "image/jpeg");
     assert_eq!(
@@ -271,6 +259,59 @@ async fn download_streams_the_bytes_from_the_rerooted_url_with_type_and_length()
     assert_eq!(sent[1].header("d360-api-key"), Some(API_KEY));
 }
 
+/// A media host (or upstream) answering with a file of type `mime`.
+fn media_file(mime: &str, body: Bytes) -> Behaviour {
+    Behaviour::Respond {
+        status: 200,
+        headers: vec![("content-type".into(), mime.into())],
+        body,
+    }
+}
+
+/// A media host (or upstream) answering `status` with nothing in it.
+fn empty_answer(status: u16) -> Behaviour {
+    Behaviour::Respond {
+        status,
+        headers: vec![],
+        body: Bytes::new(),
+    }
+}
+
+/// A client downloading media `id` the two-step way, the whole body collected.
+async fn download(proxy: &TestProxy, id: &str) -> Answer {
+    send(
+        proxy,
+        "GET",
+        &format!("/v1/media/{id}"),
+        &[("D360-API-KEY", API_KEY)],
+        "",
+    )
+    .await
+}
+
+/// As [`download`], the response left unread: for bodies that must end in an error.
+async fn download_streamed(proxy: &TestProxy, id: &str) -> hyper::Response<hyper::body::Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let request = http::Request::get(proxy.url(&format!("/v1/media/{id}")))
+        .header("D360-API-KEY", API_KEY)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    client.request(request).await.unwrap()
+}
+
+/// A proxy in front of a recording upstream, and a media host for provider links:
+/// `(upstream, media_host, proxy)`.
+async fn proxy_and_media_host() -> (MockUpstream, MockUpstream, TestProxy) {
+    let (mock, proxy) = proxy_with_mock().await;
+    (mock, MockUpstream::start().await, proxy)
+}
+
+/// The client stores one provider, `cdn`, whose links are fetched with a bearer token.
+async fn store_cdn_provider(proxy: &TestProxy) {
+    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
+    set_media_providers(proxy, &providers).await;
+}
+
 fn lookup(id: &str, mime: &str, size: usize) -> Behaviour {
     Behaviour::Json {
         status: 200,
@@ -281,30 +322,24 @@ fn lookup(id: &str, mime: &str, size: usize) -> Behaviour {
 
 #[tokio::test]
 async fn gzip_encoded_and_chunked_media_are_decoded_with_the_metadata_length() {
-    let mock = MockUpstream::start().await;
     let audio = Bytes::from(vec![b'a'; 200_000]);
-    mock.push(lookup("77", "audio/ogg", audio.len()));
-    mock.push(Behaviour::GzipBytes {
-        status: 200,
-        headers: vec![("content-type".into(), "audio/ogg".into())],
-        body: audio.clone(),
-    });
-    mock.push(lookup("78", "audio/ogg", audio.len()));
-    mock.push(Behaviour::BytesChunked {
-        status: 200,
-        headers: vec![],
-        body: audio.clone(),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (_mock, proxy) = proxy_with_mock_answering([
+        lookup("77", "audio/ogg", audio.len()),
+        Behaviour::GzipBytes {
+            status: 200,
+            headers: vec![("content-type".into(), "audio/ogg".into())],
+            body: audio.clone(),
+        },
+        lookup("78", "audio/ogg", audio.len()),
+        Behaviour::BytesChunked {
+            status: 200,
+            headers: vec![],
+            body: audio.clone(),
+        },
+    ])
+    .await;
     for id in ["77", "78"] {
-        let answer = send(
-            &proxy,
-            "GET",
-            &format!("/v1/media/{id}"),
-            &[("D360-API-KEY", API_KEY)],
-            "",
-        )
-        .await;
+        let answer = download(&proxy, id).await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.headers["content-length"], "200000");
         assert_eq!(answer.body, audio);
@@ -313,16 +348,8 @@ async fn gzip_encoded_and_chunked_media_are_decoded_with_the_metadata_length() {
 
 #[tokio::test]
 async fn unknown_media_is_404_and_a_blocked_media_endpoint_429_neither_retried() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    let unknown = send(
-        &proxy,
-        "GET",
-        "/v1/media/999",
-        &[("D360-API-KEY", API_KEY)],
-        "",
-    )
-    .await;
+    let (mock, proxy) = proxy_with_mock().await;
+    let unknown = download(&proxy, "999").await;
     assert_eq!((unknown.status, unknown.onprem_error_code()), (404, 1006));
     assert_eq!(mock.requests().len(), 1);
 
@@ -330,35 +357,24 @@ async fn unknown_media_is_404_and_a_blocked_media_endpoint_429_neither_retried()
         status: 429,
         body: json!({"error": {"message": "(#4) Application request limit reached", "code": 4, "fbtrace_id": "x"}}),
     });
-    let blocked = send(
-        &proxy,
-        "GET",
-        "/v1/media/1",
-        &[("D360-API-KEY", API_KEY)],
-        "",
-    )
-    .await;
+    let blocked = download(&proxy, "1").await;
     assert_eq!((blocked.status, blocked.onprem_error_code()), (429, 1015));
     assert_eq!(mock.requests().len(), 2);
 }
 
 #[tokio::test]
 async fn upstream_dying_mid_download_is_an_error_not_a_short_200() {
-    let mock = MockUpstream::start().await;
-    mock.push(lookup("55", "video/mp4", 1_000_000));
-    mock.push(Behaviour::ResetMidBody {
-        status: 200,
-        headers: vec![("content-type".into(), "video/mp4".into())],
-        declared_len: 1_000_000,
-        send: payload(100_000),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
-    let request = http::Request::get(proxy.url("/v1/media/55"))
-        .header("D360-API-KEY", API_KEY)
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+    let (_mock, proxy) = proxy_with_mock_answering([
+        lookup("55", "video/mp4", 1_000_000),
+        Behaviour::ResetMidBody {
+            status: 200,
+            headers: vec![("content-type".into(), "video/mp4".into())],
+            declared_len: 1_000_000,
+            send: payload(100_000),
+        },
+    ])
+    .await;
+    let response = download_streamed(&proxy, "55").await;
     assert_eq!(response.status(), 200);
     assert!(
         response.into_body().collect().await.is_err(),
@@ -368,9 +384,8 @@ async fn upstream_dying_mid_download_is_an_error_not_a_short_200() {
 
 #[tokio::test]
 async fn delete_media_answers_meta() {
-    let mock = MockUpstream::start().await;
+    let (mock, proxy) = proxy_with_mock().await;
     mock.add_media("4242", "image/png", payload(10));
-    let proxy = spawn_proxy(&mock.url()).await;
     let answer = send_json(&proxy, "DELETE", "/v1/media/4242", "").await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(
@@ -384,28 +399,14 @@ async fn delete_media_answers_meta() {
 
 #[tokio::test]
 async fn provider_links_are_fetched_with_credentials_uploaded_and_sent_by_id() {
-    let mock = MockUpstream::start().await;
-    let media_host = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, media_host, proxy) = proxy_and_media_host().await;
     let providers = json!([
         {"name": "cdn-basic", "type": "www", "config": {"basic": {"username": "ann", "password": "s3cret"}}},
         {"name": "cdn-bearer", "type": "www", "config": {"bearer": "tok-123"}}
     ]);
-    let stored = send_json(
-        &proxy,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers.to_string(),
-    )
-    .await;
+    let stored = set_media_providers(&proxy, &providers.to_string()).await;
     assert_eq!(stored.status, 200, "{:?}", stored.body);
-    let listed = send_json(
-        &proxy,
-        "GET",
-        "/v1/settings/application/media/providers",
-        "",
-    )
-    .await;
+    let listed = media_providers(&proxy).await;
     assert_eq!(
         listed.json()["settings"]["application"]["media"]["providers"],
         providers
@@ -416,11 +417,7 @@ async fn provider_links_are_fetched_with_credentials_uploaded_and_sent_by_id() {
         ("cdn-basic", "Basic YW5uOnMzY3JldA=="),
         ("cdn-bearer", "Bearer tok-123"),
     ] {
-        media_host.push(Behaviour::Respond {
-            status: 200,
-            headers: vec![("content-type".into(), "image/jpeg".into())],
-            body: photo.clone(),
-        });
+        media_host.push(media_file("image/jpeg", photo.clone()));
         let send = json!({"to": "15551234567", "type": "image",
             "image": {"link": format!("{}/p.jpg?sig=a%2Fb", media_host.url()), "caption": "hi", "provider": {"name": provider}}});
         let answer = send_json(&proxy, "POST", "/v1/messages", &send.to_string()).await;
@@ -460,13 +457,7 @@ async fn provider_links_are_fetched_with_credentials_uploaded_and_sent_by_id() {
     )
     .await;
     assert_eq!(deleted.status, 200);
-    let listed = send_json(
-        &proxy,
-        "GET",
-        "/v1/settings/application/media/providers",
-        "",
-    )
-    .await;
+    let listed = media_providers(&proxy).await;
     assert_eq!(
         listed.json()["settings"]["application"]["media"]["providers"]
             .as_array()
@@ -478,20 +469,9 @@ async fn provider_links_are_fetched_with_credentials_uploaded_and_sent_by_id() {
 
 #[tokio::test]
 async fn unknown_provider_is_1009_and_providers_are_kept_per_api_key() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let providers = json!([{"name": "cdn", "type": "www", "config": {"bearer": "t"}}]).to_string();
-    assert_eq!(
-        send_json(
-            &proxy,
-            "POST",
-            "/v1/settings/application/media/providers",
-            &providers
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(set_media_providers(&proxy, &providers).await.status, 200);
     let other_key = send(
         &proxy,
         "POST",
@@ -509,22 +489,9 @@ async fn unknown_provider_is_1009_and_providers_are_kept_per_api_key() {
 
 #[tokio::test]
 async fn a_provider_host_that_fails_is_a_media_download_error() {
-    let mock = MockUpstream::start().await;
-    let media_host = MockUpstream::start().await;
-    media_host.push(Behaviour::Respond {
-        status: 403,
-        headers: vec![],
-        body: Bytes::new(),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
-    send_json(
-        &proxy,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers,
-    )
-    .await;
+    let (mock, media_host, proxy) = proxy_and_media_host().await;
+    store_cdn_provider(&proxy).await;
+    media_host.push(empty_answer(403));
     let send = json!({"to": "1", "type": "document", "document": {"link": format!("{}/f.pdf", media_host.url()), "provider": {"name": "cdn"}}});
     let answer = send_json(&proxy, "POST", "/v1/messages", &send.to_string()).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (400, 400));
@@ -539,31 +506,19 @@ async fn a_provider_host_that_fails_is_a_media_download_error() {
 /// provider's credentials, uploaded, and sent by id; `filename` and `caption` stay.
 #[tokio::test]
 async fn providers_on_template_headers_cards_and_interactive_headers_are_each_uploaded() {
-    let mock = MockUpstream::start().await;
-    let media_host = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, media_host, proxy) = proxy_and_media_host().await;
     let providers = json!([
         {"name": "files", "config": {"basic": {"username": "ann", "password": "s3cret"}}},
         {"name": "cdn", "config": {"bearer": "tok-123"}}
     ]);
-    send_json(
-        &proxy,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers.to_string(),
-    )
-    .await;
+    set_media_providers(&proxy, &providers.to_string()).await;
     let (pdf, jpeg_a, jpeg_b) = (payload(3_000), payload(4_000), payload(5_000));
     for (mime, body) in [
         ("application/pdf", &pdf),
         ("image/jpeg", &jpeg_a),
         ("image/jpeg", &jpeg_b),
     ] {
-        media_host.push(Behaviour::Respond {
-            status: 200,
-            headers: vec![("content-type".into(), mime.into())],
-            body: body.clone(),
-        });
+        media_host.push(media_file(mime, body.clone()));
     }
     let host = media_host.url();
     let template = json!({"to": "15551234567", "type": "template", "template": {
@@ -617,11 +572,7 @@ async fn providers_on_template_headers_cards_and_interactive_headers_are_each_up
     }
 
     // An interactive message's media header.
-    media_host.push(Behaviour::Respond {
-        status: 200,
-        headers: vec![("content-type".into(), "video/mp4".into())],
-        body: payload(6_000),
-    });
+    media_host.push(media_file("video/mp4", payload(6_000)));
     let interactive = json!({"to": "15551234567", "type": "interactive", "interactive": {
         "type": "button",
         "header": {"type": "video", "video": {"link": format!("{host}/v.mp4"), "provider": {"name": "cdn"}}},
@@ -642,22 +593,9 @@ async fn providers_on_template_headers_cards_and_interactive_headers_are_each_up
 /// a provider that is not configured is refused before anything is fetched.
 #[tokio::test]
 async fn a_nested_provider_link_that_fails_is_a_media_download_error_and_nothing_is_sent() {
-    let mock = MockUpstream::start().await;
-    let media_host = MockUpstream::start().await;
-    media_host.push(Behaviour::Respond {
-        status: 404,
-        headers: vec![],
-        body: Bytes::new(),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
-    send_json(
-        &proxy,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers,
-    )
-    .await;
+    let (mock, media_host, proxy) = proxy_and_media_host().await;
+    store_cdn_provider(&proxy).await;
+    media_host.push(empty_answer(404));
     let header = |provider: &str| {
         json!({"to": "1", "type": "template", "template": {"name": "t", "language": {"code": "en"},
             "components": [{"type": "header", "parameters": [{"type": "image",
@@ -679,8 +617,7 @@ async fn a_nested_provider_link_that_fails_is_a_media_download_error_and_nothing
 /// url, dot segments or CR/LF in it are an unreadable answer (502/1000), never a request.
 #[tokio::test]
 async fn a_media_url_that_is_not_a_plain_http_url_is_502_and_never_fetched() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     for url in [
         "file:///etc/passwd",
         "https://lookaside.fbsbx.com/a/%2e%2e/%2e%2e/v1/configs/webhook",
@@ -709,22 +646,13 @@ async fn a_media_url_that_is_not_a_plain_http_url_is_502_and_never_fetched() {
 #[tokio::test]
 async fn provider_links_cannot_reach_link_local_addresses_and_private_keeps_them_off_internal_hosts(
 ) {
-    let mock = MockUpstream::start().await;
-    let media_host = MockUpstream::start().await;
-    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
+    let (mock, media_host, proxy) = proxy_and_media_host().await;
+    store_cdn_provider(&proxy).await;
     let image = |link: String| {
         json!({"to": "1", "type": "image", "image": {"link": link, "provider": {"name": "cdn"}}})
             .to_string()
     };
 
-    let proxy = spawn_proxy(&mock.url()).await;
-    send_json(
-        &proxy,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers,
-    )
-    .await;
     for link in [
         "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
         "http://[fe80::1]/x.jpg",
@@ -754,13 +682,7 @@ async fn provider_links_cannot_reach_link_local_addresses_and_private_keeps_them
         c.link_fetch_block = waba_onprem_proxy::link_guard::LinkPolicy::Private;
     })
     .await;
-    send_json(
-        &strict,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers,
-    )
-    .await;
+    store_cdn_provider(&strict).await;
     let by_name = media_host.url().replace("127.0.0.1", "localhost");
     let answer = send_json(
         &strict,
@@ -778,8 +700,7 @@ async fn provider_links_cannot_reach_link_local_addresses_and_private_keeps_them
 /// its length is declared or it arrives chunked.
 #[tokio::test]
 async fn an_empty_upload_is_400_1009_and_never_a_success() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = upload(&proxy, "image/jpeg", Bytes::new()).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (400, 1009));
     assert!(mock.requests().is_empty());
@@ -796,8 +717,7 @@ async fn an_empty_upload_is_400_1009_and_never_a_success() {
 /// it has.
 #[tokio::test]
 async fn media_transfers_that_stall_end_after_the_idle_timeout() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| {
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| {
         c.media_timeout = std::time::Duration::from_secs(120);
         c.media_idle_timeout = std::time::Duration::from_millis(300);
     })
@@ -822,16 +742,7 @@ async fn media_transfers_that_stall_end_after_the_idle_timeout() {
         declared_len: 1_000,
         send: Bytes::from_static(b"partial"),
     });
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
-    let response = client
-        .request(
-            http::Request::get(proxy.url("/v1/media/32"))
-                .header("D360-API-KEY", API_KEY)
-                .body(http_body_util::Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = download_streamed(&proxy, "32").await;
     assert_eq!(response.status(), 200);
     assert!(response.into_body().collect().await.is_err());
 
@@ -846,17 +757,8 @@ async fn media_transfers_that_stall_end_after_the_idle_timeout() {
 /// more is refused before anything is fetched, so no send makes the proxy fetch without bound.
 #[tokio::test]
 async fn a_send_naming_providers_on_more_than_eleven_media_objects_is_refused_unfetched() {
-    let mock = MockUpstream::start().await;
-    let media_host = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    let providers = json!([{"name": "cdn", "config": {"bearer": "t"}}]).to_string();
-    send_json(
-        &proxy,
-        "POST",
-        "/v1/settings/application/media/providers",
-        &providers,
-    )
-    .await;
+    let (mock, media_host, proxy) = proxy_and_media_host().await;
+    store_cdn_provider(&proxy).await;
     let cards: Vec<_> = (0..12)
         .map(|i| json!({"card_index": i, "components": [{"type": "header", "parameters": [{"type": "image",
             "image": {"link": format!("{}/{i}.jpg", media_host.url()), "provider": {"name": "cdn"}}}]}]}))

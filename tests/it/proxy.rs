@@ -3,26 +3,43 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::mock_upstream::{closed_port_url, Behaviour, MockUpstream};
-use crate::support::proxy::{send, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
+use crate::support::proxy::{
+    proxy_with_mock, proxy_with_mock_answering, proxy_with_mock_tuned, send, send_json, send_text,
+    spawn_proxy, spawn_proxy_with, TestProxyRef, API_KEY, TEXT_MESSAGE,
+};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use waba_onprem_proxy::config::Config;
 
 fn graph_error(code: i64, message: &str, details: &str) -> Value {
     json!({"error": {"message": message, "type": "OAuthException", "code": code,
         "error_data": {"messaging_product": "whatsapp", "details": details}, "fbtrace_id": "AbC"}})
 }
 
+/// Short enough to keep the suite fast; tests that wait on it also check it was not waited out.
+fn short_upstream_timeout(config: &mut Config) {
+    config.upstream_timeout = Duration::from_millis(300);
+}
+
+/// `n` clients each sending a text at once, each on a task of its own: the statuses they got.
+fn texts_at_once(addr: SocketAddr, n: usize) -> Vec<JoinHandle<u16>> {
+    (0..n)
+        .map(|_| tokio::spawn(async move { TestProxyRef::new(addr).send_text().await }))
+        .collect()
+}
+
 // ---- 1. sends ------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn text_send_goes_upstream_in_cloud_shape_with_the_api_key() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = send_json(
         &proxy,
         "POST",
@@ -48,8 +65,7 @@ async fn text_send_goes_upstream_in_cloud_shape_with_the_api_key() {
 
 #[tokio::test]
 async fn hsm_send_reaches_upstream_as_a_template() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let hsm = json!({"to": "15551234567", "type": "hsm", "hsm": {
         "namespace": "ns", "element_name": "order_ready",
         "language": {"policy": "deterministic", "code": "en"},
@@ -71,8 +87,7 @@ async fn hsm_send_reaches_upstream_as_a_template() {
 
 #[tokio::test]
 async fn media_by_link_drops_the_audio_caption() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let body =
         r#"{"to":"1","type":"audio","audio":{"link":"https://cdn.example/a.ogg","caption":"x"}}"#;
     assert_eq!(
@@ -87,16 +102,15 @@ async fn media_by_link_drops_the_audio_caption() {
 
 #[tokio::test]
 async fn a_type_the_proxy_does_not_know_is_left_for_cloud_to_judge() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Json {
+    let (mock, proxy) = proxy_with_mock_answering([Behaviour::Json {
         status: 400,
         body: graph_error(
             131051,
             "(#131051) Unsupported message type",
             "Message type is not currently supported",
         ),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
+    }])
+    .await;
     let answer = send_json(
         &proxy,
         "POST",
@@ -112,14 +126,12 @@ async fn a_type_the_proxy_does_not_know_is_left_for_cloud_to_judge() {
 
 #[tokio::test]
 async fn send_response_is_201_with_ids_and_wa_id_exactly_as_upstream_gave_them() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Json {
+    let (_mock, proxy) = proxy_with_mock_answering([Behaviour::Json {
         status: 200,
         body: json!({"messaging_product": "whatsapp",
             "contacts": [{"input": "+55 11 91234-5678", "wa_id": "551112345678"}],
             "messages": [{"id": "wamid.HBgNNTUxMTkxMjM0NTY3OBUCABEYEjQ=", "message_status": "accepted"}]}),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
+    }]).await;
     let answer = send_json(
         &proxy,
         "POST",
@@ -139,8 +151,7 @@ async fn send_response_is_201_with_ids_and_wa_id_exactly_as_upstream_gave_them()
 
 #[tokio::test]
 async fn configured_onprem_version_is_what_meta_says() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| c.meta.version = "v2.41.2".into()).await;
+    let (_mock, proxy) = proxy_with_mock_tuned([], |c| c.meta.version = "v2.41.2".into()).await;
     let answer = send_json(&proxy, "GET", "/v1/health", "").await;
     assert_eq!(answer.json()["meta"]["version"], "v2.41.2");
 }
@@ -149,8 +160,7 @@ async fn configured_onprem_version_is_what_meta_says() {
 
 #[tokio::test]
 async fn mark_as_read_posts_the_decoded_id_and_answers_meta_only() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = send_json(
         &proxy,
         "PUT",
@@ -173,8 +183,7 @@ async fn mark_as_read_posts_the_decoded_id_and_answers_meta_only() {
 
 #[tokio::test]
 async fn mark_as_read_with_another_status_is_1009_and_never_reaches_upstream() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = send_json(
         &proxy,
         "PUT",
@@ -189,16 +198,15 @@ async fn mark_as_read_with_another_status_is_1009_and_never_reaches_upstream() {
 
 #[tokio::test]
 async fn old_message_read_rejection_131009_comes_back_as_1009() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Json {
+    let (_mock, proxy) = proxy_with_mock_answering([Behaviour::Json {
         status: 400,
         body: graph_error(
             131009,
             "(#131009) Parameter value is not valid",
             "Message is older than 30 days",
         ),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
+    }])
+    .await;
     let answer = send_json(
         &proxy,
         "PUT",
@@ -220,8 +228,7 @@ async fn old_message_read_rejection_131009_comes_back_as_1009() {
 
 #[tokio::test]
 async fn contacts_and_health_are_answered_without_calling_upstream() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let contacts = send_json(
         &proxy,
         "POST",
@@ -245,8 +252,7 @@ async fn contacts_and_health_are_answered_without_calling_upstream() {
 
 #[tokio::test]
 async fn contacts_without_contacts_is_1008() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (_mock, proxy) = proxy_with_mock().await;
     let answer = send_json(&proxy, "POST", "/v1/contacts", r#"{"contacts":[]}"#).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (400, 1008));
 }
@@ -254,16 +260,8 @@ async fn contacts_without_contacts_is_1008() {
 // ---- 5. Cloud error shapes -----------------------------------------------------------------
 
 async fn error_through_proxy(behaviour: Behaviour) -> (u16, Value) {
-    let mock = MockUpstream::start().await;
-    mock.push(behaviour);
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let (_mock, proxy) = proxy_with_mock_answering([behaviour]).await;
+    let answer = send_text(&proxy).await;
     (answer.status, answer.json())
 }
 
@@ -339,8 +337,7 @@ async fn html_and_empty_error_bodies_become_onprem_errors() {
 
 #[tokio::test]
 async fn bad_requests_get_onprem_errors_and_never_reach_upstream() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let cases = [
         (r#"{"to":"1","type":"text","text":{"body":"#, 400, 1009),
         (
@@ -369,8 +366,7 @@ async fn bad_requests_get_onprem_errors_and_never_reach_upstream() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_on_premise_only_routes_are_501() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let unknown = send_json(&proxy, "GET", "/v1/nothing/here", "").await;
     assert_eq!((unknown.status, unknown.onprem_error_code()), (404, 1006));
     assert!(unknown.json()["errors"][0]["details"]
@@ -397,8 +393,7 @@ async fn unknown_routes_are_404_and_on_premise_only_routes_are_501() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413_whether_declared_or_chunked() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| c.max_body_bytes = 1024).await;
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| c.max_body_bytes = 1024).await;
     let big = format!(
         r#"{{"to":"1","type":"text","text":{{"body":"{}"}}}}"#,
         "a".repeat(2000)
@@ -423,11 +418,8 @@ async fn body_over_the_limit_is_413_whether_declared_or_chunked() {
 
 #[tokio::test]
 async fn a_body_that_never_finishes_is_408_after_the_body_read_timeout() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| {
-        c.body_read_timeout = Duration::from_millis(200)
-    })
-    .await;
+    let (mock, proxy) =
+        proxy_with_mock_tuned([], |c| c.body_read_timeout = Duration::from_millis(200)).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"to\":")
@@ -444,13 +436,7 @@ async fn a_body_that_never_finishes_is_408_after_the_body_read_timeout() {
 #[tokio::test]
 async fn upstream_refusing_connections_is_503_service_not_ready() {
     let proxy = spawn_proxy(&closed_port_url().await).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (503, 1011));
 }
 
@@ -458,37 +444,28 @@ async fn upstream_refusing_connections_is_503_service_not_ready() {
 async fn stalled_upstream_is_504_after_the_deadline() {
     let mock = MockUpstream::start().await;
     mock.set_default(Behaviour::Stall);
-    let proxy = spawn_proxy_with(&mock.url(), |c| {
-        c.upstream_timeout = Duration::from_millis(300)
-    })
-    .await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let proxy = spawn_proxy_with(&mock.url(), short_upstream_timeout).await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
 }
 
 #[tokio::test]
 async fn garbage_and_resets_from_upstream_are_502() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Respond {
-        status: 200,
-        headers: vec![],
-        body: Bytes::from_static(b"\x00\x01 not json at all"),
-    });
-    mock.push(Behaviour::Json {
-        status: 200,
-        body: json!({"unexpected": true}),
-    });
-    mock.push(Behaviour::CloseWithoutAnswer);
-    let proxy = spawn_proxy(&mock.url()).await;
-    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let (_mock, proxy) = proxy_with_mock_answering([
+        Behaviour::Respond {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from_static(b"\x00\x01 not json at all"),
+        },
+        Behaviour::Json {
+            status: 200,
+            body: json!({"unexpected": true}),
+        },
+        Behaviour::CloseWithoutAnswer,
+    ])
+    .await;
     for _ in 0..3 {
-        let answer = send_json(&proxy, "POST", "/v1/messages", body).await;
+        let answer = send_text(&proxy).await;
         assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
     }
 }
@@ -497,8 +474,7 @@ async fn garbage_and_resets_from_upstream_are_502() {
 
 #[tokio::test]
 async fn api_key_in_any_case_passes_untouched_and_hop_by_hop_headers_do_not() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = send(
         &proxy,
         "POST",
@@ -512,7 +488,7 @@ async fn api_key_in_any_case_passes_untouched_and_hop_by_hop_headers_do_not() {
             ("te", "trailers"),
             ("x-end-to-end", "kept"),
         ],
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+        TEXT_MESSAGE,
     )
     .await;
     assert_eq!(answer.status, 201);
@@ -526,20 +502,13 @@ async fn api_key_in_any_case_passes_untouched_and_hop_by_hop_headers_do_not() {
 
 #[tokio::test]
 async fn gzipped_upstream_answers_are_decoded_before_translation() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::GzipJson {
+    let (mock, proxy) = proxy_with_mock_answering([Behaviour::GzipJson {
         status: 200,
         body: json!({"messaging_product": "whatsapp", "contacts": [{"input": "1", "wa_id": "1"}],
                      "messages": [{"id": "wamid.GZ"}]}),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
+    }])
     .await;
+    let answer = send_text(&proxy).await;
     assert_eq!(answer.status, 201);
     assert_eq!(answer.json()["messages"][0]["id"], "wamid.GZ");
     assert_eq!(mock.requests()[0].header("accept-encoding"), Some("gzip"));
@@ -547,16 +516,9 @@ async fn gzipped_upstream_answers_are_decoded_before_translation() {
 
 #[tokio::test]
 async fn same_host_308_is_followed_with_method_body_and_key() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Redirect308("/moved/messages".into()));
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let (mock, proxy) =
+        proxy_with_mock_answering([Behaviour::Redirect308("/moved/messages".into())]).await;
+    let answer = send_text(&proxy).await;
     let sent = mock.requests();
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1].method, "POST");
@@ -569,26 +531,18 @@ async fn same_host_308_is_followed_with_method_body_and_key() {
 
 #[tokio::test]
 async fn redirect_to_another_host_is_not_followed() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Redirect308(
+    let (mock, proxy) = proxy_with_mock_answering([Behaviour::Redirect308(
         "http://evil.example/messages".into(),
-    ));
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
+    )])
     .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
     assert_eq!(mock.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn request_id_is_echoed_or_generated_on_every_answer() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let echoed = send(
         &proxy,
         "GET",
@@ -606,7 +560,7 @@ async fn request_id_is_echoed_or_generated_on_every_answer() {
         "POST",
         "/v1/messages",
         &[("x-request-id", "trace-42"), ("d360-api-key", "k")],
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+        TEXT_MESSAGE,
     )
     .await;
     assert_eq!(forwarded.headers["x-request-id"], "trace-42");
@@ -617,11 +571,8 @@ async fn request_id_is_echoed_or_generated_on_every_answer() {
 
 #[tokio::test]
 async fn half_sent_request_headers_are_cut_off_by_the_header_read_timeout() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| {
-        c.header_read_timeout = Duration::from_millis(200)
-    })
-    .await;
+    let (_mock, proxy) =
+        proxy_with_mock_tuned([], |c| c.header_read_timeout = Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
@@ -651,7 +602,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones()
     let addr = proxy.addr;
     let proxy_url = proxy.url("");
     let in_flight = tokio::spawn({
-        let proxy_ref = crate::support::proxy::TestProxyRef::new(addr);
+        let proxy_ref = TestProxyRef::new(addr);
         async move { proxy_ref.send_text().await }
     });
     mock.wait_for_requests(1).await;
@@ -686,8 +637,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish_and_refuses_new_ones()
 #[tokio::test]
 async fn keep_alive_clients_spread_over_serving_threads_each_with_its_own_upstream_pool() {
     use http_body_util::{BodyExt, Full};
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| c.serving_threads = 2).await;
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| c.serving_threads = 2).await;
     let clients: Vec<_> = (0..2)
         .map(|_| {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -697,9 +647,7 @@ async fn keep_alive_clients_spread_over_serving_threads_each_with_its_own_upstre
     for turn in 0..6 {
         let request = http::Request::post(proxy.url("/v1/messages"))
             .header("d360-api-key", API_KEY)
-            .body(Full::new(Bytes::from_static(
-                br#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-            )))
+            .body(Full::new(Bytes::from_static(TEXT_MESSAGE.as_bytes())))
             .unwrap();
         let response = clients[turn % 2].request(request).await.unwrap();
         assert_eq!(response.status(), 201);
@@ -733,7 +681,7 @@ async fn every_serving_thread_drains_at_shutdown_and_lets_go_of_the_state() {
     .await;
     let mut in_flight = Vec::new();
     for n in 1..=6 {
-        let proxy_ref = crate::support::proxy::TestProxyRef::new(proxy.addr);
+        let proxy_ref = TestProxyRef::new(proxy.addr);
         in_flight.push(tokio::spawn(async move { proxy_ref.send_text().await }));
         // One at a time, so each connection is placed knowing where the earlier ones went.
         mock.wait_for_requests(n).await;
@@ -774,8 +722,7 @@ async fn every_serving_thread_drains_at_shutdown_and_lets_go_of_the_state() {
 
 #[tokio::test]
 async fn connections_over_the_cap_get_503_with_retry_after() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_with(&mock.url(), |c| c.max_connections = 1).await;
+    let (_mock, proxy) = proxy_with_mock_tuned([], |c| c.max_connections = 1).await;
     // The first connection holds the only slot (kept alive after its request).
     let mut first = TcpStream::connect(proxy.addr).await.unwrap();
     first
@@ -800,8 +747,7 @@ async fn connections_over_the_cap_get_503_with_retry_after() {
 
 #[tokio::test]
 async fn oversized_request_headers_are_431() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (_mock, proxy) = proxy_with_mock().await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let request = format!(
         "GET /v1/health HTTP/1.1\r\nhost: x\r\nx-huge: {}\r\n\r\n",
@@ -822,8 +768,7 @@ async fn oversized_request_headers_are_431() {
 
 #[tokio::test]
 async fn healthz_is_alive_and_readyz_follows_upstream_reachability() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (_mock, proxy) = proxy_with_mock().await;
     assert_eq!(send(&proxy, "GET", "/healthz", &[], "").await.status, 200);
     let ready = send(&proxy, "GET", "/readyz", &[], "").await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);
@@ -837,16 +782,8 @@ async fn healthz_is_alive_and_readyz_follows_upstream_reachability() {
 
 #[tokio::test]
 async fn a_send_is_never_retried_when_the_connection_breaks() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::CloseWithoutAnswer);
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let (mock, proxy) = proxy_with_mock_answering([Behaviour::CloseWithoutAnswer]).await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
     assert_eq!(
         mock.requests().len(),
@@ -858,13 +795,7 @@ async fn a_send_is_never_retried_when_the_connection_breaks() {
 #[tokio::test]
 async fn an_unresolvable_upstream_host_is_503() {
     let proxy = spawn_proxy("http://upstream.invalid").await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (503, 1011));
 }
 
@@ -873,68 +804,41 @@ async fn a_tls_handshake_failure_is_503() {
     // An https:// upstream that only speaks plain HTTP: the handshake fails.
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock.url().replace("http://", "https://")).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (503, 1011));
 }
 
 #[tokio::test]
 async fn an_upstream_trickling_its_answer_hits_the_deadline() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Delay(
-        Duration::from_secs(30),
-        Box::new(Behaviour::LikeWabaV2),
-    ));
-    let proxy = spawn_proxy_with(&mock.url(), |c| {
-        c.upstream_timeout = Duration::from_millis(300)
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    let (_mock, proxy) = proxy_with_mock_tuned(
+        [Behaviour::Delay(
+            Duration::from_secs(30),
+            Box::new(Behaviour::LikeWabaV2),
+        )],
+        short_upstream_timeout,
     )
     .await;
+    let started = std::time::Instant::now();
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
 async fn a_200_carrying_an_error_body_is_not_a_success() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Json {
+    let (_mock, proxy) = proxy_with_mock_answering([Behaviour::Json {
         status: 200,
         body: graph_error(131026, "(#131026) Receiver is incapable", "x"),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
+    }])
     .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (400, 1026));
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_errors_by_code() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let (_mock, proxy) = proxy_with_mock().await;
+    send_text(&proxy).await;
     send_json(&proxy, "POST", "/v1/messages", r#"{"type":"text"}"#).await;
     let metrics = send(&proxy, "GET", "/metrics", &[], "").await;
     assert_eq!(metrics.status, 200);
@@ -976,15 +880,7 @@ async fn sigterm_under_load_completes_all_200_in_flight_requests() {
     let mut proxy =
         spawn_proxy_with(&mock.url(), |c| c.shutdown_grace = Duration::from_secs(20)).await;
     let addr = proxy.addr;
-    let in_flight: Vec<_> = (0..200)
-        .map(|_| {
-            tokio::spawn(async move {
-                crate::support::proxy::TestProxyRef::new(addr)
-                    .send_text()
-                    .await
-            })
-        })
-        .collect();
+    let in_flight = texts_at_once(addr, 200);
     mock.wait_for_requests(200).await;
     proxy.shutdown();
     let refused = tokio::time::timeout(Duration::from_secs(5), async {
@@ -1086,40 +982,26 @@ async fn dry_run_translates_everything_sends_nothing_and_reports_what_was_droppe
 
 #[tokio::test]
 async fn an_upstream_answer_cut_off_mid_body_is_502() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::ResetMidBody {
+    let (_mock, proxy) = proxy_with_mock_answering([Behaviour::ResetMidBody {
         status: 200,
         headers: vec![("content-type".into(), "application/json".into())],
         declared_len: 500,
         send: Bytes::from_static(br#"{"messaging_product":"whatsapp","mess"#),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
+    }])
     .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
 }
 
 #[tokio::test]
 async fn huge_upstream_headers_are_502_not_a_crash() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Respond {
+    let (_mock, proxy) = proxy_with_mock_answering([Behaviour::Respond {
         status: 200,
         headers: vec![("x-huge".into(), "a".repeat(2_000_000))],
         body: Bytes::from_static(br#"{"messages":[{"id":"wamid.A"}]}"#),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
+    }])
     .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
     assert_eq!(
         send_json(&proxy, "GET", "/v1/health", "").await.status,
@@ -1138,15 +1020,7 @@ async fn a_storm_of_upstream_5xx_is_answered_503_every_time() {
     });
     let proxy = spawn_proxy(&mock.url()).await;
     let addr = proxy.addr;
-    let storm: Vec<_> = (0..100)
-        .map(|_| {
-            tokio::spawn(async move {
-                crate::support::proxy::TestProxyRef::new(addr)
-                    .send_text()
-                    .await
-            })
-        })
-        .collect();
+    let storm = texts_at_once(addr, 100);
     for request in storm {
         assert_eq!(request.await.unwrap(), 503);
     }
@@ -1160,24 +1034,17 @@ async fn a_storm_of_upstream_5xx_is_answered_503_every_time() {
 
 #[tokio::test]
 async fn an_upstream_stalling_mid_body_is_504_within_the_deadline() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::StallMidBody {
-        status: 200,
-        declared_len: 400,
-        send: Bytes::from_static(br#"{"messaging_product":"whatsapp","#),
-    });
-    let proxy = spawn_proxy_with(&mock.url(), |c| {
-        c.upstream_timeout = Duration::from_millis(300)
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    let (_mock, proxy) = proxy_with_mock_tuned(
+        [Behaviour::StallMidBody {
+            status: 200,
+            declared_len: 400,
+            send: Bytes::from_static(br#"{"messaging_product":"whatsapp","#),
+        }],
+        short_upstream_timeout,
     )
     .await;
+    let started = std::time::Instant::now();
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (504, 1011));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -1186,8 +1053,7 @@ async fn an_upstream_stalling_mid_body_is_504_within_the_deadline() {
 /// never holds): hostile ones are 404/1006 and never reach upstream.
 #[tokio::test]
 async fn hostile_ids_in_paths_are_404_and_never_reach_upstream() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     for (method, path) in [
         ("GET", "/v1/media/..%2f..%2fadmin"),
         ("GET", "/v1/media/..%5c..%5cadmin"),
@@ -1213,8 +1079,7 @@ async fn hostile_ids_in_paths_are_404_and_never_reach_upstream() {
 /// An upstream 429 says when to come back; the client hears it too.
 #[tokio::test]
 async fn an_upstream_429_passes_its_retry_after_to_the_client() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Respond {
+    let (_mock, proxy) = proxy_with_mock_answering([Behaviour::Respond {
         status: 429,
         headers: vec![
             ("content-type".into(), "application/json".into()),
@@ -1223,15 +1088,8 @@ async fn an_upstream_429_passes_its_retry_after_to_the_client() {
         body: Bytes::from_static(
             br#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429,"error_data":{"messaging_product":"whatsapp","details":"Cloud API message throughput has been reached."}}}"#,
         ),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    }]).await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (429, 1015));
     assert_eq!(answer.headers.get("retry-after").unwrap(), "37");
 }
@@ -1250,9 +1108,8 @@ async fn raw_exchange(proxy: &crate::support::proxy::TestProxy, request: &[u8]) 
 /// (`--max-header-bytes`), answered On-Premise-shaped like every error the proxy makes.
 #[tokio::test]
 async fn host_rules_and_the_header_cap_are_enforced_on_premise_style() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let (mock, proxy) = proxy_with_mock().await;
+    let body = TEXT_MESSAGE;
     let request = |head: &str| {
         format!(
             "POST /v1/messages HTTP/1.1\r\n{head}D360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -1307,26 +1164,21 @@ async fn host_rules_and_the_header_cap_are_enforced_on_premise_style() {
 /// 502/1000, never passed on.
 #[tokio::test]
 async fn an_upstream_status_outside_100_599_or_an_oversized_head_is_502() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Respond {
-        status: 999,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: Bytes::from_static(b"{}"),
-    });
-    mock.push(Behaviour::Respond {
-        status: 200,
-        headers: vec![("x-padding".into(), "a".repeat(64 * 1024))],
-        body: Bytes::from_static(b"{}"),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (_mock, proxy) = proxy_with_mock_answering([
+        Behaviour::Respond {
+            status: 999,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from_static(b"{}"),
+        },
+        Behaviour::Respond {
+            status: 200,
+            headers: vec![("x-padding".into(), "a".repeat(64 * 1024))],
+            body: Bytes::from_static(b"{}"),
+        },
+    ])
+    .await;
     for _ in 0..2 {
-        let answer = send_json(
-            &proxy,
-            "POST",
-            "/v1/messages",
-            r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-        )
-        .await;
+        let answer = send_text(&proxy).await;
         assert_eq!((answer.status, answer.onprem_error_code()), (502, 1000));
     }
 }
@@ -1335,9 +1187,8 @@ async fn an_upstream_status_outside_100_599_or_an_oversized_head_is_502() {
 /// still gets its answer.
 #[tokio::test]
 async fn a_half_closed_client_still_gets_its_answer() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let (_mock, proxy) = proxy_with_mock().await;
+    let body = TEXT_MESSAGE;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let request = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: p\r\nD360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -1367,9 +1218,8 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 /// halfway (without half-close support hyper cancels it when the client resets).
 #[tokio::test]
 async fn abandoned_requests_leave_the_gauge_exact_and_forwarded_sends_finish_upstream() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    let body = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let (mock, proxy) = proxy_with_mock().await;
+    let body = TEXT_MESSAGE;
     let head = |length: usize| {
         format!(
             "POST /v1/messages HTTP/1.1\r\nHost: p\r\nD360-API-KEY: k\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"

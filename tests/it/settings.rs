@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use crate::support::mock_upstream::{Behaviour, MockUpstream};
-use crate::support::proxy::{send, send_bytes, send_json, spawn_proxy, spawn_proxy_with, API_KEY};
-use base64::Engine as _;
+use crate::support::proxy::{
+    basic_auth, key_map_file, password_sha256, patch_application_settings, post_authorized,
+    proxy_with_mock, proxy_with_mock_answering, proxy_with_mock_tuned, send, send_bytes, send_json,
+    send_text, spawn_proxy, API_KEY, TEXT_MESSAGE,
+};
 use bytes::Bytes;
 use serde_json::json;
 
@@ -17,8 +20,7 @@ fn meta() -> serde_json::Value {
 
 #[tokio::test]
 async fn business_profile_reads_back_nested_with_on_premise_vertical_names() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = send_json(&proxy, "GET", "/v1/settings/business/profile", "").await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(
@@ -35,8 +37,7 @@ async fn business_profile_reads_back_nested_with_on_premise_vertical_names() {
 
 #[tokio::test]
 async fn business_profile_update_sends_only_what_was_sent_with_the_vertical_enum() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let answer = send_json(
         &proxy,
         "POST",
@@ -60,8 +61,7 @@ async fn business_profile_update_sends_only_what_was_sent_with_the_vertical_enum
 
 #[tokio::test]
 async fn invalid_profiles_are_refused_before_upstream_naming_the_field() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let cases = [
         (
             r#"{"vertical": "Spaceships"}"#,
@@ -101,8 +101,7 @@ async fn invalid_profiles_are_refused_before_upstream_naming_the_field() {
 
 #[tokio::test]
 async fn about_reads_and_writes() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let about = send_json(&proxy, "GET", "/v1/settings/profile/about", "").await;
     assert_eq!(
         about.json(),
@@ -165,20 +164,21 @@ async fn photo_link_and_photo_bytes() {
 
 #[tokio::test]
 async fn photo_upload_runs_the_three_resumable_upload_calls() {
-    let mock = MockUpstream::start().await;
-    mock.push(Behaviour::Json {
-        status: 200,
-        body: json!({"id": "MTphdHRhY2htZW50"}),
-    });
-    mock.push(Behaviour::Json {
-        status: 200,
-        body: json!({"h": "4::aW1hZ2UvanBlZw==:ARZ"}),
-    });
-    mock.push(Behaviour::Json {
-        status: 200,
-        body: json!({"success": true}),
-    });
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock_answering([
+        Behaviour::Json {
+            status: 200,
+            body: json!({"id": "MTphdHRhY2htZW50"}),
+        },
+        Behaviour::Json {
+            status: 200,
+            body: json!({"h": "4::aW1hZ2UvanBlZw==:ARZ"}),
+        },
+        Behaviour::Json {
+            status: 200,
+            body: json!({"success": true}),
+        },
+    ])
+    .await;
     let photo = Bytes::from(vec![7u8; 40_000]);
     let answer = send_bytes(
         &proxy,
@@ -213,8 +213,7 @@ async fn photo_upload_runs_the_three_resumable_upload_calls() {
 
 #[tokio::test]
 async fn photo_upload_limits_and_delete() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let gif = send_bytes(
         &proxy,
         "POST",
@@ -245,23 +244,18 @@ async fn photo_upload_limits_and_delete() {
 
 #[tokio::test]
 async fn application_settings_are_kept_per_key_and_echoed() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let defaults = send_json(&proxy, "GET", "/v1/settings/application", "").await;
     assert_eq!(
         defaults.json(),
         json!({"settings": {"application": {"sent_status": true, "webhooks": {"url": ""}}}, "meta": meta()})
     );
     let patch = r#"{"webhooks": {"message": {"delivered": true}}, "sent_status": false, "callback_persist": true}"#;
-    let patched = send_json(&proxy, "PATCH", "/v1/settings/application", patch).await;
+    let patched = patch_application_settings(&proxy, patch).await;
     assert_eq!(patched.status, 200, "{:?}", patched.body);
-    let again = send_json(
-        &proxy,
-        "PATCH",
-        "/v1/settings/application",
-        r#"{"webhooks": {"max_concurrent_requests": 12}}"#,
-    )
-    .await;
+    let again =
+        patch_application_settings(&proxy, r#"{"webhooks": {"max_concurrent_requests": 12}}"#)
+            .await;
     assert_eq!(again.status, 200);
     let read = send_json(&proxy, "GET", "/v1/settings/application", "").await;
     assert_eq!(
@@ -278,13 +272,7 @@ async fn application_settings_are_kept_per_key_and_echoed() {
     )
     .await;
     assert_eq!(other.json()["settings"]["application"]["sent_status"], true);
-    let bad = send_json(
-        &proxy,
-        "PATCH",
-        "/v1/settings/application",
-        r#"{"webhooks": {"url": "ftp://x"}}"#,
-    )
-    .await;
+    let bad = patch_application_settings(&proxy, r#"{"webhooks": {"url": "ftp://x"}}"#).await;
     assert_eq!((bad.status, bad.onprem_error_code()), (400, 1009));
     assert!(
         mock.requests().is_empty(),
@@ -294,8 +282,7 @@ async fn application_settings_are_kept_per_key_and_echoed() {
 
 #[tokio::test]
 async fn templates_pass_through_with_their_queries_and_errors_reshaped() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
+    let (mock, proxy) = proxy_with_mock().await;
     let list = send_json(
         &proxy,
         "GET",
@@ -339,22 +326,11 @@ async fn templates_pass_through_with_their_queries_and_errors_reshaped() {
     );
 }
 
-fn key_map_file(json: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
-    std::fs::write(&path, json).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn mapped_keys_are_replaced_upstream_and_others_pass() {
-    let mock = MockUpstream::start().await;
     let map = key_map_file(&format!(r#"{{"{API_KEY}": "NEW-CLOUD-KEY"}}"#));
-    let proxy = spawn_proxy_with(&mock.url(), |c| c.key_map = Some(map)).await;
-    let text = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
-    assert_eq!(
-        send_json(&proxy, "POST", "/v1/messages", text).await.status,
-        201
-    );
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| c.key_map = Some(map)).await;
+    assert_eq!(send_text(&proxy).await.status, 201);
     assert_eq!(
         mock.requests()[0].header("d360-api-key"),
         Some("NEW-CLOUD-KEY")
@@ -364,7 +340,7 @@ async fn mapped_keys_are_replaced_upstream_and_others_pass() {
         "POST",
         "/v1/messages",
         &[("D360-API-KEY", "unmapped")],
-        text,
+        TEXT_MESSAGE,
     )
     .await;
     assert_eq!(mock.requests()[1].header("d360-api-key"), Some("unmapped"));
@@ -372,39 +348,18 @@ async fn mapped_keys_are_replaced_upstream_and_others_pass() {
 
 #[tokio::test]
 async fn login_gives_a_token_that_stands_for_the_api_key_until_logout() {
-    let mock = MockUpstream::start().await;
-    let real_digest: String = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(b"secret-pw")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let real_digest = password_sha256("secret-pw");
     let map = key_map_file(&format!(
         r#"{{"user:admin": {{"password_sha256": "{real_digest}", "api_key": "KEY-FOR-ADMIN"}}}}"#
     ));
-    let proxy = spawn_proxy_with(&mock.url(), |c| c.key_map = Some(map)).await;
-    let basic = |pw: &str| {
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("admin:{pw}"))
-        )
-    };
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| c.key_map = Some(map)).await;
 
-    let wrong = send(
-        &proxy,
-        "POST",
-        "/v1/users/login",
-        &[("authorization", &basic("nope"))],
-        "",
-    )
-    .await;
+    let wrong = post_authorized(&proxy, "/v1/users/login", &basic_auth("admin", "nope"), "").await;
     assert_eq!((wrong.status, wrong.onprem_error_code()), (401, 1005));
-    let login = send(
+    let login = post_authorized(
         &proxy,
-        "POST",
         "/v1/users/login",
-        &[("authorization", &basic("secret-pw"))],
+        &basic_auth("admin", "secret-pw"),
         "",
     )
     .await;
@@ -423,15 +378,7 @@ async fn login_gives_a_token_that_stands_for_the_api_key_until_logout() {
     );
 
     let bearer = format!("Bearer {token}");
-    let text = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
-    let sent = send(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        &[("authorization", &bearer)],
-        text,
-    )
-    .await;
+    let sent = post_authorized(&proxy, "/v1/messages", &bearer, TEXT_MESSAGE).await;
     assert_eq!(sent.status, 201);
     let upstream = &mock.requests()[0];
     assert_eq!(upstream.header("d360-api-key"), Some("KEY-FOR-ADMIN"));
@@ -440,38 +387,16 @@ async fn login_gives_a_token_that_stands_for_the_api_key_until_logout() {
         "the token is ours, not upstream's"
     );
 
-    let logout = send(
-        &proxy,
-        "POST",
-        "/v1/users/logout",
-        &[("authorization", &bearer)],
-        "",
-    )
-    .await;
+    let logout = post_authorized(&proxy, "/v1/users/logout", &bearer, "").await;
     assert_eq!(logout.status, 200);
-    let after = send(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        &[("authorization", &bearer)],
-        text,
-    )
-    .await;
+    let after = post_authorized(&proxy, "/v1/messages", &bearer, TEXT_MESSAGE).await;
     assert_eq!((after.status, after.onprem_error_code()), (401, 1005));
     assert_eq!(mock.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn login_without_configured_users_is_501() {
-    let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock.url()).await;
-    let login = send(
-        &proxy,
-        "POST",
-        "/v1/users/login",
-        &[("authorization", "Basic YTpi")],
-        "",
-    )
-    .await;
+    let (_mock, proxy) = proxy_with_mock().await;
+    let login = post_authorized(&proxy, "/v1/users/login", "Basic YTpi", "").await;
     assert_eq!(login.status, 501);
 }

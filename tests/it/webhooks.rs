@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use crate::support::mock_upstream::{Behaviour, MockUpstream};
-use crate::support::proxy::{send, send_json, spawn_proxy_with, TestProxy};
+use crate::support::proxy::{
+    patch_application_settings, send, send_json, set_webhook, spawn_proxy_with, TestProxy,
+};
 use crate::support::Backend;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -61,6 +63,24 @@ pub(crate) async fn relay_proxy(
     .await
 }
 
+/// A legacy receiver that gives `answers` in turn, then `then` to every later delivery.
+pub(crate) async fn legacy_receiver(
+    answers: impl IntoIterator<Item = Behaviour>,
+    then: Behaviour,
+) -> MockUpstream {
+    let receiver = MockUpstream::start().await;
+    for answer in answers {
+        receiver.push(answer);
+    }
+    receiver.set_default(then);
+    receiver
+}
+
+/// Cloud posting `event` on the `default` channel with the right secret: the status it got.
+async fn deliver(proxy: &TestProxy, event: &Value) -> u16 {
+    post_event(proxy, "default", Some(SECRET), event).await
+}
+
 pub(crate) async fn post_event(
     proxy: &TestProxy,
     channel: &str,
@@ -91,6 +111,19 @@ pub(crate) async fn registering_proxy(db: &Backend, upstream: &MockUpstream) -> 
     .await
 }
 
+/// A registering proxy whose upstream accepts every registration, and a legacy receiver that
+/// takes every delivery: `(upstream, receiver, proxy)`.
+async fn registering_relay(db: &Backend) -> (MockUpstream, MockUpstream, TestProxy) {
+    let upstream = MockUpstream::start().await;
+    upstream.set_default(Behaviour::Json {
+        status: 200,
+        body: json!({"url": "ok"}),
+    });
+    let receiver = legacy_receiver([], receiver_ok()).await;
+    let proxy = registering_proxy(db, &upstream).await;
+    (upstream, receiver, proxy)
+}
+
 /// The relay's counters once nothing is pending (or after 10 s, for the assertion to show).
 async fn settled_stats(proxy: &TestProxy) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -116,17 +149,10 @@ pub(crate) async fn admin(proxy: &TestProxy, method: &str, path: &str) -> (u16, 
 }
 
 async fn a_cloud_message_reaches_the_legacy_url_in_on_premise_shape(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
+    let receiver = legacy_receiver([], receiver_ok()).await;
     let proxy = relay_proxy(&db, &receiver, |_| {}).await;
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &text_event("16315551234", "wamid.A1", "hi")
-        )
-        .await,
+        deliver(&proxy, &text_event("16315551234", "wamid.A1", "hi")).await,
         200
     );
     let got = receiver.wait_for_requests(1).await;
@@ -144,8 +170,7 @@ async fn a_cloud_message_reaches_the_legacy_url_in_on_premise_shape(db: Backend)
 }
 
 async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
+    let receiver = legacy_receiver([], receiver_ok()).await;
     let proxy = relay_proxy(&db, &receiver, |c| c.max_webhook_bytes = 2048).await;
     let event = text_event("1", "wamid.X", "x");
     assert_eq!(post_event(&proxy, "default", None, &event).await, 401);
@@ -155,13 +180,7 @@ async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored(db: Ba
     );
     assert_eq!(post_event(&proxy, "nope", Some(SECRET), &event).await, 404);
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &text_event("1", "wamid.Y", &"x".repeat(3000))
-        )
-        .await,
+        deliver(&proxy, &text_event("1", "wamid.Y", &"x".repeat(3000))).await,
         413
     );
     let (_, stats) = admin(&proxy, "GET", "/admin/webhooks/stats").await;
@@ -173,19 +192,10 @@ async fn posts_without_the_secret_or_too_large_are_refused_and_not_stored(db: Ba
 }
 
 async fn a_receiver_outage_is_ridden_out_with_retries(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.push(receiver_down());
-    receiver.push(receiver_down());
-    receiver.set_default(receiver_ok());
+    let receiver = legacy_receiver([receiver_down(), receiver_down()], receiver_ok()).await;
     let proxy = relay_proxy(&db, &receiver, |_| {}).await;
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &text_event("1", "wamid.R", "retry me")
-        )
-        .await,
+        deliver(&proxy, &text_event("1", "wamid.R", "retry me")).await,
         200
     );
     let got = receiver.wait_for_requests(3).await;
@@ -207,27 +217,14 @@ async fn a_receiver_outage_is_ridden_out_with_retries(db: Backend) {
 }
 
 async fn upstream_resends_are_delivered_once(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
+    let receiver = legacy_receiver([], receiver_ok()).await;
     let proxy = relay_proxy(&db, &receiver, |_| {}).await;
     let event = status_event("1", "wamid.D", "delivered");
-    assert_eq!(
-        post_event(&proxy, "default", Some(SECRET), &event).await,
-        200
-    );
-    assert_eq!(
-        post_event(&proxy, "default", Some(SECRET), &event).await,
-        200
-    );
+    assert_eq!(deliver(&proxy, &event).await, 200);
+    assert_eq!(deliver(&proxy, &event).await, 200);
     // A later event for the same recipient: once it is in, the duplicate would have been too.
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &status_event("1", "wamid.D", "read")
-        )
-        .await,
+        deliver(&proxy, &status_event("1", "wamid.D", "read")).await,
         200
     );
     let got = receiver.wait_for_requests(2).await;
@@ -240,43 +237,24 @@ async fn upstream_resends_are_delivered_once(db: Backend) {
 }
 
 async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.push(receiver_down()); // the first delivery (A's `delivered`) fails once
-    receiver.set_default(receiver_ok());
+    // The first delivery (A's `delivered`) fails once.
+    let receiver = legacy_receiver([receiver_down()], receiver_ok()).await;
     // A full second before A's retry: B, posted meanwhile, is certainly delivered first.
     let proxy = relay_proxy(&db, &receiver, |c| {
         c.webhook_retry_base = Duration::from_secs(1)
     })
     .await;
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &status_event("A", "wamid.1", "delivered")
-        )
-        .await,
+        deliver(&proxy, &status_event("A", "wamid.1", "delivered")).await,
         200
     );
     receiver.wait_for_requests(1).await;
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &status_event("A", "wamid.1", "read")
-        )
-        .await,
+        deliver(&proxy, &status_event("A", "wamid.1", "read")).await,
         200
     );
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &status_event("B", "wamid.2", "delivered")
-        )
-        .await,
+        deliver(&proxy, &status_event("B", "wamid.2", "delivered")).await,
         200
     );
     let got = receiver.wait_for_requests(4).await;
@@ -303,17 +281,10 @@ async fn a_read_never_overtakes_its_delivered_but_other_recipients_do_not_wait(d
 }
 
 async fn undeliverable_events_go_to_the_dead_letter_table_and_can_be_replayed(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_down());
+    let receiver = legacy_receiver([], receiver_down()).await;
     let proxy = relay_proxy(&db, &receiver, |c| c.webhook_retry_period = Duration::ZERO).await;
     assert_eq!(
-        post_event(
-            &proxy,
-            "default",
-            Some(SECRET),
-            &text_event("1", "wamid.Dead", "x")
-        )
-        .await,
+        deliver(&proxy, &text_event("1", "wamid.Dead", "x")).await,
         200
     );
     receiver.wait_for_requests(1).await;
@@ -400,19 +371,10 @@ async fn admin_routes_need_the_token_and_do_not_exist_without_one(db: Backend) {
 async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_through_it(
     db: Backend,
 ) {
-    let upstream = MockUpstream::start().await;
-    upstream.set_default(Behaviour::Json {
-        status: 200,
-        body: json!({"url": "ok"}),
-    });
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
-    let proxy = registering_proxy(&db, &upstream).await;
+    let (upstream, receiver, proxy) = registering_relay(&db).await;
     let legacy = format!("{}/crm/whatsapp", receiver.url());
-    let set = send_json(
+    let set = set_webhook(
         &proxy,
-        "POST",
-        "/v1/configs/webhook",
         &json!({"url": legacy, "headers": {"X-Crm-Token": "crm-secret"}}).to_string(),
     )
     .await;
@@ -458,13 +420,7 @@ async fn a_client_setting_its_webhook_registers_the_proxy_upstream_and_receives_
 async fn without_a_public_url_webhook_registration_is_a_clear_501(db: Backend) {
     let upstream = MockUpstream::start().await;
     let proxy = spawn_proxy_with(&upstream.url(), |c| c.database = db.database()).await;
-    let set = send_json(
-        &proxy,
-        "POST",
-        "/v1/configs/webhook",
-        r#"{"url": "https://crm.example/hook"}"#,
-    )
-    .await;
+    let set = set_webhook(&proxy, r#"{"url": "https://crm.example/hook"}"#).await;
     assert_eq!(set.status, 501);
     assert!(set.json()["errors"][0]["details"]
         .as_str()
@@ -474,46 +430,16 @@ async fn without_a_public_url_webhook_registration_is_a_clear_501(db: Backend) {
 }
 
 async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend) {
-    let upstream = MockUpstream::start().await;
-    upstream.set_default(Behaviour::Json {
-        status: 200,
-        body: json!({"url": "ok"}),
-    });
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
-    let proxy = registering_proxy(&db, &upstream).await;
+    let (upstream, receiver, proxy) = registering_relay(&db).await;
     let patch =
         json!({"webhooks": {"url": format!("{}/hook", receiver.url())}, "sent_status": false});
-    let set = send_json(
-        &proxy,
-        "PATCH",
-        "/v1/settings/application",
-        &patch.to_string(),
-    )
-    .await;
+    let set = patch_application_settings(&proxy, &patch.to_string()).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
-    let (channel, secret) = registered_channel(&upstream);
 
-    assert_eq!(
-        post_event(
-            &proxy,
-            &channel,
-            Some(&secret),
-            &status_event("7", "wamid.S", "sent")
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        post_event(
-            &proxy,
-            &channel,
-            Some(&secret),
-            &status_event("7", "wamid.S", "delivered")
-        )
-        .await,
-        200
-    );
+    let sent = status_event("7", "wamid.S", "sent");
+    assert_eq!(post_registered(&proxy, &upstream, &sent).await, 200);
+    let delivered = status_event("7", "wamid.S", "delivered");
+    assert_eq!(post_registered(&proxy, &upstream, &delivered).await, 200);
     let got = receiver.wait_for_requests(1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
@@ -536,39 +462,23 @@ pub(crate) fn registered_channel(upstream: &MockUpstream) -> (String, String) {
     (channel, secret)
 }
 
+/// Cloud posting `event` on the channel the proxy registered upstream, with its secret.
+async fn post_registered(proxy: &TestProxy, upstream: &MockUpstream, event: &Value) -> u16 {
+    let (channel, secret) = registered_channel(upstream);
+    post_event(proxy, &channel, Some(&secret), event).await
+}
+
 /// On-Premise 2.41.2's `webhooks.message.*` filter statuses like `sent_status`, and resetting
 /// the application settings relays everything again.
 async fn webhooks_message_read_off_drops_read_statuses_until_the_settings_are_reset(db: Backend) {
-    let upstream = MockUpstream::start().await;
-    upstream.set_default(Behaviour::Json {
-        status: 200,
-        body: json!({"url": "ok"}),
-    });
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
-    let proxy = registering_proxy(&db, &upstream).await;
+    let (upstream, receiver, proxy) = registering_relay(&db).await;
     let patch = json!({"webhooks": {"url": format!("{}/hook", receiver.url()),
                                     "message": {"sent": true, "delivered": true, "read": false}}});
-    let set = send_json(
-        &proxy,
-        "PATCH",
-        "/v1/settings/application",
-        &patch.to_string(),
-    )
-    .await;
+    let set = patch_application_settings(&proxy, &patch.to_string()).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
-    let (channel, secret) = registered_channel(&upstream);
     let post = |id: &'static str, status: &'static str| {
-        let (proxy, channel, secret) = (&proxy, channel.clone(), secret.clone());
-        async move {
-            post_event(
-                proxy,
-                &channel,
-                Some(&secret),
-                &status_event("7", id, status),
-            )
-            .await
-        }
+        let (proxy, upstream) = (&proxy, &upstream);
+        async move { post_registered(proxy, upstream, &status_event("7", id, status)).await }
     };
 
     // Per recipient, events go out in order: a read that was kept would arrive first.
@@ -588,42 +498,25 @@ async fn webhooks_message_read_off_drops_read_statuses_until_the_settings_are_re
 /// A single-channel sidecar delivers everything through `default`: the client's status choices
 /// apply there.
 async fn a_sidecar_s_default_channel_follows_the_client_s_status_choices(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
+    let receiver = legacy_receiver([], receiver_ok()).await;
     let proxy = relay_proxy(&db, &receiver, |_| {}).await;
-    let set = send_json(
-        &proxy,
-        "PATCH",
-        "/v1/settings/application",
-        r#"{"sent_status": false}"#,
-    )
-    .await;
+    let set = patch_application_settings(&proxy, r#"{"sent_status": false}"#).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
     for status in ["sent", "delivered"] {
         let event = status_event("7", "wamid.D", status);
-        assert_eq!(
-            post_event(&proxy, "default", Some(SECRET), &event).await,
-            200
-        );
+        assert_eq!(deliver(&proxy, &event).await, 200);
     }
     let got = receiver.wait_for_requests(1).await;
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
 }
 
 async fn events_stored_before_a_restart_are_delivered_after_it(db: Backend) {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_down());
+    let receiver = legacy_receiver([], receiver_down()).await;
     let data_dir = std::env::temp_dir().join(format!("relay-restart-{}", uuid::Uuid::new_v4()));
     let dir = data_dir.clone();
     let mut first = relay_proxy(&db, &receiver, move |c| c.data_dir = dir).await;
     assert_eq!(
-        post_event(
-            &first,
-            "default",
-            Some(SECRET),
-            &text_event("9", "wamid.Keep", "survive")
-        )
-        .await,
+        deliver(&first, &text_event("9", "wamid.Keep", "survive")).await,
         200
     );
     receiver.wait_for_requests(1).await;
@@ -652,13 +545,7 @@ async fn an_upstream_refusing_the_webhook_registration_answers_the_client_on_pre
         body: json!({"error": "Invalid api key"}),
     });
     let proxy = registering_proxy(&db, &upstream).await;
-    let set = send_json(
-        &proxy,
-        "POST",
-        "/v1/configs/webhook",
-        r#"{"url": "https://crm.example/hook"}"#,
-    )
-    .await;
+    let set = set_webhook(&proxy, r#"{"url": "https://crm.example/hook"}"#).await;
     assert_eq!((set.status, set.onprem_error_code()), (401, 1005));
     assert_eq!(set.json()["errors"][0]["details"], "Invalid api key");
 }

@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use waba_onprem_proxy::config::Config;
 
+use super::mock_upstream::{Behaviour, MockUpstream};
+
 pub struct TestProxy {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
@@ -46,6 +48,31 @@ pub async fn spawn_proxy_with(upstream: &str, tune: impl FnOnce(&mut Config)) ->
 
 pub async fn spawn_proxy(upstream: &str) -> TestProxy {
     spawn_proxy_with(upstream, |_| {}).await
+}
+
+/// A fresh recording mock upstream and a default proxy in front of it: where most tests start.
+pub async fn proxy_with_mock() -> (MockUpstream, TestProxy) {
+    proxy_with_mock_tuned([], |_| {}).await
+}
+
+/// As [`proxy_with_mock`], the mock giving `answers` in turn before it answers like waba-v2.
+pub async fn proxy_with_mock_answering(
+    answers: impl IntoIterator<Item = Behaviour>,
+) -> (MockUpstream, TestProxy) {
+    proxy_with_mock_tuned(answers, |_| {}).await
+}
+
+/// As [`proxy_with_mock_answering`], the proxy's config adjusted by `tune`.
+pub async fn proxy_with_mock_tuned(
+    answers: impl IntoIterator<Item = Behaviour>,
+    tune: impl FnOnce(&mut Config),
+) -> (MockUpstream, TestProxy) {
+    let mock = MockUpstream::start().await;
+    for answer in answers {
+        mock.push(answer);
+    }
+    let proxy = spawn_proxy_with(&mock.url(), tune).await;
+    (mock, proxy)
 }
 
 impl TestProxy {
@@ -131,6 +158,9 @@ pub async fn send_at(
 
 pub const API_KEY: &str = "TEST-KEY-d360-0123456789abcdef";
 
+/// The smallest valid send, for tests about what happens around a send rather than in it.
+pub const TEXT_MESSAGE: &str = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+
 /// Sends raw bytes with the given headers, as media clients do.
 pub async fn send_bytes(
     proxy: &TestProxy,
@@ -172,6 +202,78 @@ pub async fn send_json(proxy: &TestProxy, method: &str, path: &str, body: &str) 
     .await
 }
 
+/// [`TEXT_MESSAGE`] sent with the usual client headers.
+pub async fn send_text(proxy: &TestProxy) -> Answer {
+    send_json(proxy, "POST", "/v1/messages", TEXT_MESSAGE).await
+}
+
+/// A client changing its application settings with the JSON `patch`.
+pub async fn patch_application_settings(proxy: &TestProxy, patch: &str) -> Answer {
+    send_json(proxy, "PATCH", "/v1/settings/application", patch).await
+}
+
+/// A client setting its webhook (`{"url": ...}`, perhaps with `headers`).
+pub async fn set_webhook(proxy: &TestProxy, body: &str) -> Answer {
+    send_json(proxy, "POST", "/v1/configs/webhook", body).await
+}
+
+/// A client storing its media providers (a JSON array).
+pub async fn set_media_providers(proxy: &TestProxy, providers: &str) -> Answer {
+    send_json(
+        proxy,
+        "POST",
+        "/v1/settings/application/media/providers",
+        providers,
+    )
+    .await
+}
+
+/// A client reading its media providers back.
+pub async fn media_providers(proxy: &TestProxy) -> Answer {
+    send_json(proxy, "GET", "/v1/settings/application/media/providers", "").await
+}
+
+/// A key map file (`--key-map`) with the given JSON, in a place of its own.
+pub fn key_map_file(json: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("keymap-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+/// A password as a key map stores it: its SHA-256, in hex.
+pub fn password_sha256(password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `authorization` value of a login as `user` with `password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {credentials}")
+}
+
+/// A request carrying only `authorization` (a login's Basic or a session's Bearer), no API key.
+pub async fn post_authorized(
+    proxy: &TestProxy,
+    path: &str,
+    authorization: &str,
+    body: &str,
+) -> Answer {
+    send(
+        proxy,
+        "POST",
+        path,
+        &[("authorization", authorization)],
+        body,
+    )
+    .await
+}
+
 /// A handle that can send from another task while the test owns the [`TestProxy`].
 pub struct TestProxyRef {
     addr: SocketAddr,
@@ -187,9 +289,7 @@ impl TestProxyRef {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let request = Request::post(format!("http://{}/v1/messages", self.addr))
             .header("d360-api-key", API_KEY)
-            .body(Full::new(Bytes::from_static(
-                br#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-            )))
+            .body(Full::new(Bytes::from_static(TEXT_MESSAGE.as_bytes())))
             .expect("request");
         client
             .request(request)
