@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures_util::future::try_join_all;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -241,9 +240,8 @@ impl Postgres {
         Ok(())
     }
 
-    /// One transaction for the whole batch, in four round trips whatever its size: the
-    /// recipients' locks, the events, the payloads (each pipelined: sent together, answered in
-    /// order), the counters and the commit.
+    /// One transaction for the whole batch, a handful of statements whatever its size: the
+    /// recipients' locks, the ids, then each table's rows as arrays, the counters, the commit.
     pub async fn ingest_batch(
         &self,
         posts: &[Inbound],
@@ -278,92 +276,104 @@ impl Postgres {
                 .await?;
             tx.execute(&lock, &[&recipients]).await?;
         }
-        let insert_event = tx
-            .prepare_cached(
-                "INSERT INTO webhook_events (channel, received_at, body) VALUES ($1, $2, $3) RETURNING id",
-            )
-            .await?;
-        let insert_unreadable = tx
-            .prepare_cached(
-                "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
-                 VALUES (NULL, $1, '', $2, $3, 0, $4, $4)",
-            )
-            .await?;
-        let kept: Vec<Option<String>> = posts
+        // Whole arrays, one statement per table: the server's work per event stays small. Ids
+        // are taken first, in order, so payloads keep arrival order and their event.
+        let events: Vec<(usize, &String, &String)> = posts
             .iter()
-            .map(|post| match post {
-                Inbound::Unreadable { raw, .. } => Some(Value::String(raw.clone()).to_string()),
-                Inbound::Event { .. } => None,
+            .enumerate()
+            .filter_map(|(index, post)| match post {
+                Inbound::Event { channel, raw, .. } => Some((index, channel, raw)),
+                Inbound::Unreadable { .. } => None,
             })
             .collect();
-        let event_ids = try_join_all(posts.iter().zip(&kept).map(|(post, kept)| {
-            let (insert_event, insert_unreadable, tx) = (&insert_event, &insert_unreadable, &tx);
-            async move {
-                match (post, kept) {
-                    (Inbound::Event { channel, raw, .. }, _) => {
-                        let row = tx.query_one(insert_event, &[channel, &now_ms, raw]).await?;
-                        Ok::<_, DbError>(Some(row.try_get::<_, i64>(0)?))
-                    }
-                    (
-                        Inbound::Unreadable {
-                            channel, reason, ..
-                        },
-                        Some(kept),
-                    ) => {
-                        tx.execute(insert_unreadable, &[channel, kept, reason, &now_ms])
-                            .await?;
-                        Ok(None)
-                    }
-                    (Inbound::Unreadable { .. }, None) => Ok(None),
-                }
+        let event_ids = next_ids(&tx, "webhook_events", events.len()).await?;
+        if !events.is_empty() {
+            let channels: Vec<&String> = events.iter().map(|e| e.1).collect();
+            let bodies: Vec<&String> = events.iter().map(|e| e.2).collect();
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO webhook_events (id, channel, received_at, body) OVERRIDING SYSTEM VALUE
+                     SELECT i, c, $3, b FROM unnest($1::BIGINT[], $2::TEXT[], $4::TEXT[]) AS t(i, c, b)",
+                )
+                .await?;
+            tx.execute(&insert, &[&event_ids, &channels, &now_ms, &bodies])
+                .await?;
+        }
+        let (mut unreadable_channels, mut unreadable_bodies, mut reasons) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for post in posts {
+            if let Inbound::Unreadable {
+                channel,
+                raw,
+                reason,
+            } = post
+            {
+                unreadable_channels.push(channel);
+                unreadable_bodies.push(Value::String(raw.clone()).to_string());
+                reasons.push(reason);
             }
-        }))
-        .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO webhook_outbox
-                     (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6)
-                 ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
+        }
+        if !unreadable_channels.is_empty() {
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO webhook_dead (outbox_id, channel, ordering_key, payload, reason, attempts, created_at, died_at)
+                     SELECT NULL, c, '', p, r, 0, $4, $4 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS t(c, p, r)",
+                )
+                .await?;
+            tx.execute(
+                &insert,
+                &[&unreadable_channels, &unreadable_bodies, &reasons, &now_ms],
             )
             .await?;
-        // (post index, inserted?) per payload, in order.
+        }
+        // (post index, payload) in order, with each payload's event.
         let mut rows = Vec::new();
-        for (index, (post, event_id)) in posts.iter().zip(&event_ids).enumerate() {
-            if let (
-                Inbound::Event {
-                    channel, payloads, ..
-                },
-                Some(event_id),
-            ) = (post, event_id)
+        for ((index, _, _), event_id) in events.iter().zip(&event_ids) {
+            if let Inbound::Event {
+                channel, payloads, ..
+            } = &posts[*index]
             {
                 for payload in payloads {
-                    rows.push((index, event_id, channel, payload));
+                    rows.push((*index, *event_id, channel, payload));
                 }
             }
         }
-        let inserted = try_join_all(rows.iter().map(|(_, event_id, channel, payload)| {
-            let (tx, insert) = (&tx, &insert);
-            let body = payload.body.as_str();
-            async move {
-                tx.execute(
-                    insert,
-                    &[
-                        *event_id,
-                        *channel,
-                        &payload.ordering_key,
-                        &payload.dedupe_key,
-                        &body,
-                        &now_ms,
-                    ],
+        let ids = next_ids(&tx, "webhook_outbox", rows.len()).await?;
+        let mut inserted = std::collections::HashSet::new();
+        if !rows.is_empty() {
+            let event_of: Vec<i64> = rows.iter().map(|r| r.1).collect();
+            let channels: Vec<&String> = rows.iter().map(|r| r.2).collect();
+            let keys: Vec<&String> = rows.iter().map(|r| &r.3.ordering_key).collect();
+            let dedupe: Vec<Option<&String>> =
+                rows.iter().map(|r| r.3.dedupe_key.as_ref()).collect();
+            let bodies: Vec<&String> = rows.iter().map(|r| &r.3.body).collect();
+            // In id order, so of two payloads with one dedupe key in a batch the first stays.
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO webhook_outbox
+                         (id, event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)
+                     OVERRIDING SYSTEM VALUE
+                     SELECT i, e, c, k, d, p, $7, $7
+                     FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[])
+                         AS t(i, e, c, k, d, p)
+                     ORDER BY i
+                     ON CONFLICT (channel, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+                     RETURNING id",
                 )
-                .await
+                .await?;
+            for row in tx
+                .query(
+                    &insert,
+                    &[&ids, &event_of, &channels, &keys, &dedupe, &bodies, &now_ms],
+                )
+                .await?
+            {
+                inserted.insert(row.try_get::<_, i64>(0)?);
             }
-        }))
-        .await?;
+        }
         let mut results = vec![Ingested::default(); posts.len()];
-        for ((index, ..), inserted) in rows.iter().zip(inserted) {
-            if inserted == 1 {
+        for ((index, ..), id) in rows.iter().zip(&ids) {
+            if inserted.contains(id) {
                 results[*index].stored += 1;
             } else {
                 results[*index].duplicates += 1;
@@ -784,6 +794,30 @@ impl Postgres {
             .await?;
         Ok(deleted > 0)
     }
+}
+
+/// `count` fresh ids of `table`'s identity column, ascending.
+async fn next_ids(
+    tx: &deadpool_postgres::Transaction<'_>,
+    table: &str,
+    count: usize,
+) -> Result<Vec<i64>, DbError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let statement = tx
+        .prepare_cached(
+            "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1::BIGINT, $2::BIGINT)",
+        )
+        .await?;
+    let mut ids = tx
+        .query(&statement, &[&table, &(count as i64)])
+        .await?
+        .iter()
+        .map(|row| row.try_get::<_, i64>(0))
+        .collect::<Result<Vec<i64>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 async fn bump(tx: &deadpool_postgres::Transaction<'_>, name: &str, by: i64) -> Result<(), DbError> {
