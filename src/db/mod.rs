@@ -27,7 +27,7 @@ pub use model::{
 pub use url::DatabaseUrl;
 
 use model::{dead_payload, headers_from_text, headers_to_text};
-use schema::{migrations, PENDING_CHANNELS, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET};
+use schema::{migrations, CHANNELS, UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET};
 
 /// What cleanup may remove.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, DbError, Dead,
-    DocumentChange, Due, DueFilter, Horizon, Inbound, Ingested, Outcome, Stats, PENDING_CHANNELS,
+    DocumentChange, Due, DueFilter, Horizon, Inbound, Ingested, Outcome, Stats, CHANNELS,
     UPSERT_CHANNEL, UPSERT_CHANNEL_KEEPING_SECRET,
 };
 
@@ -258,11 +258,11 @@ impl Sqlite {
         Ok(results)
     }
 
-    /// Each channel's due heads on their own (the channels with pending payloads; each query walks
+    /// Each channel's due heads on their own (each query walks
     /// only that channel's pending rows, in id order, by `webhook_outbox_pending_channel`).
     pub fn due(&self, now_ms: i64, filter: &DueFilter) -> rusqlite::Result<Vec<Due>> {
         let connection = self.lock();
-        let mut names = connection.prepare_cached(PENDING_CHANNELS)?;
+        let mut names = connection.prepare_cached(CHANNELS)?;
         let channels: Vec<String> = names
             .query_map([], |row| row.get(0))?
             .collect::<rusqlite::Result<_>>()?;

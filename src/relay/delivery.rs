@@ -10,7 +10,8 @@
 //! - on a shared database every payload taken is claimed with a lease; one is started only
 //!   while its lease outlasts the delivery timeout, so replicas never deliver it at once.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// How often the loop's picture of its channels is published for operators.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// The least time between two fetches that were not full (see the loop).
+const FETCH_GAP: Duration = Duration::from_millis(10);
 /// Margin kept between a delivery's end (at the latest) and its lease's end.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
@@ -87,6 +90,11 @@ struct Loop {
     more_due: bool,
     /// Whether something happened that may have made payloads due (an ingest, a record).
     fetch_wanted: bool,
+    /// When the retries this loop scheduled fall due (earliest first). Asking the database
+    /// instead would read every recipient's head each time the loop runs dry; new events wake
+    /// the loop by themselves, and anything else due (another replica's retries) is found by
+    /// the poll every [`IDLE_POLL`].
+    retries: BinaryHeap<Reverse<i64>>,
 }
 
 /// The delivery loop: runs until the task is aborted.
@@ -106,11 +114,13 @@ pub async fn deliver_forever(delivery: Delivery) {
         outcomes: Vec::new(),
         more_due: false,
         fetch_wanted: true,
+        retries: BinaryHeap::new(),
     };
     let mut deliveries: JoinSet<(String, Outcome)> = JoinSet::new();
     // At most one batch of outcomes is being recorded at a time.
     let mut recording: JoinSet<Vec<i64>> = JoinSet::new();
     let queue_bound = settings.concurrency * 2;
+    let mut last_fetch = i64::MIN / 2;
     let mut published = std::time::Instant::now()
         .checked_sub(PUBLISH_EVERY)
         .unwrap_or_else(std::time::Instant::now);
@@ -125,8 +135,16 @@ pub async fn deliver_forever(delivery: Delivery) {
         start_what_may_start(&delivery, &mut state, &mut deliveries, now).await;
         let mut pause = IDLE_POLL;
         let room = queue_bound.saturating_sub(state.channels.queued());
-        if room > settings.concurrency / 2 && (state.fetch_wanted || state.more_due) {
+        // After a fetch that took everything due, the next waits a little: under a stream of
+        // commits a fetch per commit would keep the database busy finding the same heads.
+        let gap_left = (last_fetch + FETCH_GAP.as_millis() as i64 - now).max(0);
+        let wanted = state.more_due || (state.fetch_wanted && gap_left == 0);
+        if state.fetch_wanted && gap_left > 0 {
+            pause = Duration::from_millis(gap_left as u64);
+        }
+        if room > settings.concurrency / 2 && wanted {
             state.fetch_wanted = false;
+            last_fetch = now;
             let filter = DueFilter {
                 per_channel: settings.fairness.per_channel,
                 except_channels: state.channels.not_fetching(now),
@@ -153,7 +171,7 @@ pub async fn deliver_forever(delivery: Delivery) {
                 }
                 Ok(_) => {
                     state.more_due = false;
-                    pause = idle_pause(&relay, &state.channels, &clock).await;
+                    pause = idle_pause(&mut state, clock.now_ms());
                 }
                 Err(error) => {
                     warn!(%error, "outbox unreadable; retrying");
@@ -181,6 +199,9 @@ pub async fn deliver_forever(delivery: Delivery) {
                 if let Ok((channel, outcome)) = joined {
                     let delivered = matches!(outcome, Outcome::Delivered { .. });
                     state.channels.finished(&channel, delivered, clock.now_ms());
+                    if let Outcome::Retry { next_attempt_at, .. } = outcome {
+                        state.retries.push(Reverse(next_attempt_at));
+                    }
                     state.outcomes.push(outcome);
                 }
             }
@@ -240,26 +261,20 @@ async fn forget(relay: &Relay, held: &mut HashSet<i64>, ids: &[i64]) {
     }
 }
 
-/// How long to wait when nothing was due: until the next payload or breaker probe is due,
-/// within bounds.
-async fn idle_pause(relay: &Relay, channels: &Channels, clock: &Clock) -> Duration {
-    let next_due = match relay.db.next_due_at().await {
-        Ok(at) => at,
-        Err(error) => {
-            warn!(%error, "outbox unreadable; retrying");
-            None
-        }
-    };
-    let next = [next_due, channels.next_probe_at()]
+/// How long to wait when nothing was due: until the next retry or breaker probe this loop
+/// knows of, within bounds.
+fn idle_pause(state: &mut Loop, now: i64) -> Duration {
+    while state.retries.peek().is_some_and(|Reverse(at)| *at <= now) {
+        state.retries.pop();
+    }
+    let next_retry = state.retries.peek().map(|Reverse(at)| *at);
+    let next = [next_retry, state.channels.next_probe_at()]
         .into_iter()
         .flatten()
         .min();
-    // Something due but nothing taken means another replica holds it (or its lock), or its
-    // channel waits for a probe: a short pause, not a tight loop of queries.
     next.map(|at| {
         Duration::from_millis(
-            (at - clock.now_ms()).clamp(MIN_PAUSE.as_millis() as i64, IDLE_POLL.as_millis() as i64)
-                as u64,
+            (at - now).clamp(MIN_PAUSE.as_millis() as i64, IDLE_POLL.as_millis() as i64) as u64,
         )
     })
     .unwrap_or(IDLE_POLL)

@@ -17,7 +17,9 @@ async fn open(backend: Backend) -> Database {
         let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
         DatabaseUrl::Sqlite(path)
     });
-    Database::open(&url, None).await.unwrap()
+    let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
+    db
 }
 
 async fn postgres_url() -> Option<DatabaseUrl> {
@@ -256,9 +258,11 @@ async fn a_sqlite_file_reopens_with_its_events_and_schema() {
     let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
     let url = DatabaseUrl::Sqlite(path);
     let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     ingest(&db, vec![payload("1", "a")], 10).await;
     drop(db);
     let again = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&again, &["c", "default"]).await;
     assert_eq!(again.schema_version().await.unwrap(), 5);
     assert_eq!(again.stats(10).await.unwrap().pending, 1);
 }
@@ -277,6 +281,7 @@ async fn documents_kept_as_files_by_earlier_versions_are_imported() {
     let db = Database::open(&DatabaseUrl::default_in(&dir), Some(&dir))
         .await
         .unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     assert_eq!(
         db.document("application_settings", &hash).await.unwrap(),
         Some(json!({"sent_status": false}))
@@ -300,6 +305,7 @@ async fn replicas_starting_together_migrate_once() {
         open.await.unwrap().unwrap();
     }
     let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     assert_eq!(db.schema_version().await.unwrap(), 5);
 }
 
@@ -310,7 +316,9 @@ async fn a_claim_excludes_other_replicas_until_its_lease_ends() {
         return;
     };
     let a = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&a, &["c", "default"]).await;
     let b = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&b, &["c", "default"]).await;
     ingest(
         &a,
         vec![payload("1", "x"), payload("1", "y"), payload("2", "z")],
@@ -341,6 +349,7 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
         return;
     };
     let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     let recipients = 10;
     let per_recipient = 30;
     for n in 0..per_recipient {
@@ -358,6 +367,7 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
         let (seen, in_flight) = (seen.clone(), in_flight.clone());
         replicas.spawn(async move {
             let db = Database::open(&url, None).await.unwrap();
+            crate::support::with_channels(&db, &["c", "default"]).await;
             let mut idle = 0;
             while idle < 3 {
                 let due = db
@@ -465,6 +475,7 @@ async fn an_outbox_from_before_migrations_is_migrated_in_place() {
     let db = Database::open(&DatabaseUrl::Sqlite(path), None)
         .await
         .unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     assert_eq!(db.schema_version().await.unwrap(), 5);
     assert_eq!(due_ids(&db, 20).await, [1]);
     // The old dedupe key still holds.
@@ -486,6 +497,7 @@ async fn ingests_of_one_recipient_commit_in_id_order() {
     let db = Database::open(&DatabaseUrl::Postgres(url.clone()), None)
         .await
         .unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     // An ingest of recipient 1 in flight: its transaction holds the recipient until commit.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -517,6 +529,7 @@ async fn a_sqlite_file_in_use_is_refused_until_released() {
     let path = std::env::temp_dir().join(format!("waba-db-{}.sqlite3", uuid::Uuid::new_v4()));
     let url = DatabaseUrl::Sqlite(path);
     let first = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&first, &["c", "default"]).await;
     let refused = Database::open(&url, None)
         .await
         .err()

@@ -316,7 +316,9 @@ async fn open(backend: &Backend) -> Database {
     let url = backend
         .database()
         .unwrap_or_else(|| DatabaseUrl::Sqlite(sqlite_file()));
-    Database::open(&url, None).await.unwrap()
+    let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
+    db
 }
 
 on_both_backends!(
@@ -385,6 +387,7 @@ async fn retention_removes_old_dead_letters_and_finished_rows_and_keeps_the_rest
     let start = 1_000 * DAY_MS;
     let clock = Clock::manual(start);
     let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
     let relay = Relay::open(&config, db.clone(), clock.clone())
         .await
         .unwrap();

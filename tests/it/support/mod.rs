@@ -51,3 +51,23 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Channel rows for the names storage tests ingest into: delivery looks only at channels
+/// that exist (as every channel the proxy ingests into does).
+pub async fn with_channels(db: &waba_onprem_proxy::db::Database, names: &[&str]) {
+    for name in names {
+        let channel = waba_onprem_proxy::db::Channel {
+            name: (*name).to_owned(),
+            secret: "test-secret".to_owned(),
+            legacy_url: String::new(),
+            headers: Vec::new(),
+            sent_status: true,
+            delivered_status: true,
+            read_status: true,
+            api_key_hash: None,
+        };
+        db.upsert_channel(&channel, true)
+            .await
+            .expect("channel row");
+    }
+}
