@@ -35,7 +35,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// How often the loop's picture of its channels is published for operators.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
-/// The least time between two fetches that were not full (see the loop).
+/// The least time between two fetches prompted by commits of new events (see the loop).
 const FETCH_GAP: Duration = Duration::from_millis(10);
 /// Margin kept between a delivery's end (at the latest) and its lease's end.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
@@ -88,8 +88,10 @@ struct Loop {
     outcomes: Vec<Outcome>,
     /// Whether the last fetch may have left due payloads behind (it was full).
     more_due: bool,
-    /// Whether something happened that may have made payloads due (an ingest, a record).
+    /// Whether new events were committed (fetched for at most every [`FETCH_GAP`]).
     fetch_wanted: bool,
+    /// Whether outcomes were recorded: recipients' next payloads are due now.
+    fetch_now: bool,
     /// When the retries this loop scheduled fall due (earliest first). Asking the database
     /// instead would read every recipient's head each time the loop runs dry; new events wake
     /// the loop by themselves, and anything else due (another replica's retries) is found by
@@ -114,6 +116,7 @@ pub async fn deliver_forever(delivery: Delivery) {
         outcomes: Vec::new(),
         more_due: false,
         fetch_wanted: true,
+        fetch_now: true,
         retries: BinaryHeap::new(),
     };
     let mut deliveries: JoinSet<(String, Outcome)> = JoinSet::new();
@@ -135,15 +138,17 @@ pub async fn deliver_forever(delivery: Delivery) {
         start_what_may_start(&delivery, &mut state, &mut deliveries, now).await;
         let mut pause = IDLE_POLL;
         let room = queue_bound.saturating_sub(state.channels.queued());
-        // After a fetch that took everything due, the next waits a little: under a stream of
+        // Commits of new events prompt a fetch at most every FETCH_GAP: under a stream of
         // commits a fetch per commit would keep the database busy finding the same heads.
+        // Recorded outcomes (recipients' next payloads now due) prompt one at once.
         let gap_left = (last_fetch + FETCH_GAP.as_millis() as i64 - now).max(0);
-        let wanted = state.more_due || (state.fetch_wanted && gap_left == 0);
+        let wanted = state.more_due || state.fetch_now || (state.fetch_wanted && gap_left == 0);
         if state.fetch_wanted && gap_left > 0 {
             pause = Duration::from_millis(gap_left as u64);
         }
         if room > settings.concurrency / 2 && wanted {
             state.fetch_wanted = false;
+            state.fetch_now = false;
             last_fetch = now;
             let filter = DueFilter {
                 per_channel: settings.fairness.per_channel,
@@ -213,7 +218,7 @@ pub async fn deliver_forever(delivery: Delivery) {
                         state.held.remove(&id);
                     }
                 }
-                state.fetch_wanted = true;
+                state.fetch_now = true;
             }
             () = relay.committed.notified() => state.fetch_wanted = true,
             () = tokio::time::sleep(pause) => state.fetch_wanted = true,
