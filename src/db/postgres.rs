@@ -114,13 +114,22 @@ impl Postgres {
         // come in. Vacuumed and analysed every few thousand changes instead of every 20 % of
         // the table, claims do not wade through dead index entries, and the planner knows
         // the table's size from the start. Idempotent, so applied at every start.
-        tx.batch_execute(
-            "ALTER TABLE webhook_outbox SET (autovacuum_vacuum_scale_factor = 0,
+        // Not fatal (PostgreSQL before 13 lacks the insert thresholds; a role that does not own
+        // the table may not set them): a savepoint keeps the migration's transaction usable.
+        tx.batch_execute("SAVEPOINT outbox_vacuum").await?;
+        if let Err(error) = tx
+            .batch_execute(
+                "ALTER TABLE webhook_outbox SET (autovacuum_vacuum_scale_factor = 0,
                  autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_insert_scale_factor = 0,
                  autovacuum_vacuum_insert_threshold = 5000, autovacuum_analyze_scale_factor = 0,
                  autovacuum_analyze_threshold = 5000, autovacuum_vacuum_cost_delay = 0)",
-        )
-        .await?;
+            )
+            .await
+        {
+            tracing::warn!(error = %DbError::from(error), "outbox vacuum settings not applied");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT outbox_vacuum")
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -184,9 +184,16 @@ impl Channels {
 
     /// A payload taken by [`Channels::next`] that did not go out after all (its lease was too
     /// short): its slot frees, the breaker learns nothing.
-    pub fn abandoned(&mut self, channel: &str) {
+    pub fn abandoned(&mut self, channel: &str, now_ms: i64) {
         let state = self.state(channel);
         state.in_flight = state.in_flight.saturating_sub(1);
+        // A probe that did not go out: the channel may be probed again at once.
+        if let Breaker::HalfOpen { failures } = state.breaker {
+            state.breaker = Breaker::Open {
+                failures,
+                probe_at_ms: now_ms,
+            };
+        }
     }
 
     /// Channels that should not be fetched for now: their breaker is open (and not yet due
@@ -195,10 +202,13 @@ impl Channels {
         let per_channel = self.fairness.per_channel;
         self.states
             .iter()
-            .filter(|(_, state)| match state.breaker {
-                Breaker::Open { probe_at_ms, .. } => now_ms < probe_at_ms,
-                Breaker::HalfOpen { .. } => true,
-                Breaker::Closed { .. } => state.queued.len() >= per_channel,
+            .filter(|(_, state)| {
+                state.queued.len() >= per_channel
+                    || match state.breaker {
+                        Breaker::Open { probe_at_ms, .. } => now_ms < probe_at_ms,
+                        Breaker::HalfOpen { .. } => true,
+                        Breaker::Closed { .. } => false,
+                    }
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -217,12 +227,13 @@ impl Channels {
             .collect()
     }
 
-    /// The earliest probe time of an open breaker.
-    pub fn next_probe_at(&self) -> Option<i64> {
+    /// The earliest probe time of an open breaker still to come (one already past waits for
+    /// a payload of its channel, which a commit or the poll brings).
+    pub fn next_probe_at(&self, now_ms: i64) -> Option<i64> {
         self.states
             .values()
             .filter_map(|state| match state.breaker {
-                Breaker::Open { probe_at_ms, .. } => Some(probe_at_ms),
+                Breaker::Open { probe_at_ms, .. } if probe_at_ms > now_ms => Some(probe_at_ms),
                 _ => None,
             })
             .min()
@@ -359,7 +370,8 @@ mod tests {
         assert!(channels.next(1_999).is_none());
         assert_eq!(channels.not_fetching(1_999), ["dead".to_owned()]);
         assert_eq!(channels.take_blocked(1_999).len(), 4);
-        assert_eq!(channels.next_probe_at(), Some(2_000));
+        assert_eq!(channels.next_probe_at(1_999), Some(2_000));
+        assert_eq!(channels.next_probe_at(2_000), None);
         // Probe time: exactly one delivery goes, the rest wait for its answer.
         channels.push(pending(20, "dead"));
         channels.push(pending(21, "dead"));

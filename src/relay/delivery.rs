@@ -121,7 +121,8 @@ pub async fn deliver_forever(delivery: Delivery) {
     };
     let mut deliveries: JoinSet<(String, Outcome)> = JoinSet::new();
     // At most one batch of outcomes is being recorded at a time.
-    let mut recording: JoinSet<Vec<i64>> = JoinSet::new();
+    let mut recording: JoinSet<Result<Vec<i64>, Vec<Outcome>>> = JoinSet::new();
+    let mut record_after = i64::MIN;
     let queue_bound = settings.concurrency * 2;
     let mut last_fetch = i64::MIN / 2;
     let mut published = std::time::Instant::now()
@@ -167,12 +168,18 @@ pub async fn deliver_forever(delivery: Delivery) {
                     } else {
                         claim.until_ms
                     };
+                    let mut taken = false;
                     for due in due {
                         if state.held.insert(due.id) {
                             state.channels.push(Pending { due, lease_ends_ms });
+                            taken = true;
                         }
                     }
-                    continue;
+                    // Only something new makes another pass at once (no spin on old rows).
+                    if taken {
+                        continue;
+                    }
+                    state.more_due = false;
                 }
                 Ok(_) => {
                     state.more_due = false;
@@ -184,15 +191,17 @@ pub async fn deliver_forever(delivery: Delivery) {
                 }
             }
         }
-        if recording.is_empty() && !state.outcomes.is_empty() {
+        if recording.is_empty() && !state.outcomes.is_empty() && now >= record_after {
             let outcomes = std::mem::take(&mut state.outcomes);
             let (db, replica, now) = (relay.db.clone(), relay.replica.clone(), clock.now_ms());
             recording.spawn(async move {
-                let ids: Vec<i64> = outcomes.iter().map(outcome_id).collect();
-                if let Err(error) = db.record(outcomes, now, &replica).await {
-                    warn!(%error, "delivery outcomes not recorded; those payloads will be delivered again");
+                match db.record(outcomes.clone(), now, &replica).await {
+                    Ok(()) => Ok(outcomes.iter().map(outcome_id).collect::<Vec<i64>>()),
+                    Err(error) => {
+                        warn!(%error, "delivery outcomes not recorded; trying again shortly");
+                        Err(outcomes)
+                    }
                 }
-                ids
             });
         }
         if published.elapsed() >= PUBLISH_EVERY {
@@ -206,6 +215,10 @@ pub async fn deliver_forever(delivery: Delivery) {
                     state.channels.finished(&channel, delivered, clock.now_ms());
                     if let Outcome::Retry { next_attempt_at, .. } = outcome {
                         state.retries.push(Reverse(next_attempt_at));
+                        if state.retries.len() > 1_024 {
+                            let now = clock.now_ms();
+                            state.retries.retain(|Reverse(at)| *at > now);
+                        }
                     }
                     state.outcomes.push(outcome);
                 }
@@ -213,12 +226,21 @@ pub async fn deliver_forever(delivery: Delivery) {
             Some(recorded) = recording.join_next(), if !recording.is_empty() => {
                 // Recorded (or not: then they are due again): no longer held. A recorded head
                 // lets its recipient's next payload become due.
-                if let Ok(ids) = recorded {
-                    for id in ids {
-                        state.held.remove(&id);
+                match recorded {
+                    Ok(Ok(ids)) => {
+                        for id in ids {
+                            state.held.remove(&id);
+                        }
+                        state.fetch_now = true;
                     }
+                    // Not recorded: the answers are kept (and their payloads held, so they
+                    // are not delivered again) and recorded again after a pause.
+                    Ok(Err(outcomes)) => {
+                        state.outcomes.extend(outcomes);
+                        record_after = clock.now_ms() + IDLE_POLL.as_millis() as i64;
+                    }
+                    Err(_) => {}
                 }
-                state.fetch_now = true;
             }
             () = relay.committed.notified() => state.fetch_wanted = true,
             () = tokio::time::sleep(pause) => state.fetch_wanted = true,
@@ -241,14 +263,32 @@ async fn start_what_may_start(
             break;
         };
         if pending.lease_ends_ms.saturating_sub(now) < latest_end {
-            state.channels.abandoned(&pending.due.channel);
+            state.channels.abandoned(&pending.due.channel, now);
             expired.push(pending.due.id);
             continue;
         }
         let delivery = delivery.clone();
+        // The whole delivery (the channel's lookup included) ends before the lease does, so no
+        // other replica can have taken the payload meanwhile.
+        let within = Duration::from_millis(
+            (pending.lease_ends_ms.saturating_sub(now) - LEASE_MARGIN.as_millis() as i64).max(1)
+                as u64,
+        )
+        .min(delivery.settings.timeout + LEASE_MARGIN);
         deliveries.spawn(async move {
             let channel = pending.due.channel.clone();
-            (channel, deliver_one(&delivery, pending.due).await)
+            let (id, attempts) = (pending.due.id, pending.due.attempts);
+            let outcome =
+                match tokio::time::timeout(within, deliver_one(&delivery, pending.due)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Retry {
+                        id,
+                        next_attempt_at: delivery.clock.now_ms()
+                            + backoff(delivery.settings.retry_base, attempts).as_millis() as i64,
+                        error: "delivery did not end within its lease".to_owned(),
+                    },
+                };
+            (channel, outcome)
         });
     }
     if !expired.is_empty() {
@@ -273,7 +313,7 @@ fn idle_pause(state: &mut Loop, now: i64) -> Duration {
         state.retries.pop();
     }
     let next_retry = state.retries.peek().map(|Reverse(at)| *at);
-    let next = [next_retry, state.channels.next_probe_at()]
+    let next = [next_retry, state.channels.next_probe_at(now)]
         .into_iter()
         .flatten()
         .min();

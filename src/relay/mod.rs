@@ -128,10 +128,13 @@ impl Relay {
             return Ok(channel);
         }
         let channel = self.db.channel(name).await?.map(Arc::new);
-        self.channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), (Instant::now(), channel.clone()));
+        // Only channels that exist are kept: names come from unauthenticated posts.
+        if let Some(found) = &channel {
+            self.channels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_owned(), (Instant::now(), Some(found.clone())));
+        }
         Ok(channel)
     }
 
