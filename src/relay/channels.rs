@@ -42,10 +42,14 @@ pub struct Pending {
 pub enum Breaker {
     /// Delivering; `failures` in a row so far.
     Closed { failures: u32 },
-    /// No deliveries until `probe_at_ms`.
-    Open { failures: u32, probe_at_ms: i64 },
+    /// No deliveries until `probe_at_ms`; `probes` failed so far (the wait doubles with each).
+    Open {
+        failures: u32,
+        probes: u32,
+        probe_at_ms: i64,
+    },
     /// One probe delivery is out; nothing else goes until it answers.
-    HalfOpen { failures: u32 },
+    HalfOpen { failures: u32, probes: u32 },
 }
 
 #[derive(Debug)]
@@ -134,9 +138,10 @@ impl Channels {
                 Breaker::Closed { .. } => state.in_flight < per_channel,
                 Breaker::Open {
                     failures,
+                    probes,
                     probe_at_ms,
                 } if now_ms >= probe_at_ms && state.in_flight == 0 => {
-                    state.breaker = Breaker::HalfOpen { failures };
+                    state.breaker = Breaker::HalfOpen { failures, probes };
                     true
                 }
                 Breaker::Open { .. } | Breaker::HalfOpen { .. } => false,
@@ -159,7 +164,7 @@ impl Channels {
         let failures = match state.breaker {
             Breaker::Closed { failures }
             | Breaker::Open { failures, .. }
-            | Breaker::HalfOpen { failures } => failures,
+            | Breaker::HalfOpen { failures, .. } => failures,
         };
         state.breaker = if delivered {
             Breaker::Closed { failures: 0 }
@@ -169,15 +174,29 @@ impl Channels {
                 Breaker::Closed { .. } if failures < fairness.trip_after => {
                     Breaker::Closed { failures }
                 }
-                // A failure from before the breaker opened does not move the probe.
-                Breaker::Open { probe_at_ms, .. } => Breaker::Open {
+                Breaker::Closed { .. } => Breaker::Open {
                     failures,
+                    probes: 0,
+                    probe_at_ms: now_ms + probe_wait(fairness, 0),
+                },
+                // A failure from before the breaker opened does not move the probe.
+                Breaker::Open {
+                    probes,
+                    probe_at_ms,
+                    ..
+                } => Breaker::Open {
+                    failures,
+                    probes,
                     probe_at_ms,
                 },
-                Breaker::Closed { .. } | Breaker::HalfOpen { .. } => Breaker::Open {
-                    failures,
-                    probe_at_ms: now_ms + probe_wait(fairness, failures),
-                },
+                Breaker::HalfOpen { probes, .. } => {
+                    let probes = probes.saturating_add(1);
+                    Breaker::Open {
+                        failures,
+                        probes,
+                        probe_at_ms: now_ms + probe_wait(fairness, probes),
+                    }
+                }
             }
         };
     }
@@ -188,9 +207,10 @@ impl Channels {
         let state = self.state(channel);
         state.in_flight = state.in_flight.saturating_sub(1);
         // A probe that did not go out: the channel may be probed again at once.
-        if let Breaker::HalfOpen { failures } = state.breaker {
+        if let Breaker::HalfOpen { failures, probes } = state.breaker {
             state.breaker = Breaker::Open {
                 failures,
+                probes,
                 probe_at_ms: now_ms,
             };
         }
@@ -252,7 +272,7 @@ impl Channels {
                 let (circuit, failures) = match state.breaker {
                     Breaker::Closed { failures } => ("closed", failures),
                     Breaker::Open { failures, .. } => ("open", failures),
-                    Breaker::HalfOpen { failures } => ("half-open", failures),
+                    Breaker::HalfOpen { failures, .. } => ("half-open", failures),
                 };
                 ChannelView {
                     channel: name.clone(),
@@ -269,12 +289,11 @@ impl Channels {
 }
 
 /// The wait before the next probe: the probe base after the breaker first opens, doubling
-/// with each failed probe, capped.
-fn probe_wait(fairness: Fairness, failures: u32) -> i64 {
-    let beyond = failures.saturating_sub(fairness.trip_after).min(20);
+/// with each failed probe (not with failures of deliveries that were already out), capped.
+fn probe_wait(fairness: Fairness, failed_probes: u32) -> i64 {
     let wait = fairness
         .probe_base
-        .saturating_mul(1u32 << beyond)
+        .saturating_mul(1u32 << failed_probes.min(20))
         .min(fairness.probe_max);
     i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)
 }
@@ -363,6 +382,7 @@ mod tests {
             channels.breaker("dead"),
             Some(Breaker::Open {
                 failures: 3,
+                probes: 0,
                 probe_at_ms: 2_000
             })
         );
@@ -383,6 +403,7 @@ mod tests {
             channels.breaker("dead"),
             Some(Breaker::Open {
                 failures: 4,
+                probes: 1,
                 probe_at_ms: 4_500
             })
         );
@@ -397,9 +418,25 @@ mod tests {
 
     #[test]
     fn probes_back_off_up_to_the_cap() {
-        assert_eq!(probe_wait(FAIRNESS, 3), 1_000);
-        assert_eq!(probe_wait(FAIRNESS, 5), 4_000);
+        assert_eq!(probe_wait(FAIRNESS, 0), 1_000);
+        assert_eq!(probe_wait(FAIRNESS, 2), 4_000);
         assert_eq!(probe_wait(FAIRNESS, 40), 60_000);
+    }
+
+    #[test]
+    fn failures_of_deliveries_already_out_do_not_lengthen_the_first_probe_wait() {
+        let mut channels = Channels::new(Fairness {
+            per_channel: 10,
+            ..FAIRNESS
+        });
+        for id in 1..=10 {
+            channels.push(pending(id, "dead"));
+        }
+        assert_eq!(started(&mut channels, 0).len(), 10);
+        for _ in 0..10 {
+            channels.finished("dead", false, 0);
+        }
+        assert_eq!(channels.next_probe_at(0), Some(1_000));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!   while its lease outlasts the delivery timeout, so replicas never deliver it at once.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +120,8 @@ pub async fn deliver_forever(delivery: Delivery) {
         retries: BinaryHeap::new(),
     };
     let mut deliveries: JoinSet<(String, Outcome)> = JoinSet::new();
+    // Which channel and payload each running delivery task has.
+    let mut started: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
     // At most one batch of outcomes is being recorded at a time.
     let mut recording: JoinSet<Result<Vec<i64>, Vec<Outcome>>> = JoinSet::new();
     let mut record_after = i64::MIN;
@@ -136,7 +138,7 @@ pub async fn deliver_forever(delivery: Delivery) {
             let ids: Vec<i64> = blocked.iter().map(|p| p.due.id).collect();
             forget(&relay, &mut state.held, &ids).await;
         }
-        start_what_may_start(&delivery, &mut state, &mut deliveries, now).await;
+        start_what_may_start(&delivery, &mut state, &mut deliveries, &mut started, now).await;
         let mut pause = IDLE_POLL;
         let room = queue_bound.saturating_sub(state.channels.queued());
         // Commits of new events prompt a fetch at most every FETCH_GAP: under a stream of
@@ -209,18 +211,30 @@ pub async fn deliver_forever(delivery: Delivery) {
             relay.publish_channels(state.channels.view());
         }
         tokio::select! {
-            Some(joined) = deliveries.join_next(), if !deliveries.is_empty() => {
-                if let Ok((channel, outcome)) = joined {
-                    let delivered = matches!(outcome, Outcome::Delivered { .. });
-                    state.channels.finished(&channel, delivered, clock.now_ms());
-                    if let Outcome::Retry { next_attempt_at, .. } = outcome {
-                        state.retries.push(Reverse(next_attempt_at));
-                        if state.retries.len() > 1_024 {
-                            let now = clock.now_ms();
-                            state.retries.retain(|Reverse(at)| *at > now);
+            Some(joined) = deliveries.join_next_with_id(), if !deliveries.is_empty() => {
+                match joined {
+                    Ok((task, (channel, outcome))) => {
+                        started.remove(&task);
+                        let delivered = matches!(outcome, Outcome::Delivered { .. });
+                        state.channels.finished(&channel, delivered, clock.now_ms());
+                        if let Outcome::Retry { next_attempt_at, .. } = outcome {
+                            state.retries.push(Reverse(next_attempt_at));
+                            if state.retries.len() > 1_024 {
+                                let now = clock.now_ms();
+                                state.retries.retain(|Reverse(at)| *at > now);
+                            }
+                        }
+                        state.outcomes.push(outcome);
+                    }
+                    // A delivery task that failed (it has no known way to): its slot and its
+                    // payload are freed, so the payload is taken again.
+                    Err(failed) => {
+                        if let Some((channel, id)) = started.remove(&failed.id()) {
+                            warn!(id, "a delivery task failed; the payload will be delivered again");
+                            state.channels.abandoned(&channel, clock.now_ms());
+                            forget(&relay, &mut state.held, &[id]).await;
                         }
                     }
-                    state.outcomes.push(outcome);
                 }
             }
             Some(recorded) = recording.join_next(), if !recording.is_empty() => {
@@ -254,6 +268,7 @@ async fn start_what_may_start(
     delivery: &Delivery,
     state: &mut Loop,
     deliveries: &mut JoinSet<(String, Outcome)>,
+    started: &mut HashMap<tokio::task::Id, (String, i64)>,
     now: i64,
 ) {
     let latest_end = (delivery.settings.timeout + LEASE_MARGIN).as_millis() as i64;
@@ -275,7 +290,8 @@ async fn start_what_may_start(
                 as u64,
         )
         .min(delivery.settings.timeout + LEASE_MARGIN);
-        deliveries.spawn(async move {
+        let running = (pending.due.channel.clone(), pending.due.id);
+        let task = deliveries.spawn(async move {
             let channel = pending.due.channel.clone();
             let (id, attempts) = (pending.due.id, pending.due.attempts);
             let outcome =
@@ -290,6 +306,7 @@ async fn start_what_may_start(
                 };
             (channel, outcome)
         });
+        started.insert(task.id(), running);
     }
     if !expired.is_empty() {
         forget(&delivery.relay, &mut state.held, &expired).await;
