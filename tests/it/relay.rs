@@ -44,8 +44,9 @@ async fn post_at(addr: std::net::SocketAddr, event: Value) -> Answer {
     .await
 }
 
-#[tokio::test]
-async fn a_post_is_answered_only_after_the_transaction_holding_it_has_committed() {
+/// A sidecar relay on a SQLite file of its own, with that file's write lock held from outside
+/// (released by `ROLLBACK` on the returned connection).
+async fn relay_with_write_lock_held() -> (MockUpstream, TestProxy, rusqlite::Connection) {
     let receiver = MockUpstream::start().await;
     receiver.set_default(receiver_ok());
     let path = sqlite_file();
@@ -54,6 +55,12 @@ async fn a_post_is_answered_only_after_the_transaction_holding_it_has_committed(
     })
     .await;
     let outside = hold_write_lock(&path);
+    (receiver, proxy, outside)
+}
+
+#[tokio::test]
+async fn a_post_is_answered_only_after_the_transaction_holding_it_has_committed() {
+    let (receiver, proxy, outside) = relay_with_write_lock_held().await;
     let post = tokio::spawn(post_at(proxy.addr, status_event("7", "wamid.C1", "sent")));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(
@@ -68,14 +75,7 @@ async fn a_post_is_answered_only_after_the_transaction_holding_it_has_committed(
 
 #[tokio::test]
 async fn a_batch_that_cannot_commit_fails_only_its_own_posts_with_a_retryable_503() {
-    let receiver = MockUpstream::start().await;
-    receiver.set_default(receiver_ok());
-    let path = sqlite_file();
-    let proxy = relay_proxy(&Backend::Sqlite, &receiver, |c| {
-        c.database = Some(DatabaseUrl::Sqlite(path.clone()))
-    })
-    .await;
-    let outside = hold_write_lock(&path);
+    let (receiver, proxy, outside) = relay_with_write_lock_held().await;
     let failed = futures_util::future::join_all((0..3).map(|n| {
         post_at(
             proxy.addr,
