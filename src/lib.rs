@@ -15,8 +15,9 @@
 //! - [`body`]: the streaming bodies (multipart upload, media download).
 //! - [`auth`]: the key map and login tokens.
 //! - [`store`]: per-API-key JSON documents (providers, settings), kept in the database.
-//! - [`relay`]: inbound webhooks -> the outbox (SQLite or PostgreSQL, see [`db`]) -> delivery to
-//!   the legacy URL; its delivery loop takes only what it uses ([`relay::Delivery`]).
+//! - [`relay`]: inbound webhooks -> group commit into the outbox (SQLite or PostgreSQL, see
+//!   [`db`]) -> pipelined, fair delivery to the legacy URL; its delivery loop takes only what it
+//!   uses ([`relay::Delivery`]), its scheduler (caps, turns, circuit breakers) is pure.
 //! - [`db`]: the two storage backends behind one type; it knows no translation type and no
 //!   relay.
 //! - [`metrics`]: Prometheus metrics.
