@@ -371,30 +371,24 @@ mod tests {
             let r = route(method, path);
             (r.caller(), r.intake())
         };
-        assert_eq!(
-            policy("POST", "/v1/messages"),
-            (Caller::Client, Intake::Json)
-        );
-        assert_eq!(
-            policy("POST", "/v1/media"),
-            (Caller::Client, Intake::Stream)
-        );
-        assert_eq!(
-            policy("GET", "/v1/media/1"),
-            (Caller::Client, Intake::Nothing)
-        );
-        assert_eq!(
-            policy("POST", "/v1/users/login"),
-            (Caller::Anyone, Intake::Nothing)
-        );
-        assert_eq!(
-            policy("GET", "/admin/webhooks/dead"),
-            (Caller::Admin, Intake::Nothing)
-        );
-        assert_eq!(
-            policy("POST", "/cloud-webhooks/default"),
-            (Caller::Cloud, Intake::Stream)
-        );
+        for (method, path, expected) in [
+            ("POST", "/v1/messages", (Caller::Client, Intake::Json)),
+            ("POST", "/v1/media", (Caller::Client, Intake::Stream)),
+            ("GET", "/v1/media/1", (Caller::Client, Intake::Nothing)),
+            ("POST", "/v1/users/login", (Caller::Anyone, Intake::Nothing)),
+            (
+                "GET",
+                "/admin/webhooks/dead",
+                (Caller::Admin, Intake::Nothing),
+            ),
+            (
+                "POST",
+                "/cloud-webhooks/default",
+                (Caller::Cloud, Intake::Stream),
+            ),
+        ] {
+            assert_eq!(policy(method, path), expected, "{method} {path}");
+        }
         assert_eq!(policy("GET", "/nope"), (Caller::Client, Intake::Json));
     }
 

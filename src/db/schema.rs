@@ -137,10 +137,10 @@ pub(super) const UPSERT_CHANNEL_KEEPING_SECRET: &str = "INSERT INTO webhook_chan
          read_status = excluded.read_status
      RETURNING secret";
 
-/// The channels delivery looks at. Every stored payload's channel has a row: ingest needs it,
-/// and channels are never deleted. (Finding channels from the outbox itself would walk the
-/// index entries of delivered rows that PostgreSQL has not vacuumed yet: half a second per
-/// claim at 40,000 delivered rows.)
+/// The channels SQLite's per-channel fetch looks at. Every stored payload's channel has a row:
+/// ingest needs it, and channels are never deleted. (Finding channels from the outbox itself
+/// walks index entries of delivered rows; PostgreSQL, which keeps them until vacuum, claims in
+/// one id-order scan instead.)
 pub(super) const CHANNELS: &str = "SELECT name FROM webhook_channels";
 
 /// The migrations with `{id}` filled in for a backend.

@@ -136,24 +136,7 @@ pub async fn send_at(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    let response = client.request(request).await.expect("proxy answered");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    send_bytes_at(addr, method, path, headers, Bytes::from(body.to_owned())).await
 }
 
 pub const API_KEY: &str = "TEST-KEY-d360-0123456789abcdef";
@@ -169,8 +152,21 @@ pub async fn send_bytes(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Answer {
+    send_bytes_at(proxy.addr, method, path, headers, body).await
+}
+
+/// The one request builder every `send*` helper goes through.
+async fn send_bytes_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder().method(method).uri(proxy.url(path));
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
