@@ -417,6 +417,36 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_that_did_not_go_out_leaves_the_channel_open_for_the_next_probe() {
+        let mut channels = Channels::new(FAIRNESS);
+        for id in 1..=4 {
+            channels.push(pending(id, "dead"));
+        }
+        for _ in 0..3 {
+            channels.next(0);
+            channels.finished("dead", false, 0);
+        }
+        let probe = channels.next(1_000).map(|p| p.due.id);
+        assert_eq!(probe, Some(4));
+        assert!(matches!(
+            channels.breaker("dead"),
+            Some(Breaker::HalfOpen { .. })
+        ));
+        // Its lease was too short: it is given back, and the channel may be probed again.
+        channels.abandoned("dead", 1_200);
+        assert_eq!(
+            channels.breaker("dead"),
+            Some(Breaker::Open {
+                failures: 3,
+                probes: 0,
+                probe_at_ms: 1_200
+            })
+        );
+        channels.push(pending(5, "dead"));
+        assert_eq!(started(&mut channels, 1_200), [("dead".into(), 5)]);
+    }
+
+    #[test]
     fn probes_back_off_up_to_the_cap() {
         assert_eq!(probe_wait(FAIRNESS, 0), 1_000);
         assert_eq!(probe_wait(FAIRNESS, 2), 4_000);
