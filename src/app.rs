@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::auth::{Auth, KeyMapError};
-use crate::config::Config;
+use crate::config::{Config, Dialect};
 use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::relay::Relay;
@@ -54,7 +54,10 @@ impl AppState {
         let db = Database::open_with(&url, import_dir, config.database_ca_file.as_deref())
             .await
             .map_err(failed)?;
-        let auth = Auth::new(config.key_map.clone(), db.clone())?;
+        let auth = match config.dialect {
+            Dialect::WabaV2 => Auth::new(config.key_map.clone(), db.clone())?,
+            Dialect::Graph => Auth::with_accounts(config.accounts.clone(), db.clone())?,
+        };
         let relay = Arc::new(
             Relay::open(&config, db.clone(), crate::clock::Clock::system())
                 .await

@@ -12,9 +12,10 @@ use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
+use crate::accounts::{Account, Accounts, AccountsError};
 use crate::clock::epoch_ms;
 use crate::db::{Database, DbError};
-use crate::secret::key_hash;
+use crate::secret::{key_hash, same_secret};
 
 /// The header 360dialog authenticates with.
 pub const API_KEY_HEADER: &str = "d360-api-key";
@@ -47,6 +48,8 @@ pub enum KeyMapError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
 }
 
 impl KeyMap {
@@ -94,6 +97,8 @@ pub enum LoginRefused {
 pub enum Unauthenticated {
     /// No such login token, or it expired or its user left the key map.
     UnknownToken,
+    /// Graph dialect: no account in `--accounts` for what the client presented.
+    NoAccount,
     /// The session store could not be asked.
     Storage(DbError),
 }
@@ -103,10 +108,14 @@ pub enum Unauthenticated {
 pub struct Auth {
     path: Option<PathBuf>,
     map: RwLock<Arc<KeyMap>>,
+    /// Graph dialect: `--accounts` (then `path` is that file, and the key map stays empty).
+    accounts: Option<RwLock<Arc<Accounts>>>,
+    accounts_path: Option<PathBuf>,
     db: Database,
 }
 
 impl Auth {
+    /// waba-v2: the key map, if any.
     pub fn new(path: Option<PathBuf>, db: Database) -> Result<Auth, KeyMapError> {
         let map = match &path {
             Some(path) => KeyMap::load(path)?,
@@ -115,15 +124,37 @@ impl Auth {
         Ok(Auth {
             path,
             map: RwLock::new(Arc::new(map)),
+            accounts: None,
+            accounts_path: None,
             db,
         })
     }
 
-    /// Re-reads the key map file; on error the old map stays in force.
+    /// Graph dialect: every client is identified as one account of `path` (none: no client
+    /// is, and each request is answered 401).
+    pub fn with_accounts(path: Option<PathBuf>, db: Database) -> Result<Auth, KeyMapError> {
+        let accounts = match &path {
+            Some(path) => Accounts::load(path)?,
+            None => Accounts::default(),
+        };
+        Ok(Auth {
+            path: None,
+            map: RwLock::new(Arc::new(KeyMap::default())),
+            accounts: Some(RwLock::new(Arc::new(accounts))),
+            accounts_path: path,
+            db,
+        })
+    }
+
+    /// Re-reads the key map (or accounts) file; on error the old one stays in force.
     pub fn reload(&self) -> Result<(), KeyMapError> {
         if let Some(path) = &self.path {
             let fresh = KeyMap::load(path)?;
             *self.map.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        }
+        if let (Some(path), Some(accounts)) = (&self.accounts_path, &self.accounts) {
+            let fresh = Accounts::load(path)?;
+            *accounts.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         }
         Ok(())
     }
@@ -135,10 +166,57 @@ impl Auth {
             .clone()
     }
 
+    /// Graph dialect: the accounts in force (None in the waba-v2 dialect).
+    pub fn accounts(&self) -> Option<Arc<Accounts>> {
+        self.accounts
+            .as_ref()
+            .map(|a| a.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Graph dialect: the account of the request's API key (`D360-API-KEY`, or a bearer token
+    /// that is one) or of its login token. The client's own credentials never go upstream:
+    /// they are taken out of `headers`, and the account's token goes instead.
+    async fn identify(
+        &self,
+        accounts: &Accounts,
+        headers: &mut HeaderMap,
+    ) -> Result<Arc<Account>, Unauthenticated> {
+        let key = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok());
+        let account = match (key, bearer(headers)) {
+            (Some(key), _) => accounts.by_api_key(key).ok_or(Unauthenticated::NoAccount)?,
+            (None, Some(token)) => match accounts.by_api_key(token) {
+                Some(account) => account,
+                None => {
+                    let user = self
+                        .db
+                        .session_user(&key_hash(token), epoch_ms(SystemTime::now()))
+                        .await
+                        .map_err(Unauthenticated::Storage)?
+                        .ok_or(Unauthenticated::UnknownToken)?;
+                    accounts
+                        .by_user(&user)
+                        .ok_or(Unauthenticated::UnknownToken)?
+                }
+            },
+            (None, None) => return Err(Unauthenticated::NoAccount),
+        };
+        headers.remove(API_KEY_HEADER);
+        headers.remove(header::AUTHORIZATION);
+        Ok(account)
+    }
+
     /// Rewrites the upstream headers in place: a mapped `D360-API-KEY` is replaced; without
     /// one, a login token (`Authorization: Bearer`) becomes its API key. Headers with neither
     /// pass as they are (upstream answers 401, which is translated).
-    pub async fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), Unauthenticated> {
+    ///
+    /// In the Graph dialect the request is identified as an account instead (returned).
+    pub async fn authenticate(
+        &self,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Arc<Account>>, Unauthenticated> {
+        if let Some(accounts) = self.accounts() {
+            return self.identify(&accounts, headers).await.map(Some);
+        }
         let map = self.map();
         if let Some(key) = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
             if let Some(new_key) = map.keys.get(key) {
@@ -146,10 +224,10 @@ impl Auth {
                     HeaderValue::from_str(new_key).map_err(|_| Unauthenticated::UnknownToken)?;
                 headers.insert(API_KEY_HEADER, value);
             }
-            return Ok(());
+            return Ok(None);
         }
         let Some(token) = bearer(headers) else {
-            return Ok(());
+            return Ok(None);
         };
         let user = self
             .db
@@ -165,19 +243,31 @@ impl Auth {
         let value = HeaderValue::from_str(api_key).map_err(|_| Unauthenticated::UnknownToken)?;
         headers.remove(header::AUTHORIZATION);
         headers.insert(API_KEY_HEADER, value);
-        Ok(())
+        Ok(None)
     }
 
     /// Checks Basic credentials against the `user:` entries and opens a session.
     /// Returns the token and when it expires.
     pub async fn login(&self, headers: &HeaderMap) -> Result<(String, SystemTime), LoginRefused> {
         let map = self.map();
-        if map.users.is_empty() {
+        let accounts = self.accounts();
+        let has_users = match &accounts {
+            Some(accounts) => accounts.has_users(),
+            None => !map.users.is_empty(),
+        };
+        if !has_users {
             return Err(LoginRefused::NoUsers);
         }
         let (name, password) = basic(headers).ok_or(LoginRefused::BadCredentials)?;
-        let user = map.users.get(&name).ok_or(LoginRefused::BadCredentials)?;
-        if !key_hash(&password).eq_ignore_ascii_case(user.password_sha256.trim()) {
+        let expected = match &accounts {
+            Some(accounts) => accounts.password_sha256(&name),
+            None => map.users.get(&name).map(|u| u.password_sha256.trim()),
+        }
+        .ok_or(LoginRefused::BadCredentials)?;
+        if !same_secret(
+            key_hash(&password).as_bytes(),
+            expected.to_ascii_lowercase().as_bytes(),
+        ) {
             return Err(LoginRefused::BadCredentials);
         }
         let token = format!(

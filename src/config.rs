@@ -143,6 +143,25 @@ pub struct ServeArgs {
     /// (`"user:<name>": {"password_sha256", "api_key"}`); re-read on SIGHUP.
     #[arg(long, env = "WABA_PROXY_KEY_MAP")]
     pub key_map: Option<PathBuf>,
+    /// How the upstream is spoken to: `waba-v2` (360dialog: unversioned paths, the client's
+    /// `D360-API-KEY`) or `graph` (Meta's Graph API: versioned paths with the phone-number id,
+    /// the account's access token). Default: `graph` when the upstream host is
+    /// graph.facebook.com, else `waba-v2`.
+    #[arg(long, env = "WABA_PROXY_UPSTREAM_DIALECT", value_enum)]
+    pub upstream_dialect: Option<Dialect>,
+    /// Graph dialect: JSON file mapping what clients present (API keys, login users) to Meta
+    /// accounts (phone-number id, WABA id, access token, app secret...); re-read on SIGHUP.
+    #[arg(long, env = "WABA_PROXY_ACCOUNTS")]
+    pub accounts: Option<PathBuf>,
+    /// Graph dialect: the only hosts an access token is ever sent to (the Graph API and Meta's
+    /// media CDN), comma-separated; the upstream's host must be one of them.
+    #[arg(
+        long,
+        env = "WABA_PROXY_TOKEN_HOSTS",
+        value_delimiter = ',',
+        default_value = "graph.facebook.com,lookaside.fbsbx.com"
+    )]
+    pub token_hosts: Vec<String>,
     /// Public base URL of this proxy (https, no port, no `_` in the host: Cloud's rules), used to
     /// register `<public-url>/cloud-webhooks/<channel>` upstream when a client sets its webhook.
     #[arg(long, env = "WABA_PROXY_PUBLIC_URL")]
@@ -213,6 +232,17 @@ pub struct ServeArgs {
     pub shutdown_grace_ms: u64,
 }
 
+/// The upstream's dialect (see `--upstream-dialect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dialect {
+    #[value(name = "waba-v2")]
+    WabaV2,
+    Graph,
+}
+
+/// Meta's Graph API host: the default for the Graph dialect.
+pub const GRAPH_HOST: &str = "graph.facebook.com";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Human,
@@ -226,6 +256,10 @@ pub struct Config {
     pub upstream: UpstreamRoot,
     /// `--upstream dry-run`: nothing leaves the machine; Cloud's answers are synthesized.
     pub dry_run: bool,
+    pub dialect: Dialect,
+    pub accounts: Option<PathBuf>,
+    /// Hosts (lowercase, without port) an access token may be sent to.
+    pub token_hosts: Vec<String>,
     pub meta: Meta,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
@@ -366,6 +400,8 @@ pub enum ConfigError {
     },
     #[error("--upstream {url}: {reason}")]
     Upstream { url: String, reason: String },
+    #[error("--upstream-dialect graph: {reason}")]
+    Graph { reason: String },
     #[error("--database: {reason}")]
     Database { reason: String },
     #[error("--{flag} must be greater than zero")]
@@ -402,14 +438,59 @@ impl ServeArgs {
                 flag: "max-upstream-body-bytes",
             });
         }
+        let dry_run = self.upstream == DRY_RUN;
+        let upstream = if dry_run {
+            UpstreamRoot::parse("http://dry-run.invalid")?
+        } else {
+            UpstreamRoot::parse(&self.upstream)?
+        };
+        let dialect = self.upstream_dialect.unwrap_or(
+            if upstream.authority.host().eq_ignore_ascii_case(GRAPH_HOST) {
+                Dialect::Graph
+            } else {
+                Dialect::WabaV2
+            },
+        );
+        let token_hosts: Vec<String> = self
+            .token_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if dialect == Dialect::Graph {
+            let graph = |reason: String| ConfigError::Graph { reason };
+            let host = upstream.authority.host().to_ascii_lowercase();
+            if !dry_run && !token_hosts.contains(&host) {
+                return Err(graph(format!(
+                    "the upstream host {host} is not in --token-hosts, the only hosts access tokens are sent to"
+                )));
+            }
+            // The version is each account's; a root that carries one would double it.
+            if upstream
+                .base_path
+                .rsplit('/')
+                .next()
+                .is_some_and(crate::accounts::is_graph_version)
+            {
+                return Err(graph(format!(
+                    "give --upstream without the version ({}); each account names its graph_version",
+                    upstream.base_path
+                )));
+            }
+            if self.key_map.is_some() {
+                return Err(graph(
+                    "--key-map is for waba-v2; in the Graph dialect --accounts maps keys and users"
+                        .to_owned(),
+                ));
+            }
+        }
         Ok(Config {
             listen: self.listen,
-            upstream: if self.upstream == DRY_RUN {
-                UpstreamRoot::parse("http://dry-run.invalid")?
-            } else {
-                UpstreamRoot::parse(&self.upstream)?
-            },
-            dry_run: self.upstream == DRY_RUN,
+            upstream,
+            dry_run,
+            dialect,
+            accounts: self.accounts.clone(),
+            token_hosts,
             meta: Meta::new(self.onprem_version.clone()),
             connect_timeout: positive(self.connect_timeout_ms, "connect-timeout-ms")?,
             upstream_timeout: positive(self.upstream_timeout_ms, "upstream-timeout-ms")?,

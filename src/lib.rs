@@ -29,6 +29,7 @@
 //!   answers, shared with the `translate` command).
 //! - [`cli`]: the `translate` subcommand.
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod body;

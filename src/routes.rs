@@ -40,8 +40,11 @@ pub enum Route {
     Login,
     /// `POST /v1/users/logout`.
     Logout,
-    /// `POST /cloud-webhooks/{channel}`: inbound Cloud webhooks for one channel.
+    /// `POST /cloud-webhooks/{channel}`: inbound Cloud webhooks for one channel (Graph
+    /// dialect: for every number of a Meta app, told apart by phone-number id).
     InboundWebhook { channel: String },
+    /// `GET /cloud-webhooks/{channel}?hub.mode=subscribe&...`: Meta's check of a callback URL.
+    WebhookVerification,
     /// `GET/POST /v1/configs/webhook` (360dialog's): the client's legacy URL, kept by the proxy,
     /// which registers its own inbound URL upstream.
     WebhookConfig,
@@ -98,6 +101,7 @@ impl Route {
             Route::Login => "login",
             Route::Logout => "logout",
             Route::InboundWebhook { .. } => "inbound_webhook",
+            Route::WebhookVerification => "webhook_verification",
             Route::WebhookConfig => "webhook_config",
             Route::AdminStats => "admin_stats",
             Route::AdminDead => "admin_dead",
@@ -148,7 +152,7 @@ impl Route {
         match self {
             Route::Login | Route::Logout => Caller::Anyone,
             Route::Healthz | Route::Readyz | Route::Metrics => Caller::Anyone,
-            Route::InboundWebhook { .. } => Caller::Cloud,
+            Route::InboundWebhook { .. } | Route::WebhookVerification => Caller::Cloud,
             Route::AdminStats
             | Route::AdminDead
             | Route::AdminReplay { .. }
@@ -191,6 +195,7 @@ impl Route {
             | Route::AdminDead
             | Route::AdminReplay { .. }
             | Route::AdminDryRunReport
+            | Route::WebhookVerification
             | Route::DownloadMedia { .. }
             | Route::PhotoGet { link: false } => Intake::Nothing,
             Route::SendMessage
@@ -279,6 +284,7 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         ("POST", ["cloud-webhooks", channel]) => Route::InboundWebhook {
             channel: decode_segment(channel).into_owned(),
         },
+        ("GET", ["cloud-webhooks", _]) => Route::WebhookVerification,
         ("GET" | "POST", ["v1", "configs", "webhook"]) => Route::WebhookConfig,
         ("GET", ["metrics"]) => Route::Metrics,
         ("GET", ["healthz"]) => Route::Healthz,

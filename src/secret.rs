@@ -22,9 +22,51 @@ pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
+/// Whether `header` (`X-Hub-Signature-256: sha256=<hex>`) is the HMAC-SHA256 of `body` under
+/// `secret`, compared in constant time: how Meta signs every webhook of an app.
+pub fn signed_with(secret: &[u8], body: &[u8], header: &str) -> bool {
+    use hmac::Mac as _;
+    let Some(hex) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Some(given) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 64 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_signatures_match_only_their_body_and_secret() {
+        // HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog"), RFC 4231 style
+        // known answer.
+        let body = b"The quick brown fox jumps over the lazy dog";
+        let good = "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
+        assert!(signed_with(b"key", body, good));
+        assert!(signed_with(b"key", body, &good.to_ascii_uppercase().replace("SHA256", "sha256")));
+        assert!(!signed_with(b"other", body, good));
+        assert!(!signed_with(b"key", b"The quick brown fox jumps over the lazy cog", good));
+        assert!(!signed_with(b"key", body, &good[..good.len() - 2]));
+        assert!(!signed_with(b"key", body, good.trim_start_matches("sha256=")));
+        assert!(!signed_with(b"key", body, ""));
+    }
 
     #[test]
     fn secrets_compare_exactly() {

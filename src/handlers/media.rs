@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 
 use super::{content_length, translate_answer, Reply, RequestContext};
-use crate::body::{empty, Activity, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
+use crate::body::{Activity, MediaDownload, MultipartUpload, UploadFailure, UploadOutcome};
 use crate::error::{MediaFetch, ProxyError, Unreadable};
 use crate::handlers::AppState;
 use crate::routes::Route;
@@ -230,13 +230,7 @@ pub(super) async fn download(
 
     let deadline = Instant::now() + state.config.media_timeout;
     let idle = state.config.media_idle_timeout;
-    let fetch = state.upstream.open(
-        &context.upstream,
-        Method::GET,
-        &info.path_and_query,
-        headers,
-        empty(),
-    );
+    let fetch = state.upstream.open_media(&context.upstream, &info, headers);
     // Nothing moves until the answer's head arrives: the idle timeout bounds the wait.
     let response = timeout_at(deadline.min(Instant::now() + idle), fetch)
         .await

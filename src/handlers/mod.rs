@@ -41,7 +41,14 @@ pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
 
 /// The API key documents are filed under: the key as it goes upstream (after the key map and
 /// login tokens), so one channel's state is the same whichever way its client authenticates.
-pub(super) fn api_key(upstream_headers: &HeaderMap) -> Result<&str, ProxyError> {
+/// In the Graph dialect, the account's own key (`graph:<phone-number id>`).
+pub(super) fn api_key<'a>(
+    context: &'a RequestContext,
+    upstream_headers: &'a HeaderMap,
+) -> Result<&'a str, ProxyError> {
+    if let Some(account) = context.upstream.account() {
+        return Ok(account.owner());
+    }
     upstream_headers
         .get(API_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -217,16 +224,25 @@ async fn serve(
     let headers = match route.caller() {
         Caller::Client => {
             let mut headers = upstream_headers(&parts, request_id);
-            if let Err(refused) = state.auth.authenticate(&mut headers).await {
-                discard(incoming, state.config.body_read_timeout);
-                return Err(match refused {
-                    Unauthenticated::UnknownToken => ProxyError::Rejected(OnPremError::new(
-                        401,
-                        1005,
-                        "the login token is unknown or expired; log in again",
-                    )),
-                    Unauthenticated::Storage(cause) => ProxyError::Storage(cause),
-                });
+            match state.auth.authenticate(&mut headers).await {
+                Ok(Some(account)) => context.upstream.act_for(account),
+                Ok(None) => {}
+                Err(refused) => {
+                    discard(incoming, state.config.body_read_timeout);
+                    return Err(match refused {
+                        Unauthenticated::UnknownToken => ProxyError::Rejected(OnPremError::new(
+                            401,
+                            1005,
+                            "the login token is unknown or expired; log in again",
+                        )),
+                        Unauthenticated::NoAccount => ProxyError::Rejected(OnPremError::new(
+                            401,
+                            1005,
+                            "no account in --accounts matches this request's API key or login",
+                        )),
+                        Unauthenticated::Storage(cause) => ProxyError::Storage(cause),
+                    });
+                }
             }
             headers
         }
@@ -257,6 +273,7 @@ async fn serve(
         }
         Route::AdminDryRunReport => Ok(dry_run_report(state)),
         Route::Healthz => Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),
+        Route::WebhookVerification => webhooks::verification(state, parts.uri.query()),
         Route::Metrics => Ok(metrics(state).await),
         Route::Readyz => Ok(readyz(state).await),
         Route::DownloadMedia { media_id } => {
@@ -264,7 +281,7 @@ async fn serve(
         }
         Route::PhotoGet { link: false } => profile::stream_photo(state, context, headers).await,
         Route::MediaProviders { name } => {
-            providers::manage(state, &method, name.as_deref(), &headers, &body).await
+            providers::manage(state, context, &method, name.as_deref(), &headers, &body).await
         }
         Route::ApplicationSettings => {
             settings::application(state, context, &method, &headers, &body).await

@@ -33,12 +33,13 @@ fn stored(document: Option<Value>) -> Vec<Value> {
 /// GET lists, POST adds or replaces by name, DELETE `/{name}` removes one.
 pub(super) async fn manage(
     state: &AppState,
+    context: &RequestContext,
     method: &str,
     name: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Reply, ProxyError> {
-    let key = api_key(headers)?;
+    let key = api_key(context, headers)?;
     let meta = &state.config.meta;
     let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
     match (method, name) {
@@ -135,7 +136,7 @@ pub(super) async fn resolve_provider_links(
             ),
         )));
     }
-    let key = api_key(upstream_headers)?;
+    let key = api_key(context, upstream_headers)?;
     let providers = stored(
         state
             .store

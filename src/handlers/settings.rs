@@ -22,7 +22,7 @@ pub(super) async fn application(
     upstream_headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Reply, ProxyError> {
-    let key = api_key(upstream_headers)?;
+    let key = api_key(context, upstream_headers)?;
     let meta = &state.config.meta;
     let rejected = |e: TranslateError| ProxyError::Rejected(onprem_error_for(&e));
     match method {

@@ -11,13 +11,15 @@ use serde_json::{json, Value};
 use super::{api_key, APPLICATION_SETTINGS};
 use super::{Reply, RequestContext};
 use crate::clock::now_ms;
+use crate::config::Dialect;
 use crate::error::ProxyError;
 use crate::handlers::AppState;
 use crate::relay::{
     channel_for_key, configure_channel, webhook_config_answer, Refused, SECRET_HEADER,
 };
 use crate::routes::Route;
-use crate::secret::same_secret;
+use crate::secret::{same_secret, signed_with};
+use crate::translate::webhooks::{split_by_recipient, Recipient};
 use crate::translate::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
 use crate::translate::webhooks::WebhookOptions;
 use crate::translate::{as_object, parse_body, TranslateError};
@@ -35,6 +37,9 @@ pub(super) async fn inbound(
         ProxyError::BodyTooLarge { limit }
     })
     .await?;
+    if state.upstream.dialect() == Dialect::Graph {
+        return inbound_from_app(state, channel, headers, raw).await;
+    }
     let secret = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
     match state.relay.ingest(channel, secret, raw).await {
         Ok(()) => Ok(Reply::Json(200, json!({}))),
@@ -61,6 +66,162 @@ pub(super) async fn inbound(
     }
 }
 
+/// The header a Meta app signs its webhooks with.
+const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+/// Graph dialect: a Meta app's post, for any of its numbers. Nothing is stored before the
+/// signature is proven; then each number's changes go to that number's channel, and changes
+/// no channel can take are kept as dead letters (acknowledged: Meta re-sending them would not
+/// help).
+async fn inbound_from_app(
+    state: &AppState,
+    channel: &str,
+    headers: &HeaderMap,
+    raw: Bytes,
+) -> Result<Reply, ProxyError> {
+    let accounts = state.auth.accounts().unwrap_or_default();
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(app_secret) = accounts
+        .iter()
+        .filter_map(|a| a.app_secret())
+        .find(|secret| signed_with(secret.as_bytes(), &raw, signature))
+    else {
+        return Err(rejected(
+            401,
+            1005,
+            "missing or wrong X-Hub-Signature-256 (no app_secret in --accounts signs this body)"
+                .to_owned(),
+        ));
+    };
+    let keep = |reason: String, raw: String| async move {
+        state
+            .relay
+            .keep_undeliverable(channel, raw, reason)
+            .await
+            .map_err(storage_refused)
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        keep(
+            "not JSON".to_owned(),
+            String::from_utf8_lossy(&raw).into_owned(),
+        )
+        .await?;
+        return Ok(Reply::Json(200, json!({})));
+    };
+    for (recipient, envelope) in split_by_recipient(&body) {
+        let account = match &recipient {
+            Recipient::PhoneNumber(number) => accounts.by_phone_number_id(number),
+            Recipient::Business(waba_id) => accounts
+                .iter()
+                .find(|a| a.waba_id.as_deref() == Some(waba_id.as_str()))
+                .cloned(),
+            Recipient::Unknown => None,
+        };
+        let text = envelope.to_string();
+        let Some(account) = account else {
+            keep(format!("no account in --accounts for {recipient:?}"), text).await?;
+            continue;
+        };
+        // One app's secret must not vouch for another app's numbers.
+        if !account
+            .app_secret()
+            .is_some_and(|own| same_secret(own.as_bytes(), app_secret.as_bytes()))
+        {
+            keep(
+                format!("not signed by the app of {}", account.name),
+                text,
+            )
+            .await?;
+            continue;
+        }
+        let (own, _) = channel_for_key(account.owner());
+        let target = if state.relay.channel(&own).await.map_err(storage_refused)?.is_some() {
+            own
+        } else if state.config.legacy_webhook_url.is_some() {
+            crate::relay::DEFAULT_CHANNEL.to_owned()
+        } else {
+            keep(
+                format!(
+                    "{} has no webhook URL yet (POST /v1/configs/webhook sets it)",
+                    account.name
+                ),
+                text,
+            )
+            .await?;
+            continue;
+        };
+        match state.relay.ingest_signed(&target, Bytes::from(text)).await {
+            Ok(()) => {}
+            Err(Refused::Storage(cause)) => return Err(storage_refused(cause)),
+            Err(_) => {
+                return Err(rejected(
+                    503,
+                    1011,
+                    "the event could not be stored; send it again".to_owned(),
+                ))
+            }
+        }
+    }
+    Ok(Reply::Json(200, json!({})))
+}
+
+/// Not stored: a 5xx makes the sender post again; the cause is for the operator.
+fn storage_refused(cause: crate::db::DbError) -> ProxyError {
+    let cause = cause.to_string().escape_debug().to_string();
+    tracing::warn!(error = %cause, "inbound webhook not stored");
+    rejected(
+        503,
+        1011,
+        "the event could not be stored; send it again".to_owned(),
+    )
+}
+
+/// `GET /cloud-webhooks/{channel}?hub.mode=subscribe&hub.verify_token=..&hub.challenge=..`:
+/// Meta checks a callback URL by asking it to echo the challenge, which it does only for the
+/// verify token of an account in `--accounts`.
+pub(super) fn verification(state: &AppState, query: Option<&str>) -> Result<Reply, ProxyError> {
+    let (mut mode, mut token, mut challenge) = (None, None, None);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "hub.mode" => mode = Some(value.into_owned()),
+            "hub.verify_token" => token = Some(value.into_owned()),
+            "hub.challenge" => challenge = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let accounts = state.auth.accounts().unwrap_or_default();
+    let matches = token.as_deref().is_some_and(|given| {
+        accounts
+            .iter()
+            .filter_map(|a| a.verify_token())
+            .fold(false, |found, expected| {
+                found | same_secret(given.as_bytes(), expected.as_bytes())
+            })
+    });
+    // The challenge is echoed as plain text: only what Meta sends (a short token) is.
+    let challenge = challenge.filter(|c| {
+        !c.is_empty() && c.len() <= 256 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    });
+    match (mode.as_deref(), matches, challenge) {
+        (Some("subscribe"), true, Some(challenge)) => {
+            let mut response = http::Response::new(crate::body::full(challenge));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            Ok(Reply::Stream(response))
+        }
+        _ => Err(rejected(
+            403,
+            1005,
+            "webhook verification needs hub.mode=subscribe, a hub.challenge and the verify_token of an account".to_owned(),
+        )),
+    }
+}
+
 fn rejected(status: u16, code: i64, details: String) -> ProxyError {
     ProxyError::Rejected(OnPremError::new(status, code, details))
 }
@@ -73,7 +234,7 @@ pub(super) async fn config(
     upstream_headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Reply, ProxyError> {
-    let key = api_key(upstream_headers)?;
+    let key = api_key(context, upstream_headers)?;
     let meta = state.config.meta.to_value();
     if method == "GET" {
         let (name, _) = channel_for_key(key);
@@ -128,7 +289,11 @@ pub(super) async fn register(
             &TranslateError::invalid("url", "must start with http:// or https://"),
         )));
     }
-    let Some(public_url) = state.config.public_url.clone() else {
+    // Graph: a Meta app has one callback URL, set once in Meta's dashboard (README); the
+    // client's URL is only kept here, and each number's events find it by phone-number id.
+    let graph = state.upstream.dialect() == Dialect::Graph;
+    let public_url = state.config.public_url.clone();
+    if public_url.is_none() && !graph {
         return Err(rejected(
             501,
             1000,
@@ -136,8 +301,8 @@ pub(super) async fn register(
              for a single channel configure --legacy-webhook-url and --webhook-secret instead"
                 .to_owned(),
         ));
-    };
-    let key = api_key(upstream_headers)?.to_owned();
+    }
+    let key = api_key(context, upstream_headers)?.to_owned();
     let stored = state
         .store
         .load(APPLICATION_SETTINGS, &key)
@@ -149,6 +314,9 @@ pub(super) async fn register(
     let channel = configure_channel(&state.relay, &key, legacy_url, headers, relayed)
         .await
         .map_err(ProxyError::Storage)?;
+    let Some(public_url) = public_url.filter(|_| !graph) else {
+        return Ok(());
+    };
 
     let registration = json!({
         "url": format!("{public_url}/cloud-webhooks/{}", channel.name),

@@ -172,6 +172,35 @@ impl Relay {
             Some(given) if same_secret(given, found.secret.as_bytes()) => {}
             _ => return Err(Refused::BadSecret),
         }
+        self.store(channel, &found, raw).await
+    }
+
+    /// Stores a post whose sender was already proven (a Meta app's signed webhook) for
+    /// `channel`, in the next group commit; returns once that has committed.
+    pub async fn ingest_signed(&self, channel: &str, raw: Bytes) -> Result<(), Refused> {
+        let Some(found) = self.channel(channel).await.map_err(Refused::Storage)? else {
+            return Err(Refused::UnknownChannel);
+        };
+        self.store(channel, &found, raw).await
+    }
+
+    /// Keeps a post (or part of one) that no channel can take as a dead letter, with the
+    /// reason, for the operator.
+    pub async fn keep_undeliverable(
+        &self,
+        channel: &str,
+        raw: String,
+        reason: String,
+    ) -> Result<(), DbError> {
+        let post = Inbound::Unreadable {
+            channel: channel.to_owned(),
+            raw,
+            reason,
+        };
+        self.commits.store(post).await.map(|_| ())
+    }
+
+    async fn store(&self, channel: &str, found: &Channel, raw: Bytes) -> Result<(), Refused> {
         let text = String::from_utf8_lossy(&raw).into_owned();
         let options = WebhookOptions {
             sent: found.sent_status,

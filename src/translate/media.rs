@@ -173,6 +173,9 @@ fn check_media_url(url: &str) -> Result<(), TranslateError> {
 /// What step one of a download (`GET /{id}`) tells us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudMediaInfo {
+    /// The media url as Cloud gave it (checked: http(s), no dot segments or control
+    /// characters).
+    pub url: String,
     /// Path and query of the media url, byte for byte: the query is a signed secret.
     pub path_and_query: String,
     pub mime_type: String,
@@ -202,6 +205,7 @@ pub fn cloud_media_info(body: &Value) -> Result<CloudMediaInfo, TranslateError> 
         _ => None,
     };
     Ok(CloudMediaInfo {
+        url: url.to_owned(),
         path_and_query,
         mime_type,
         file_size,

@@ -120,6 +120,7 @@ pub fn onprem_to_cloud_request(
         | Route::Login
         | Route::Logout
         | Route::InboundWebhook { .. }
+        | Route::WebhookVerification
         | Route::WebhookConfig
         | Route::AdminStats
         | Route::AdminDead

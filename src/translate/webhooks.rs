@@ -57,6 +57,84 @@ impl WebhookOptions {
     }
 }
 
+/// Who one change of a Meta app's webhook is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Recipient {
+    /// A number: `value.metadata.phone_number_id`.
+    PhoneNumber(String),
+    /// No number named (template status, account updates): the business account, the entry's
+    /// `id`.
+    Business(String),
+    /// Neither: nothing says whom the change is for.
+    Unknown,
+}
+
+/// A Meta app posts one webhook URL for all its numbers. Splits such a post into one Cloud
+/// envelope per recipient, each with that recipient's changes in their order (entries kept
+/// apart, with their `id`), in the order recipients first appear. A body that is not a Cloud
+/// envelope comes back whole, for [`Recipient::Unknown`].
+pub fn split_by_recipient(body: &Value) -> Vec<(Recipient, Value)> {
+    let Some(entries) = body.get("entry").and_then(Value::as_array) else {
+        return vec![(Recipient::Unknown, body.clone())];
+    };
+    // Per recipient: (index of the source entry, the entry as kept).
+    let mut groups: Vec<(Recipient, Vec<(usize, Map<String, Value>)>)> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let id = entry.get("id").and_then(Value::as_str);
+        let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
+            continue;
+        };
+        for change in changes {
+            let recipient = match change
+                .pointer("/value/metadata/phone_number_id")
+                .and_then(Value::as_str)
+            {
+                Some(number) => Recipient::PhoneNumber(number.to_owned()),
+                None => id.map_or(Recipient::Unknown, |id| Recipient::Business(id.to_owned())),
+            };
+            let position = match groups.iter().position(|(r, _)| *r == recipient) {
+                Some(position) => position,
+                None => {
+                    groups.push((recipient, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            let kept = &mut groups[position].1;
+            match kept.last_mut() {
+                // Changes of one entry stay in one entry.
+                Some((from, entry)) if *from == index => {
+                    if let Some(Value::Array(changes)) = entry.get_mut("changes") {
+                        changes.push(change.clone());
+                    }
+                }
+                _ => {
+                    let mut copy = Map::new();
+                    if let Some(id) = entry.get("id") {
+                        copy.insert("id".into(), id.clone());
+                    }
+                    copy.insert("changes".into(), Value::Array(vec![change.clone()]));
+                    kept.push((index, copy));
+                }
+            }
+        }
+    }
+    if groups.is_empty() {
+        return vec![(Recipient::Unknown, body.clone())];
+    }
+    groups
+        .into_iter()
+        .map(|(recipient, entries)| {
+            let mut envelope = Map::new();
+            if let Some(object) = body.get("object") {
+                envelope.insert("object".into(), object.clone());
+            }
+            let entries = entries.into_iter().map(|(_, e)| Value::Object(e)).collect();
+            envelope.insert("entry".into(), Value::Array(entries));
+            (recipient, Value::Object(envelope))
+        })
+        .collect()
+}
+
 /// One On-Premise webhook body and how to deliver it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnPremWebhook {
@@ -262,6 +340,42 @@ fn dedupe_key(body: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_app_post_splits_by_phone_number_in_order() {
+        let change = |number: &str, id: &str| {
+            json!({"field": "messages", "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "1", "phone_number_id": number},
+                "statuses": [{"id": id, "status": "sent", "recipient_id": "49"}]}})
+        };
+        let body = json!({"object": "whatsapp_business_account", "entry": [
+            {"id": "W1", "changes": [change("111", "a"), change("222", "b"), change("111", "c")]},
+            {"id": "W1", "changes": [change("111", "d"),
+                {"field": "message_template_status_update", "value": {"event": "APPROVED"}}]}
+        ]});
+        let split = split_by_recipient(&body);
+        let recipients: Vec<&Recipient> = split.iter().map(|(r, _)| r).collect();
+        assert_eq!(
+            recipients,
+            [
+                &Recipient::PhoneNumber("111".into()),
+                &Recipient::PhoneNumber("222".into()),
+                &Recipient::Business("W1".into())
+            ]
+        );
+        let ids = |v: &Value| -> Vec<String> {
+            v["entry"].as_array().unwrap().iter()
+                .flat_map(|e| e["changes"].as_array().unwrap().iter())
+                .filter_map(|c| c.pointer("/value/statuses/0/id").and_then(Value::as_str))
+                .map(str::to_owned).collect()
+        };
+        assert_eq!(ids(&split[0].1), ["a", "c", "d"]);
+        // Two source entries stay two entries, each with its id.
+        assert_eq!(split[0].1["entry"].as_array().unwrap().len(), 2);
+        assert_eq!(split[0].1["object"], "whatsapp_business_account");
+        assert_eq!(ids(&split[1].1), ["b"]);
+        assert_eq!(split_by_recipient(&json!({"x": 1}))[0].0, Recipient::Unknown);
+    }
 
     fn envelope(value: Value) -> Value {
         json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]})

@@ -1,6 +1,7 @@
 //! The Cloud API (or the BSP serving it): requests carry the client's key, so they go only to
 //! paths under the configured root, and redirects are followed only to the same origin.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,11 +11,24 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::{
-    checked_status, client_error, decode_body, unreadable, CloudAnswer, Lane, Pool, Upstream,
+    graph, checked_status, client_error, decode_body, unreadable, CloudAnswer, Lane, Pool, Upstream,
     UpstreamCall, MAX_REDIRECTS,
 };
-use crate::body::{full, ProxyBody};
+use crate::body::{empty, full, ProxyBody};
+use crate::config::Dialect;
 use crate::error::{ProxyError, Unreadable};
+use crate::translate::errors::OnPremError;
+use crate::translate::media::CloudMediaInfo;
+
+/// A Graph call made for no account: the caller was not identified (answered like On-Premise
+/// answered a missing token).
+fn no_account() -> ProxyError {
+    ProxyError::Rejected(OnPremError::new(
+        401,
+        1005,
+        "no account in --accounts matches this request's API key or login",
+    ))
+}
 
 impl Upstream {
     /// Sends one request and reads the whole (decoded) answer, all within the deadline.
@@ -27,15 +41,14 @@ impl Upstream {
         headers: &HeaderMap,
         body: Option<Bytes>,
     ) -> Result<CloudAnswer, ProxyError> {
+        let (path, headers) = self.addressed(call, &method, path_and_query, headers)?;
         if let Some(dry_run) = &self.dry_run {
             let answer = dry_run.answer(&method, path_and_query, body.as_deref());
             call.answered(answer.status);
             return Ok(answer);
         }
-        let uri = self
-            .root
-            .join(path_and_query)
-            .map_err(ProxyError::Internal)?;
+        let headers = headers.as_ref();
+        let uri = self.root.join(&path).map_err(ProxyError::Internal)?;
         match tokio::time::timeout(self.timeout, self.follow(call, method, uri, headers, body))
             .await
         {
@@ -127,16 +140,98 @@ impl Upstream {
         if self.dry_run.is_some() {
             return Err(ProxyError::NotInDryRun("a media transfer"));
         }
-        let uri = self
-            .root
-            .join(path_and_query)
-            .map_err(ProxyError::Internal)?;
+        let (path, headers) = self.addressed(call, &method, path_and_query, &headers)?;
+        let uri = self.root.join(&path).map_err(ProxyError::Internal)?;
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(h) = request.headers_mut() {
-            *h = headers;
+            *h = headers.into_owned();
             h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
+        let response = self
+            .pool(call.lane)
+            .request(request)
+            .await
+            .map_err(client_error)?;
+        call.answered(checked_status(response.status())?);
+        Ok(response)
+    }
+
+    /// The dialect spoken upstream.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Where a waba-v2-shaped call goes, with which headers: unchanged for waba-v2 (the
+    /// client's key is in `headers`); for Graph, the account's path and its token.
+    fn addressed<'a>(
+        &self,
+        call: &UpstreamCall,
+        method: &Method,
+        path_and_query: &'a str,
+        headers: &'a HeaderMap,
+    ) -> Result<(Cow<'a, str>, Cow<'a, HeaderMap>), ProxyError> {
+        if self.dialect == Dialect::WabaV2 {
+            return Ok((Cow::Borrowed(path_and_query), Cow::Borrowed(headers)));
+        }
+        let account = call.account().ok_or_else(no_account)?;
+        let target = graph::target(account, method, path_and_query).map_err(|e| {
+            let (status, code) = match e {
+                graph::Unmapped::InvalidId(_) => (404, 1006),
+                _ => (501, 1000),
+            };
+            ProxyError::Rejected(OnPremError::new(status, code, e.to_string()))
+        })?;
+        let mut headers = headers.clone();
+        let authorization = account
+            .authorization(target.scheme.as_str())
+            .ok_or_else(no_account)?;
+        headers.insert(header::AUTHORIZATION, authorization);
+        Ok((Cow::Owned(target.path_and_query), Cow::Owned(headers)))
+    }
+
+    /// Step two of a media download: the bytes behind the url Cloud gave for the media id.
+    /// waba-v2 serves them under its own root (re-rooted: path and query byte for byte, the
+    /// query is a signed secret). Graph gives a url on Meta's CDN, fetched with the account's
+    /// token, so only from a host in `--token-hosts`.
+    pub async fn open_media(
+        &self,
+        call: &UpstreamCall,
+        info: &CloudMediaInfo,
+        headers: HeaderMap,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        if self.dialect == Dialect::WabaV2 {
+            return self
+                .open(call, Method::GET, &info.path_and_query, headers, empty())
+                .await;
+        }
+        if self.dry_run.is_some() {
+            return Err(ProxyError::NotInDryRun("a media transfer"));
+        }
+        let account = call.account().ok_or_else(no_account)?;
+        let uri: Uri = info
+            .url
+            .parse()
+            .map_err(|_| unreadable(Unreadable::Redirect("the media url is not a URL")))?;
+        // https only, except beside an http root (a local test double).
+        let scheme_ok = uri.scheme() == Some(&http::uri::Scheme::HTTPS)
+            || (uri.scheme() == Some(&http::uri::Scheme::HTTP)
+                && self.root.scheme == http::uri::Scheme::HTTP);
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        if !scheme_ok || !self.token_hosts.contains(&host) {
+            return Err(unreadable(Unreadable::Redirect(
+                "the media url points to a host outside --token-hosts",
+            )));
+        }
+        let mut request = Request::builder().method(Method::GET).uri(uri);
+        if let Some(h) = request.headers_mut() {
+            *h = headers;
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            if let Some(authorization) = account.authorization("Bearer") {
+                h.insert(header::AUTHORIZATION, authorization);
+            }
+        }
+        let request = request.body(empty()).map_err(ProxyError::Internal)?;
         let response = self
             .pool(call.lane)
             .request(request)

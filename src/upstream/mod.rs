@@ -10,12 +10,15 @@
 
 mod cloud;
 mod dry_run;
+pub mod graph;
 mod outbound;
 
 pub use dry_run::{DryRun, DryRunReport};
 
+use crate::accounts::Account;
 use crate::link_guard::{GuardedResolver, LinkPolicy};
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +31,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::ProxyBody;
-use crate::config::{Config, UpstreamRoot};
+use crate::config::{Config, Dialect, UpstreamRoot};
 use crate::error::{ProxyError, Unreadable};
 
 /// HTTP statuses are 100 to 599 (RFC 9110, 15); hyper parses up to 999. Anything outside is
@@ -75,6 +78,8 @@ pub struct Lane(pub usize);
 pub struct UpstreamCall {
     lane: Lane,
     status: std::sync::atomic::AtomicU16,
+    /// Graph dialect: the account the client was identified as (its token goes along).
+    account: std::sync::OnceLock<Arc<Account>>,
 }
 
 impl UpstreamCall {
@@ -82,7 +87,18 @@ impl UpstreamCall {
         UpstreamCall {
             lane,
             status: std::sync::atomic::AtomicU16::new(0),
+            account: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Graph dialect: the request acts for `account` (set once, when it is authenticated).
+    pub fn act_for(&self, account: Arc<Account>) {
+        let _ = self.account.set(account);
+    }
+
+    /// The account the request acts for, in the Graph dialect.
+    pub fn account(&self) -> Option<&Arc<Account>> {
+        self.account.get()
     }
 
     fn answered(&self, status: StatusCode) {
@@ -107,6 +123,9 @@ pub struct Upstream {
     /// are synthesized and what the proxy saw is reported.
     dry_run: Option<DryRun>,
     root: UpstreamRoot,
+    dialect: Dialect,
+    /// Graph dialect: the hosts an access token may go to (the root's host is one).
+    token_hosts: Vec<String>,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -153,6 +172,8 @@ impl Upstream {
             link_policy: config.link_fetch_block,
             dry_run: config.dry_run.then(DryRun::default),
             root: config.upstream.clone(),
+            dialect: config.dialect,
+            token_hosts: config.token_hosts.clone(),
             timeout: config.upstream_timeout,
             max_body_bytes: config.max_upstream_body_bytes,
         }
