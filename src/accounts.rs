@@ -73,6 +73,22 @@ impl Account {
         self.verify_token.as_deref()
     }
 
+    /// An account whose ids are placeholders (`{phone-number-id}`...): for showing where a
+    /// call would go (`translate --upstream-dialect graph`), never for sending.
+    pub fn placeholder(graph_version: &str) -> Account {
+        Account {
+            name: "placeholder".to_owned(),
+            phone_number_id: "{phone-number-id}".to_owned(),
+            waba_id: Some("{waba-id}".to_owned()),
+            graph_version: graph_version.to_owned(),
+            app_id: Some("{app-id}".to_owned()),
+            access_token: String::new(),
+            app_secret: None,
+            verify_token: None,
+            owner: String::new(),
+        }
+    }
+
     /// The key this account's documents and webhook channel are filed under.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -188,13 +204,17 @@ impl Accounts {
             }
             for key in &api_keys {
                 if key.is_empty() || accounts.by_key.insert(key_hash(key), index).is_some() {
-                    return Err((label, "an api_keys entry is empty or in two accounts".into()));
+                    return Err((
+                        label,
+                        "an api_keys entry is empty or in two accounts".into(),
+                    ));
                 }
             }
             for (name, user) in &users {
-                let known = accounts
-                    .users
-                    .insert(name.clone(), (user.password_sha256.trim().to_owned(), index));
+                let known = accounts.users.insert(
+                    name.clone(),
+                    (user.password_sha256.trim().to_owned(), index),
+                );
                 if known.is_some() {
                     return Err((label, format!("user {name} appears in two accounts")));
                 }
@@ -265,8 +285,7 @@ fn account(entry: Entry, env: &impl Fn(&str) -> Option<String>) -> Result<Accoun
     .ok_or("one of access_token, access_token_env or access_token_file is required")?;
     // It travels as a header value: anything a header cannot hold is refused here, not on
     // the first request.
-    if access_token.is_empty()
-        || HeaderValue::from_str(&format!("Bearer {access_token}")).is_err()
+    if access_token.is_empty() || HeaderValue::from_str(&format!("Bearer {access_token}")).is_err()
     {
         return Err("the access token is empty or not a valid header value".into());
     }
@@ -359,7 +378,10 @@ mod tests {
         .unwrap();
         assert_eq!(accounts.by_api_key("K1").unwrap().phone_number_id, "111");
         assert_eq!(accounts.by_user("admin").unwrap().owner(), "graph:111");
-        assert_eq!(accounts.by_phone_number_id("111").unwrap().graph_version, "v23.0");
+        assert_eq!(
+            accounts.by_phone_number_id("111").unwrap().graph_version,
+            "v23.0"
+        );
         assert!(accounts.by_api_key("K2").is_none());
         assert_eq!(accounts.password_sha256("admin"), Some("ab"));
     }
@@ -376,7 +398,10 @@ mod tests {
         let account = accounts.by_phone_number_id("111").unwrap();
         assert_eq!(account.access_token(), "EAAGsecret");
         let shown = format!("{account:?} {accounts:?}");
-        assert!(!shown.contains("EAAGsecret") && !shown.contains("APPSECRET"), "{shown}");
+        assert!(
+            !shown.contains("EAAGsecret") && !shown.contains("APPSECRET"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub struct TranslateArgs {
     /// The `meta.version` written into locally answered bodies.
     #[arg(long, env = "WABA_PROXY_ONPREM_VERSION", default_value = DEFAULT_ONPREM_VERSION)]
     pub onprem_version: String,
+    /// Show the path in this dialect (`graph`: with placeholder ids).
+    #[arg(long, value_enum, default_value = "waba-v2")]
+    pub upstream_dialect: Dialect,
+    /// The Graph version shown with `--upstream-dialect graph`.
+    #[arg(long, default_value = crate::accounts::DEFAULT_GRAPH_VERSION)]
+    pub graph_version: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use waba_onprem_proxy::accounts::Account;
 use waba_onprem_proxy::app::AppState;
-use waba_onprem_proxy::config::{Cli, Command, LogFormat, ServeArgs, TranslateArgs};
+use waba_onprem_proxy::config::{Cli, Command, Dialect, LogFormat, ServeArgs, TranslateArgs};
 use waba_onprem_proxy::translate::Meta;
 use waba_onprem_proxy::{cli, server};
 
@@ -126,11 +127,14 @@ fn translate(args: &TranslateArgs) -> ExitCode {
         eprintln!("waba-onprem-proxy: cannot read stdin: {error}");
         return ExitCode::FAILURE;
     }
+    let graph = (args.upstream_dialect == Dialect::Graph)
+        .then(|| Account::placeholder(&args.graph_version));
     let (output, code) = cli::translate(
         &args.method,
         &args.path,
         &body,
         &Meta::new(args.onprem_version.clone()),
+        graph.as_ref(),
     );
     let mut stdout = std::io::stdout().lock();
     if writeln!(stdout, "{output}").is_err() {

@@ -60,11 +60,23 @@ mod tests {
         let body = b"The quick brown fox jumps over the lazy dog";
         let good = "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
         assert!(signed_with(b"key", body, good));
-        assert!(signed_with(b"key", body, &good.to_ascii_uppercase().replace("SHA256", "sha256")));
+        assert!(signed_with(
+            b"key",
+            body,
+            &good.to_ascii_uppercase().replace("SHA256", "sha256")
+        ));
         assert!(!signed_with(b"other", body, good));
-        assert!(!signed_with(b"key", b"The quick brown fox jumps over the lazy cog", good));
+        assert!(!signed_with(
+            b"key",
+            b"The quick brown fox jumps over the lazy cog",
+            good
+        ));
         assert!(!signed_with(b"key", body, &good[..good.len() - 2]));
-        assert!(!signed_with(b"key", body, good.trim_start_matches("sha256=")));
+        assert!(!signed_with(
+            b"key",
+            body,
+            good.trim_start_matches("sha256=")
+        ));
         assert!(!signed_with(b"key", body, ""));
     }
 

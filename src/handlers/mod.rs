@@ -429,7 +429,21 @@ async fn translate_and_forward(
         .metrics
         .upstream_seconds
         .observe(upstream_started.elapsed().as_secs_f64());
-    let answer = answer?;
+    let mut answer = answer?;
+    if matches!(route, Route::PassThrough)
+        && state.upstream.dialect() == crate::config::Dialect::Graph
+        && answer.status.is_success()
+    {
+        // Graph's template management answers in its own shape; clients read 360dialog's.
+        if let Ok(parsed) = serde_json::from_slice::<Value>(&answer.body) {
+            let reshaped = crate::translate::templates::graph_to_360_templates(
+                cloud.method,
+                cloud.body.as_ref(),
+                parsed,
+            );
+            answer.body = Bytes::from(serde_json::to_vec(&reshaped).unwrap_or_default());
+        }
+    }
     translate_answer(route, &answer, state)
 }
 

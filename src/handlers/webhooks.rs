@@ -19,9 +19,9 @@ use crate::relay::{
 };
 use crate::routes::Route;
 use crate::secret::{same_secret, signed_with};
-use crate::translate::webhooks::{split_by_recipient, Recipient};
 use crate::translate::errors::{cloud_to_onprem_error, onprem_error_for, OnPremError};
 use crate::translate::webhooks::WebhookOptions;
+use crate::translate::webhooks::{split_by_recipient, Recipient};
 use crate::translate::{as_object, parse_body, TranslateError};
 
 /// `POST /cloud-webhooks/{channel}`: 200 only once the event is committed to disk.
@@ -130,15 +130,17 @@ async fn inbound_from_app(
             .app_secret()
             .is_some_and(|own| same_secret(own.as_bytes(), app_secret.as_bytes()))
         {
-            keep(
-                format!("not signed by the app of {}", account.name),
-                text,
-            )
-            .await?;
+            keep(format!("not signed by the app of {}", account.name), text).await?;
             continue;
         }
         let (own, _) = channel_for_key(account.owner());
-        let target = if state.relay.channel(&own).await.map_err(storage_refused)?.is_some() {
+        let target = if state
+            .relay
+            .channel(&own)
+            .await
+            .map_err(storage_refused)?
+            .is_some()
+        {
             own
         } else if state.config.legacy_webhook_url.is_some() {
             crate::relay::DEFAULT_CHANNEL.to_owned()
@@ -203,7 +205,10 @@ pub(super) fn verification(state: &AppState, query: Option<&str>) -> Result<Repl
     });
     // The challenge is echoed as plain text: only what Meta sends (a short token) is.
     let challenge = challenge.filter(|c| {
-        !c.is_empty() && c.len() <= 256 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        !c.is_empty()
+            && c.len() <= 256
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     });
     match (mode.as_deref(), matches, challenge) {
         (Some("subscribe"), true, Some(challenge)) => {

@@ -359,9 +359,64 @@ fn render_epoch(timestamp: i64, path: &str) -> Result<String, TranslateError> {
     ))
 }
 
+/// A Graph template-management answer in the shape 360dialog's `/v1/configs/templates` gave
+/// (which On-Premise clients of 360dialog read): a listing's `data` becomes `waba_templates`
+/// with its counts; a created template is described by what was asked plus Graph's `id`,
+/// `status` and `category`; anything else (a deletion's `{"success": true}`) stays as it is.
+pub fn graph_to_360_templates(method: &str, request: Option<&Value>, answer: Value) -> Value {
+    match (method, answer) {
+        ("GET", Value::Object(mut answer)) if answer.get("data").is_some_and(Value::is_array) => {
+            let templates = answer.remove("data").unwrap_or(Value::Array(Vec::new()));
+            let count = templates.as_array().map_or(0, Vec::len);
+            json!({
+                "count": count, "filters": {}, "limit": count, "offset": 0,
+                "sort": ["id"], "total": count, "waba_templates": templates,
+            })
+        }
+        ("POST", Value::Object(answer)) => {
+            let mut created = Map::new();
+            if let Some(Value::Object(asked)) = request {
+                for key in ["name", "language", "category", "components"] {
+                    if let Some(value) = asked.get(key) {
+                        created.insert(key.to_owned(), value.clone());
+                    }
+                }
+            }
+            created.extend(answer);
+            Value::Object(created)
+        }
+        (_, answer) => answer,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graph_template_answers_take_360dialogs_shape() {
+        let listed = graph_to_360_templates(
+            "GET",
+            None,
+            json!({"data": [{"name": "a"}, {"name": "b"}], "paging": {"cursors": {}}}),
+        );
+        assert_eq!(listed["count"], 2);
+        assert_eq!(listed["total"], 2);
+        assert_eq!(listed["waba_templates"][1]["name"], "b");
+        assert!(listed.get("data").is_none() && listed.get("paging").is_none());
+        let asked = json!({"name": "n", "language": "en", "category": "UTILITY", "components": []});
+        let created = graph_to_360_templates(
+            "POST",
+            Some(&asked),
+            json!({"id": "77", "status": "PENDING", "category": "MARKETING"}),
+        );
+        assert_eq!(created["name"], "n");
+        assert_eq!(created["id"], "77");
+        // Graph's word on the category wins (it may re-categorize).
+        assert_eq!(created["category"], "MARKETING");
+        let deleted = graph_to_360_templates("DELETE", None, json!({"success": true}));
+        assert_eq!(deleted, json!({"success": true}));
+    }
 
     #[test]
     fn currency_renders_two_decimals_rounding_half_away_from_zero() {

@@ -77,8 +77,9 @@ pub fn split_by_recipient(body: &Value) -> Vec<(Recipient, Value)> {
     let Some(entries) = body.get("entry").and_then(Value::as_array) else {
         return vec![(Recipient::Unknown, body.clone())];
     };
-    // Per recipient: (index of the source entry, the entry as kept).
-    let mut groups: Vec<(Recipient, Vec<(usize, Map<String, Value>)>)> = Vec::new();
+    // Per recipient: each kept entry with the index of the entry it came from.
+    type Kept = Vec<(usize, Map<String, Value>)>;
+    let mut groups: Vec<(Recipient, Kept)> = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let id = entry.get("id").and_then(Value::as_str);
         let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
@@ -364,17 +365,24 @@ mod tests {
             ]
         );
         let ids = |v: &Value| -> Vec<String> {
-            v["entry"].as_array().unwrap().iter()
+            v["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
                 .flat_map(|e| e["changes"].as_array().unwrap().iter())
                 .filter_map(|c| c.pointer("/value/statuses/0/id").and_then(Value::as_str))
-                .map(str::to_owned).collect()
+                .map(str::to_owned)
+                .collect()
         };
         assert_eq!(ids(&split[0].1), ["a", "c", "d"]);
         // Two source entries stay two entries, each with its id.
         assert_eq!(split[0].1["entry"].as_array().unwrap().len(), 2);
         assert_eq!(split[0].1["object"], "whatsapp_business_account");
         assert_eq!(ids(&split[1].1), ["b"]);
-        assert_eq!(split_by_recipient(&json!({"x": 1}))[0].0, Recipient::Unknown);
+        assert_eq!(
+            split_by_recipient(&json!({"x": 1}))[0].0,
+            Recipient::Unknown
+        );
     }
 
     fn envelope(value: Value) -> Value {

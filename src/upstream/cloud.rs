@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::{
-    graph, checked_status, client_error, decode_body, unreadable, CloudAnswer, Lane, Pool, Upstream,
-    UpstreamCall, MAX_REDIRECTS,
+    checked_status, client_error, decode_body, graph, unreadable, CloudAnswer, Lane, Pool,
+    Upstream, UpstreamCall, MAX_REDIRECTS,
 };
 use crate::body::{empty, full, ProxyBody};
 use crate::config::Dialect;

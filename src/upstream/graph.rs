@@ -110,7 +110,14 @@ pub fn target(account: &Account, method: &Method, relative: &str) -> Result<Targ
                 ));
             }
             if let Some(session) = path.strip_prefix("/upload:") {
-                // Graph's own session id from step one of the upload, sent back as it came.
+                // Graph's own session id from step one of the upload, sent back as it came,
+                // if it is one (base64 and separators; never a path of its own).
+                let plain = session
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_=:.%".contains(&b));
+                if session.is_empty() || !plain || session.contains("..") {
+                    return Err(Unmapped::InvalidId(format!("upload:{session}")));
+                }
                 return Ok(Target {
                     path_and_query: with_query(format!("/{v}/upload:{session}")),
                     scheme: Scheme::OAuth,
@@ -171,8 +178,18 @@ mod tests {
         let cases = [
             ("POST", "/messages", "/v21.0/1065/messages", Scheme::Bearer),
             ("POST", "/media", "/v21.0/1065/media", Scheme::Bearer),
-            ("GET", "/4711", "/v21.0/4711?phone_number_id=1065", Scheme::Bearer),
-            ("DELETE", "/4711", "/v21.0/4711?phone_number_id=1065", Scheme::Bearer),
+            (
+                "GET",
+                "/4711",
+                "/v21.0/4711?phone_number_id=1065",
+                Scheme::Bearer,
+            ),
+            (
+                "DELETE",
+                "/4711",
+                "/v21.0/4711?phone_number_id=1065",
+                Scheme::Bearer,
+            ),
             (
                 "GET",
                 "/whatsapp_business_profile?fields=about",
@@ -185,14 +202,24 @@ mod tests {
                 "/v21.0/3030/uploads?file_length=3&file_type=image/jpeg",
                 Scheme::Bearer,
             ),
-            ("POST", "/upload:MTph?sig=x", "/v21.0/upload:MTph?sig=x", Scheme::OAuth),
+            (
+                "POST",
+                "/upload:MTph?sig=x",
+                "/v21.0/upload:MTph?sig=x",
+                Scheme::OAuth,
+            ),
             (
                 "GET",
                 "/v1/configs/templates?limit=5&offset=10",
                 "/v21.0/2020/message_templates?limit=5",
                 Scheme::Bearer,
             ),
-            ("POST", "/v1/configs/templates", "/v21.0/2020/message_templates", Scheme::Bearer),
+            (
+                "POST",
+                "/v1/configs/templates",
+                "/v21.0/2020/message_templates",
+                Scheme::Bearer,
+            ),
             (
                 "DELETE",
                 "/v1/configs/templates/order_update",
@@ -218,10 +245,15 @@ mod tests {
             ("POST", "/4711"),
             ("GET", "/me"),
             ("GET", "/1065%2Fmessages"),
+            ("POST", "/upload:a/../../1065/messages"),
+            ("POST", "/upload:"),
         ];
         for (method, relative) in refused {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
-            assert!(target(&a, &method, relative).is_err(), "{method} {relative}");
+            assert!(
+                target(&a, &method, relative).is_err(),
+                "{method} {relative}"
+            );
         }
         // An account without the ids a call needs says which one is missing.
         let err = target(&a, &Method::POST, "/uploads?file_length=1").unwrap_err();
