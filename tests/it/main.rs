@@ -13,6 +13,7 @@ mod deploy;
 mod fixtures;
 mod legacy_client;
 mod media;
+mod mock_graph_selftest;
 mod mock_upstream_selftest;
 mod postgres_support;
 mod properties;

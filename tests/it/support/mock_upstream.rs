@@ -939,7 +939,10 @@ fn gzip(bytes: &[u8]) -> Bytes {
 
 /// `Some` for a `multipart/form-data` request: its parts, or why they could
 /// not be parsed.
-async fn parse_multipart(headers: &HeaderMap, body: &Bytes) -> Option<Result<Vec<Part>, String>> {
+pub async fn parse_multipart(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Result<Vec<Part>, String>> {
     let content_type = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("multipart/form-data") {
@@ -1178,7 +1181,7 @@ fn stored_media(shared: &Shared, id: &str) -> Option<(String, Bytes)> {
         .map(|m| (m.mime.clone(), m.bytes.clone()))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)
         .iter()
@@ -1243,7 +1246,7 @@ fn upload_media(shared: &Shared, req: &Recorded) -> Response<MockBody> {
 }
 
 /// `type/subtype`, optionally with parameters, usable as a header value.
-fn is_mime(s: &str) -> bool {
+pub fn is_mime(s: &str) -> bool {
     let token = |t: &str| {
         !t.is_empty()
             && t.bytes()
