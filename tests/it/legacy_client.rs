@@ -567,3 +567,147 @@ async fn an_unusable_upstream_answer_is_logged_with_the_status_upstream_gave() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The Graph dialect through the binary, configured only by variables, at trace level: sends,
+/// a media round trip, a login, Meta's verification and a signed webhook, then a SIGHUP that
+/// brings a new access token. No token, app secret, verify token, API key or password is
+/// ever written to the log.
+#[tokio::test]
+async fn graph_session_through_the_binary_logs_no_secret_and_takes_new_tokens_on_sighup() {
+    use crate::support::mock_graph::{GraphAccount, MockGraph};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    const PHONE: &str = "106540352242922";
+    const TOKEN: &str = "EAAGraphTokenForTheLogScan0001";
+    const NEW_TOKEN: &str = "EAAGraphRotatedTokenForTheLogScan2";
+    const APP_SECRET: &str = "app-secret-for-the-log-scan";
+    const VERIFY_TOKEN: &str = "verify-token-for-the-log-scan";
+    let account = |token: &str| GraphAccount {
+        phone_number_id: PHONE.into(),
+        waba_id: "102290129340398".into(),
+        access_token: token.into(),
+        graph_version: "v23.0".into(),
+        app_id: "1234567890".into(),
+    };
+    let graph = MockGraph::start(vec![account(TOKEN)]).await;
+    let accounts = |token: &str| {
+        json!({"accounts": [{"api_keys": [KEY], "phone_number_id": PHONE,
+            "users": {"admin": {"password_sha256": crate::support::proxy::password_sha256("admin-password-9")}},
+            "waba_id": "102290129340398", "app_id": "1234567890", "access_token": token,
+            "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN}]})
+        .to_string()
+    };
+    let file = std::env::temp_dir().join(format!("accounts-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, accounts(TOKEN)).unwrap();
+    let mut proxy = start_binary_with(
+        &graph.url(),
+        &[
+            ("WABA_PROXY_UPSTREAM_DIALECT", "graph"),
+            ("WABA_PROXY_ACCOUNTS", file.to_str().unwrap()),
+            ("WABA_PROXY_TOKEN_HOSTS", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let base = proxy.base.clone();
+    let text = json!({"to": "15551234567", "type": "text", "text": {"body": "hi"}});
+    assert_eq!(
+        call(&base, "POST", "/v1/messages", text.clone()).await.0,
+        201
+    );
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let upload = http::Request::post(format!("{base}/v1/media"))
+        .header("D360-API-KEY", KEY)
+        .header("content-type", "image/png")
+        .body(Full::new(bytes::Bytes::from_static(b"\x89PNG-bytes")))
+        .unwrap();
+    let answer = client.request(upload).await.unwrap();
+    assert_eq!(answer.status(), 201);
+    let body: Value =
+        serde_json::from_slice(&answer.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let id = body["media"][0]["id"].as_str().unwrap().to_owned();
+    let (status, bytes) = raw_call(&base, "GET", &format!("/v1/media/{id}")).await;
+    assert_eq!((status, &bytes[..]), (200, &b"\x89PNG-bytes"[..]));
+
+    let login_token = login_and_send(&base).await;
+
+    let verify = http::Request::get(format!(
+        "{base}/cloud-webhooks/meta?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=42"
+    ))
+    .body(Full::new(bytes::Bytes::new()))
+    .unwrap();
+    assert_eq!(client.request(verify).await.unwrap().status(), 200);
+    let event = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "1", "phone_number_id": PHONE},
+        "statuses": [{"id": "wamid.X", "status": "sent", "timestamp": "1", "recipient_id": "4915"}]}}]}]})
+    .to_string();
+    let signature = {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+        mac.update(event.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256={hex}")
+    };
+    let signed = http::Request::post(format!("{base}/cloud-webhooks/meta"))
+        .header("x-hub-signature-256", signature)
+        .body(Full::new(bytes::Bytes::from(event)))
+        .unwrap();
+    assert_eq!(client.request(signed).await.unwrap().status(), 200);
+
+    // A rotated token takes effect on SIGHUP.
+    std::fs::write(&file, accounts(NEW_TOKEN)).unwrap();
+    let pid = proxy.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !proxy.stderr.lock().unwrap().contains("key map reloaded") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("reload logged");
+    // The mock knows only the old token: the proxy now sends the new one, which it refuses.
+    let (status, body) = call(&base, "POST", "/v1/messages", text).await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_i64()),
+        (401, Some(1005))
+    );
+    let last = graph.requests().last().cloned().unwrap();
+    assert_eq!(
+        last.header("authorization"),
+        Some(format!("Bearer {NEW_TOKEN}").as_str())
+    );
+
+    proxy.child.kill().await.unwrap();
+    let _ = proxy.drain.await;
+    let logs = proxy.stderr.lock().unwrap().clone();
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "not at trace level:\n{logs}"
+    );
+    for secret in [
+        TOKEN,
+        NEW_TOKEN,
+        APP_SECRET,
+        VERIFY_TOKEN,
+        KEY,
+        &login_token,
+        "admin-password-9",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a secret leaked into the logs: {secret}\n{logs}"
+        );
+    }
+}

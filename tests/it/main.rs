@@ -11,6 +11,7 @@ mod crash;
 mod database;
 mod deploy;
 mod fixtures;
+mod graph;
 mod legacy_client;
 mod media;
 mod mock_graph_selftest;
