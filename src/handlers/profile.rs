@@ -69,12 +69,11 @@ pub(super) async fn stream_photo(
             "is not a URL",
         ))
     })?;
-    // Meta's picture CDN needs no credentials: the API key stays with the upstream.
     let deadline = Instant::now() + state.config.media_timeout;
     let idle = state.config.media_idle_timeout;
     let response = timeout_at(
         deadline.min(Instant::now() + idle),
-        state.upstream.fetch(uri, HeaderMap::new()),
+        state.upstream.fetch_picture(&context.upstream, uri),
     )
     .await
     .map_err(|_| ProxyError::UpstreamTimeout {

@@ -205,24 +205,53 @@ impl Upstream {
                 .open(call, Method::GET, &info.path_and_query, headers, empty())
                 .await;
         }
-        if self.dry_run.is_some() {
-            return Err(ProxyError::NotInDryRun("a media transfer"));
-        }
-        let account = call.account().ok_or_else(no_account)?;
         let uri: Uri = info
             .url
             .parse()
             .map_err(|_| unreadable(Unreadable::Redirect("the media url is not a URL")))?;
-        // https only, except beside an http root (a local test double).
-        let scheme_ok = uri.scheme() == Some(&http::uri::Scheme::HTTPS)
-            || (uri.scheme() == Some(&http::uri::Scheme::HTTP)
-                && self.root.scheme == http::uri::Scheme::HTTP);
-        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-        if !scheme_ok || !self.token_hosts.contains(&host) {
+        if !self.may_carry_token(&uri) {
             return Err(unreadable(Unreadable::Redirect(
                 "the media url points to a host outside --token-hosts",
             )));
         }
+        self.fetch_with_token(call, uri, headers).await
+    }
+
+    /// Whether the account's token may go to `uri`: a host in `--token-hosts`, over https
+    /// (or http beside an http root: a local test double).
+    fn may_carry_token(&self, uri: &Uri) -> bool {
+        let scheme_ok = uri.scheme() == Some(&http::uri::Scheme::HTTPS)
+            || (uri.scheme() == Some(&http::uri::Scheme::HTTP)
+                && self.root.scheme == http::uri::Scheme::HTTP);
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        self.dialect == Dialect::Graph && scheme_ok && self.token_hosts.contains(&host)
+    }
+
+    /// The profile picture behind the url Cloud gave. Meta's picture CDN needs no
+    /// credentials, so none go along, except to a host in `--token-hosts` in the Graph dialect
+    /// (where Meta may ask for the token, as it does for media).
+    pub async fn fetch_picture(
+        &self,
+        call: &UpstreamCall,
+        uri: Uri,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        if self.dry_run.is_none() && self.may_carry_token(&uri) {
+            return self.fetch_with_token(call, uri, HeaderMap::new()).await;
+        }
+        self.fetch(uri, HeaderMap::new()).await
+    }
+
+    /// GET `uri` with the account's bearer token; the caller checked the host.
+    async fn fetch_with_token(
+        &self,
+        call: &UpstreamCall,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        if self.dry_run.is_some() {
+            return Err(ProxyError::NotInDryRun("a media transfer"));
+        }
+        let account = call.account().ok_or_else(no_account)?;
         let mut request = Request::builder().method(Method::GET).uri(uri);
         if let Some(h) = request.headers_mut() {
             *h = headers;

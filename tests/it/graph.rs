@@ -464,6 +464,12 @@ async fn a_profile_photo_takes_graphs_resumable_upload() {
     );
     assert!(requests[2].json()["profile_picture_handle"].is_string());
     assert!(graph.profile(PHONE)["profile_picture_url"].is_string());
+    // Read back, as a link and as the image itself (from the CDN, which asks for the token).
+    let link = send_json(&proxy, "GET", "/v1/settings/profile/photo?format=link", "").await;
+    assert_eq!(link.status, 200, "{:?}", link.body);
+    let image = send_json(&proxy, "GET", "/v1/settings/profile/photo", "").await;
+    assert_eq!(image.status, 200, "{:?}", image.body);
+    assert_eq!(image.body, photo);
 }
 
 #[tokio::test]
