@@ -43,7 +43,7 @@ impl Upstream {
     ) -> Result<CloudAnswer, ProxyError> {
         let (path, headers) = self.addressed(call, &method, path_and_query, headers)?;
         if let Some(dry_run) = &self.dry_run {
-            let answer = dry_run.answer(&method, path_and_query, body.as_deref());
+            let answer = dry_run.answer(&method, path_and_query, &path, body.as_deref());
             call.answered(answer.status);
             return Ok(answer);
         }

@@ -55,19 +55,20 @@ impl DryRun {
             .clone()
     }
 
-    /// Logs the Cloud request that would have been sent (secrets masked, no query) and
-    /// synthesizes Cloud's answer.
+    /// Logs the Cloud request that would have been sent (to `sent_to`, the dialect's path;
+    /// secrets masked, no query) and synthesizes Cloud's answer to `path_and_query`.
     pub(super) fn answer(
         &self,
         method: &Method,
         path_and_query: &str,
+        sent_to: &str,
         body: Option<&[u8]>,
     ) -> CloudAnswer {
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
-        let path = path_and_query.split('?').next().unwrap_or("");
+        let path = sent_to.split('?').next().unwrap_or("");
         let logged = body.as_ref().map(dryrun::redacted).unwrap_or_default();
         tracing::info!(method = %method, path = %path, body = %logged, "dry run: Cloud request not sent");
         let (status, answer) =
