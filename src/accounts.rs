@@ -137,10 +137,14 @@ pub enum AccountsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not an accounts file ({{\"accounts\": [...]}}, see the README): {source}")]
+    /// Only where and what kind of mistake: serde's own message can quote a value, and the
+    /// file holds secrets.
+    #[error("{path} is not an accounts file ({{\"accounts\": [...]}}, see the README): {kind} at line {line}, column {column}")]
     Shape {
         path: PathBuf,
-        source: serde_json::Error,
+        kind: &'static str,
+        line: usize,
+        column: usize,
     },
     #[error("{path}: account {account}: {reason}")]
     Invalid {
@@ -166,9 +170,16 @@ impl Accounts {
             path: path.to_owned(),
             source,
         })?;
-        let file: File = serde_json::from_slice(&bytes).map_err(|source| AccountsError::Shape {
+        let file: File = serde_json::from_slice(&bytes).map_err(|e| AccountsError::Shape {
             path: path.to_owned(),
-            source,
+            kind: match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    "not valid JSON"
+                }
+                _ => "a field is missing, unknown or of the wrong type",
+            },
+            line: e.line(),
+            column: e.column(),
         })?;
         Accounts::from_entries(file.accounts, |name| std::env::var(name).ok()).map_err(
             |(account, reason)| AccountsError::Invalid {
@@ -296,6 +307,10 @@ fn account(entry: Entry, env: &impl Fn(&str) -> Option<String>) -> Result<Accoun
         &entry.app_secret_file,
         env,
     )?;
+    // HMAC under an empty key is one anyone can compute: such a secret would let anyone sign.
+    if app_secret.as_deref().is_some_and(str::is_empty) {
+        return Err("app_secret is empty".into());
+    }
     let phone_number_id = entry.phone_number_id;
     Ok(Account {
         name: entry.name.unwrap_or_else(|| phone_number_id.clone()),
@@ -414,6 +429,7 @@ mod tests {
             serde_json::json!({"phone_number_id": "1", "access_token": "T", "access_token_env": "X"}),
             serde_json::json!({"phone_number_id": "1", "access_token": "a\nb"}),
             serde_json::json!({"phone_number_id": "1", "access_token_env": "UNSET"}),
+            serde_json::json!({"phone_number_id": "1", "access_token": "T", "app_secret": " "}),
         ] {
             let result =
                 Accounts::from_entries(entries(serde_json::json!({"accounts": [bad]})), no_env);
@@ -424,6 +440,20 @@ mod tests {
             {"phone_number_id": "2", "access_token": "T", "api_keys": ["K"]}
         ]});
         assert!(Accounts::from_entries(entries(twice), no_env).is_err());
+    }
+
+    #[test]
+    fn a_misshapen_file_is_described_without_quoting_its_values() {
+        let path = std::env::temp_dir().join(format!("accounts-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            r#"{"accounts": [{"api_keys": "SECRET-KEY-1", "phone_number_id": "1"}]}"#,
+        )
+        .unwrap();
+        let error = Accounts::load(&path).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(!error.contains("SECRET-KEY-1"), "{error}");
+        assert!(error.contains("line 1"), "{error}");
     }
 
     #[test]

@@ -483,6 +483,12 @@ impl ServeArgs {
                     upstream.base_path
                 )));
             }
+            if self.accounts.is_none() {
+                return Err(graph(
+                    "--accounts is needed: it says which Meta account each client acts for"
+                        .to_owned(),
+                ));
+            }
             if self.key_map.is_some() {
                 return Err(graph(
                     "--key-map is for waba-v2; in the Graph dialect --accounts maps keys and users"
@@ -592,6 +598,69 @@ mod tests {
             Command::Serve(serve) => *serve,
             other => panic!("not serve: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_graph_dialect_is_chosen_by_host_and_checked_at_start() {
+        let graph = |extra: &[&str]| {
+            let mut args = vec!["x", "--upstream", "https://graph.facebook.com"];
+            args.extend_from_slice(extra);
+            serve(&args).validate()
+        };
+        let config = graph(&["--accounts", "a.json"]).unwrap();
+        assert_eq!(config.dialect, Dialect::Graph);
+        assert_eq!(
+            config.token_hosts,
+            ["graph.facebook.com", "lookaside.fbsbx.com"]
+        );
+        assert_eq!(
+            serve(&["x"]).validate().unwrap().dialect,
+            Dialect::WabaV2,
+            "360dialog stays the default"
+        );
+        // Without accounts no client could be identified; a versioned root would double the
+        // version; a host outside --token-hosts would receive tokens; the key map is waba-v2's.
+        for refused in [
+            graph(&[]),
+            serve(&[
+                "x",
+                "--upstream",
+                "https://graph.facebook.com/v23.0",
+                "--accounts",
+                "a",
+            ])
+            .validate(),
+            serve(&[
+                "x",
+                "--upstream",
+                "https://bsp.example",
+                "--upstream-dialect",
+                "graph",
+                "--accounts",
+                "a",
+            ])
+            .validate(),
+            graph(&["--accounts", "a", "--key-map", "k"]),
+        ] {
+            assert!(
+                matches!(refused, Err(ConfigError::Graph { .. })),
+                "{refused:?}"
+            );
+        }
+        let mirrored = serve(&[
+            "x",
+            "--upstream",
+            "https://bsp.example",
+            "--upstream-dialect",
+            "graph",
+            "--accounts",
+            "a",
+            "--token-hosts",
+            "bsp.example,lookaside.fbsbx.com",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(mirrored.dialect, Dialect::Graph);
     }
 
     #[test]

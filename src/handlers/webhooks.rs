@@ -87,6 +87,7 @@ async fn inbound_from_app(
     let Some(app_secret) = accounts
         .iter()
         .filter_map(|a| a.app_secret())
+        .filter(|secret| !secret.is_empty())
         .find(|secret| signed_with(secret.as_bytes(), &raw, signature))
     else {
         return Err(rejected(
@@ -185,6 +186,14 @@ fn storage_refused(cause: crate::db::DbError) -> ProxyError {
 /// Meta checks a callback URL by asking it to echo the challenge, which it does only for the
 /// verify token of an account in `--accounts`.
 pub(super) fn verification(state: &AppState, query: Option<&str>) -> Result<Reply, ProxyError> {
+    if state.upstream.dialect() != Dialect::Graph {
+        return Err(rejected(
+            404,
+            1006,
+            "no such endpoint (webhook verification is Meta's, for --upstream-dialect graph)"
+                .to_owned(),
+        ));
+    }
     let (mut mode, mut token, mut challenge) = (None, None, None);
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match name.as_ref() {

@@ -219,7 +219,7 @@ impl Upstream {
 
     /// Whether the account's token may go to `uri`: a host in `--token-hosts`, over https
     /// (or http beside an http root: a local test double).
-    fn may_carry_token(&self, uri: &Uri) -> bool {
+    pub(super) fn may_carry_token(&self, uri: &Uri) -> bool {
         let scheme_ok = uri.scheme() == Some(&http::uri::Scheme::HTTPS)
             || (uri.scheme() == Some(&http::uri::Scheme::HTTP)
                 && self.root.scheme == http::uri::Scheme::HTTP);

@@ -84,16 +84,19 @@ pub fn target(account: &Account, method: &Method, relative: &str) -> Result<Targ
         "/v1/configs/templates" => {
             let waba = waba(account, "template management")?;
             // 360dialog's listing takes `limit`, `offset`, `filters` and `sort`; Graph pages
-            // with cursors, so only `limit` carries over.
+            // with cursors, so only `limit` carries over, and a listing asks for 1,000 (as
+            // 360dialog's default did) so one page holds a whole account's templates (Meta
+            // allows 250 names per account).
             let limit = query
                 .into_iter()
                 .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
                 .find(|(name, _)| name == "limit")
                 .and_then(|(_, value)| value.parse::<u32>().ok());
             let base = format!("/{v}/{waba}/message_templates");
-            bearer(match limit {
-                Some(limit) if *method == Method::GET => format!("{base}?limit={limit}"),
-                _ => base,
+            bearer(if *method == Method::GET {
+                format!("{base}?limit={}", limit.unwrap_or(1000))
+            } else {
+                base
             })
         }
         _ => {
@@ -114,7 +117,7 @@ pub fn target(account: &Account, method: &Method, relative: &str) -> Result<Targ
                 // if it is one (base64 and separators; never a path of its own).
                 let plain = session
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_=:.%".contains(&b));
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_=:.".contains(&b));
                 if session.is_empty() || !plain || session.contains("..") {
                     return Err(Unmapped::InvalidId(format!("upload:{session}")));
                 }
@@ -215,6 +218,12 @@ mod tests {
                 Scheme::Bearer,
             ),
             (
+                "GET",
+                "/v1/configs/templates",
+                "/v21.0/2020/message_templates?limit=1000",
+                Scheme::Bearer,
+            ),
+            (
                 "POST",
                 "/v1/configs/templates",
                 "/v21.0/2020/message_templates",
@@ -247,6 +256,7 @@ mod tests {
             ("GET", "/1065%2Fmessages"),
             ("POST", "/upload:a/../../1065/messages"),
             ("POST", "/upload:"),
+            ("POST", "/upload:%2e%2e"),
         ];
         for (method, relative) in refused {
             let method = Method::from_bytes(method.as_bytes()).unwrap();

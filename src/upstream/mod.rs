@@ -299,6 +299,37 @@ mod tests {
     }
 
     #[test]
+    fn access_tokens_go_only_to_the_allowed_hosts_over_https() {
+        let args = [
+            "x",
+            "--upstream",
+            "https://graph.facebook.com",
+            "--accounts",
+            "a.json",
+        ];
+        let Ok(crate::config::Cli {
+            command: crate::config::Command::Serve(serve),
+        }) = crate::config::Cli::parse_with_default(args.map(str::to_owned))
+        else {
+            panic!("serve arguments");
+        };
+        let upstream = Upstream::new(&serve.validate().unwrap());
+        let carries = |url: &str| upstream.may_carry_token(&url.parse().unwrap());
+        assert!(carries(
+            "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1"
+        ));
+        assert!(carries("https://graph.facebook.com/v23.0/1"));
+        for refused in [
+            "http://lookaside.fbsbx.com/x",
+            "https://lookaside.fbsbx.com.evil.example/x",
+            "https://evil.example/lookaside.fbsbx.com",
+            "https://user@evil.example/x",
+        ] {
+            assert!(!carries(refused), "{refused}");
+        }
+    }
+
+    #[test]
     fn gzip_bodies_are_decoded_and_bounded() {
         use flate2::write::GzEncoder;
         use std::io::Write;

@@ -49,6 +49,11 @@ fn graph_account(phone: &str, token: &str) -> GraphAccount {
 /// An accounts file: `API_KEY` (and user `admin`) act for `PHONE`; `API_KEY_2` for `PHONE_2`.
 /// The first token comes from a file, as an operator would keep it.
 fn accounts_file() -> std::path::PathBuf {
+    accounts_file_with(APP_SECRET)
+}
+
+/// As [`accounts_file`], the second number belonging to an app with `second_app_secret`.
+fn accounts_file_with(second_app_secret: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("graph-accounts-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -57,7 +62,7 @@ fn accounts_file() -> std::path::PathBuf {
          "phone_number_id": PHONE, "waba_id": WABA, "access_token_file": dir.join("token"),
          "graph_version": "v23.0", "app_id": APP, "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN},
         {"name": "second", "api_keys": [API_KEY_2], "phone_number_id": PHONE_2, "waba_id": WABA,
-         "access_token": TOKEN_2, "app_id": APP, "app_secret": APP_SECRET}
+         "access_token": TOKEN_2, "app_id": APP, "app_secret": second_app_secret}
     ]});
     let path = dir.join("accounts.json");
     std::fs::write(&path, accounts.to_string()).unwrap();
@@ -65,7 +70,14 @@ fn accounts_file() -> std::path::PathBuf {
 }
 
 async fn graph_proxy(graph: &MockGraph, tune: impl FnOnce(&mut Config)) -> TestProxy {
-    let accounts = accounts_file();
+    graph_proxy_with(graph, accounts_file(), tune).await
+}
+
+async fn graph_proxy_with(
+    graph: &MockGraph,
+    accounts: std::path::PathBuf,
+    tune: impl FnOnce(&mut Config),
+) -> TestProxy {
     spawn_proxy_with(&graph.url(), |c| {
         c.dialect = Dialect::Graph;
         c.accounts = Some(accounts);
@@ -281,6 +293,22 @@ async fn the_client_session_passes_against_graph() {
         .iter()
         .map(|r| r.path().to_owned())
         .collect();
+    // A media id travels with the number it belongs to, so Graph refuses another number's.
+    let lookups: Vec<String> = graph
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path().starts_with("/v23.0/") && r.path()[7..].bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert!(!lookups.is_empty());
+    for lookup in &lookups {
+        assert!(
+            lookup.ends_with(&format!("?phone_number_id={PHONE}")),
+            "{lookup}"
+        );
+    }
     assert!(
         paths.contains(&format!("/v23.0/{PHONE}/messages")),
         "{paths:?}"
@@ -524,10 +552,20 @@ async fn templates_are_listed_created_and_deleted_on_the_business_account() {
         .templates(WABA)
         .iter()
         .any(|t| t["name"] == "shipping_note"));
-    assert!(graph
+    let asked: Vec<String> = graph
         .requests()
         .iter()
-        .all(|r| r.path() == format!("/v23.0/{WABA}/message_templates")));
+        .map(|r| format!("{} {}", r.method, r.path_and_query))
+        .collect();
+    let templates = format!("/v23.0/{WABA}/message_templates");
+    assert_eq!(
+        asked,
+        [
+            format!("GET {templates}?limit=1000"),
+            format!("POST {templates}"),
+            format!("DELETE {templates}?name=shipping%5Fnote"),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -646,6 +684,50 @@ async fn one_app_url_serves_every_number_and_an_unknown_one_becomes_a_dead_lette
 }
 
 #[tokio::test]
+async fn one_apps_signature_does_not_vouch_for_another_apps_number() {
+    let graph = MockGraph::start(vec![
+        graph_account(PHONE, TOKEN),
+        graph_account(PHONE_2, TOKEN_2),
+    ])
+    .await;
+    let proxy = graph_proxy_with(&graph, accounts_file_with("another-app-secret"), |_| {}).await;
+    let (first, second) = two_clients_with_webhooks(&proxy).await;
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [
+        message_for(PHONE, "wamid.OWN", "own app"),
+        message_for(PHONE_2, "wamid.FORGED", "other app"),
+    ]}]})
+    .to_string();
+    assert_eq!(signed_post(&proxy, &body, APP_SECRET).await.status, 200);
+    assert_eq!(
+        first.wait_for_requests(1).await[0].json()["messages"][0]["id"],
+        "wamid.OWN"
+    );
+    let (_, dead) = admin(&proxy, "GET", "/admin/webhooks/dead").await;
+    let dead = dead["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by the app"),
+        "{dead:?}"
+    );
+    assert!(second.requests().is_empty());
+    // The second app's own signature is taken for its number.
+    let own = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [
+        message_for(PHONE_2, "wamid.SECOND", "second app")]}]})
+    .to_string();
+    assert_eq!(
+        signed_post(&proxy, &own, "another-app-secret").await.status,
+        200
+    );
+    assert_eq!(
+        second.wait_for_requests(1).await[0].json()["messages"][0]["id"],
+        "wamid.SECOND"
+    );
+}
+
+#[tokio::test]
 async fn meta_verifies_the_callback_url_with_the_verify_token() {
     let (_graph, proxy) = graph_and_proxy().await;
     let ok = send(
@@ -660,6 +742,9 @@ async fn meta_verifies_the_callback_url_with_the_verify_token() {
     assert_eq!(&ok.body[..], b"1158201444");
     for query in [
         "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+        // Echoed as it came, markup would be a reflected page: only a plain token is.
+        &format!("hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=%3Cscript%3E"),
+        &format!("hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}"),
         "hub.mode=subscribe&hub.challenge=1",
         &format!("hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"),
     ] {

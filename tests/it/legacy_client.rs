@@ -662,14 +662,43 @@ async fn graph_session_through_the_binary_logs_no_secret_and_takes_new_tokens_on
         .unwrap();
     assert_eq!(client.request(signed).await.unwrap().status(), 200);
 
+    // A forged post is refused (and its refusal logged without the secret).
+    let forged = http::Request::post(format!("{base}/cloud-webhooks/meta"))
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(client.request(forged).await.unwrap().status(), 401);
+
+    // A broken file on SIGHUP is reported without quoting it, and the accounts stay.
+    let pid = proxy.child.id().unwrap().to_string();
+    let hangup = || {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    std::fs::write(
+        &file,
+        format!(r#"{{"accounts": [{{"api_keys": "{KEY}", "access_token": "{TOKEN}"}}]}}"#),
+    )
+    .unwrap();
+    hangup();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !proxy.stderr.lock().unwrap().contains("not reloaded") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("failed reload logged");
+    assert_eq!(
+        call(&base, "POST", "/v1/messages", text.clone()).await.0,
+        201
+    );
+
     // A rotated token takes effect on SIGHUP.
     std::fs::write(&file, accounts(NEW_TOKEN)).unwrap();
-    let pid = proxy.child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    hangup();
     tokio::time::timeout(Duration::from_secs(10), async {
         while !proxy.stderr.lock().unwrap().contains("key map reloaded") {
             tokio::time::sleep(Duration::from_millis(20)).await;
