@@ -33,6 +33,7 @@ use crate::error::{ProxyError, Unreadable};
 use crate::metrics::{ErrorLabels, RequestLabels};
 use crate::routes::{route, Caller, Intake, Route};
 use crate::translate::errors::OnPremError;
+use crate::translate::fast;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
 use crate::upstream::{forwarded_request_headers, CloudAnswer, DryRun, Lane, UpstreamCall};
 
@@ -65,6 +66,12 @@ pub(super) fn api_key<'a>(
 /// A handler's answer: JSON built from the translation, or a streamed response (media).
 enum Reply {
     Json(u16, Value),
+    /// A JSON body already written (the hot path), and the message id it reports.
+    Written {
+        status: u16,
+        body: Vec<u8>,
+        message_id: Option<String>,
+    },
     Stream(Response<ProxyBody>),
 }
 
@@ -136,7 +143,7 @@ pub async fn handle(
     let upstream_status = context.upstream.status();
     // What a send became, in its log line: a trace of every message that reached Cloud, also
     // when its client is no longer there to hear the answer.
-    let message_id = match &reply {
+    let mut message_id = match &reply {
         Ok(Reply::Json(_, body)) => body
             .pointer("/messages/0/id")
             .and_then(Value::as_str)
@@ -145,6 +152,14 @@ pub async fn handle(
     };
     let mut response = match reply {
         Ok(Reply::Json(status, body)) => json_response(status, &body),
+        Ok(Reply::Written {
+            status,
+            body,
+            message_id: id,
+        }) => {
+            message_id = id;
+            written_response(status, body)
+        }
         Ok(Reply::Stream(response)) => response,
         Err(error) => {
             let onprem = error.to_onprem();
@@ -393,6 +408,32 @@ async fn translate_and_forward(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Reply, ProxyError> {
+    // The common sends take the hot path (dry-run reports need the general one).
+    if matches!(route, Route::SendMessage) && state.upstream.dry_run().is_none() {
+        if let Some(cloud) = fast::onprem_to_cloud_send(body) {
+            let answer = timed_exchange(
+                state,
+                context,
+                Method::POST,
+                "/messages",
+                headers,
+                Some(Bytes::from(cloud)),
+            )
+            .await?;
+            if answer.status.is_success() {
+                if let Some((body, id)) =
+                    fast::cloud_to_onprem_send_response(&answer.body, &state.config.meta)
+                {
+                    return Ok(Reply::Written {
+                        status: 201,
+                        body,
+                        message_id: Some(id),
+                    });
+                }
+            }
+            return translate_answer(route, &answer, state);
+        }
+    }
     let translated =
         onprem_to_cloud_request(route, method, path_and_query, body, &state.config.meta)
             .map_err(ProxyError::Rejected)?;
@@ -420,16 +461,7 @@ async fn translate_and_forward(
         .as_ref()
         .map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
     let method = Method::from_bytes(cloud.method.as_bytes()).unwrap_or(Method::POST);
-    let upstream_started = Instant::now();
-    let answer = state
-        .upstream
-        .exchange(&context.upstream, method, &cloud.path, headers, body)
-        .await;
-    state
-        .metrics
-        .upstream_seconds
-        .observe(upstream_started.elapsed().as_secs_f64());
-    let mut answer = answer?;
+    let mut answer = timed_exchange(state, context, method, &cloud.path, headers, body).await?;
     if matches!(route, Route::PassThrough)
         && state.upstream.dialect() == crate::config::Dialect::Graph
         && answer.status.is_success()
@@ -445,6 +477,27 @@ async fn translate_and_forward(
         }
     }
     translate_answer(route, &answer, state)
+}
+
+/// An upstream exchange, its time observed in the upstream latency histogram.
+async fn timed_exchange(
+    state: &AppState,
+    context: &RequestContext,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Option<Bytes>,
+) -> Result<CloudAnswer, ProxyError> {
+    let started = Instant::now();
+    let answer = state
+        .upstream
+        .exchange(&context.upstream, method, path, headers, body)
+        .await;
+    state
+        .metrics
+        .upstream_seconds
+        .observe(started.elapsed().as_secs_f64());
+    answer
 }
 
 /// What every request head must be before anything else looks at it: headers within
@@ -538,8 +591,11 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 fn json_response(status: u16, body: &Value) -> Response<ProxyBody> {
+    written_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn written_response(status: u16, bytes: Vec<u8>) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -7,6 +7,7 @@
 pub mod contacts;
 pub mod dryrun;
 pub mod errors;
+pub mod fast;
 pub mod media;
 pub mod messages;
 pub mod profile;

@@ -1,0 +1,342 @@
+//! The hot path: the most common sends (text, and media by id or link) and Cloud's ordinary
+//! send answer, translated without building a `serde_json::Value`.
+//!
+//! The body is read as borrowed slices (each top-level field's raw JSON), checked, and the
+//! Cloud body written straight into one buffer; fields that pass through are copied as the
+//! client wrote them. Anything this path does not recognise in full (another type, an unknown
+//! field, a duplicate key, a value of the wrong kind, a too-long text) returns `None`, and the
+//! general `Value` path handles the request, errors included. So both paths give the same
+//! Cloud body for every input this one accepts (as JSON values: key order and escapes may
+//! differ), which `tests/it/properties.rs` checks over every fixture and generated inputs.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::messages::{MEDIA_TYPES, TEXT_BODY_MAX_CHARS};
+use super::Meta;
+
+/// A JSON string, borrowed from the input unless it has escapes (serde's own `Cow<str>`
+/// always copies).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Borrow;
+        impl<'de> Visitor<'de> for Borrow {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Borrow)
+    }
+}
+
+/// A JSON object's members in order, as raw JSON: nothing is parsed below the top level.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Collect;
+        impl<'de> Visitor<'de> for Collect {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::with_capacity(8);
+                while let Some((Text(key), value)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Collect)
+    }
+}
+
+impl<'a> Members<'a> {
+    fn parse(json: &'a [u8]) -> Option<Members<'a>> {
+        let members: Members = serde_json::from_slice(json).ok()?;
+        // A repeated key: the general path decides (it keeps the last).
+        for (i, (key, _)) in members.0.iter().enumerate() {
+            if members.0[..i].iter().any(|(k, _)| k == key) {
+                return None;
+            }
+        }
+        Some(members)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn only(&self, allowed: &[&str]) -> bool {
+        self.0.iter().all(|(k, _)| allowed.contains(&k.as_ref()))
+    }
+}
+
+/// A raw JSON string's text (unescaped), or None when the value is not a string.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<Text>(raw.get()).ok().map(|t| t.0)
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// Top-level send fields this path handles; anything else takes the general path.
+const SEND_FIELDS: [&str; 9] = [
+    "to",
+    "type",
+    "recipient_type",
+    "preview_url",
+    "render_mentions",
+    "ttl",
+    "context",
+    "biz_opaque_callback_data",
+    "text",
+];
+
+/// An On-Premise text send, or a media send by id or link, as a Cloud `POST /messages` body;
+/// None for anything else.
+pub fn onprem_to_cloud_send(body: &[u8]) -> Option<Vec<u8>> {
+    let message = Members::parse(body)?;
+    let to = message.get("to")?;
+    string(to)?;
+    let kind = match message.get("type") {
+        Some(kind) => string(kind)?,
+        // Without `type`, On-Premise meant text (the general path also infers other types).
+        None => Cow::Borrowed("text"),
+    };
+    let media = MEDIA_TYPES.iter().find(|m| **m == kind).copied();
+    if kind != "text" && media.is_none() {
+        return None;
+    }
+    let mut allowed = SEND_FIELDS;
+    if let Some(media) = media {
+        // The one type object a media send carries, in place of `text`.
+        allowed[8] = media;
+        message.get("preview_url").is_none().then_some(())?;
+    }
+    if !message.only(&allowed) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(br#"{"messaging_product":"whatsapp","to":"#);
+    out.extend_from_slice(to.get().as_bytes());
+    match message.get("recipient_type") {
+        None => out.extend_from_slice(br#","recipient_type":"individual""#),
+        Some(raw) if is_null(raw) => out.extend_from_slice(br#","recipient_type":"individual""#),
+        Some(raw) => member(&mut out, "recipient_type", raw),
+    }
+    for pass in ["context", "biz_opaque_callback_data"] {
+        if let Some(raw) = message.get(pass) {
+            member(&mut out, pass, raw);
+        }
+    }
+    match media {
+        None => {
+            out.extend_from_slice(br#","type":"text","text":"#);
+            text(&mut out, message.get("text")?, message.get("preview_url"))?;
+        }
+        Some(media) => {
+            out.extend_from_slice(br#","type":""#);
+            out.extend_from_slice(media.as_bytes());
+            out.extend_from_slice(br#"",""#);
+            out.extend_from_slice(media.as_bytes());
+            out.extend_from_slice(br#"":"#);
+            media_object(&mut out, media, message.get(media)?)?;
+        }
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+fn member(out: &mut Vec<u8>, key: &str, raw: &RawValue) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(raw.get().as_bytes());
+}
+
+/// `text`: `body` (within Cloud's limit), and `preview_url` moved in from beside it unless
+/// one is already inside.
+fn text(out: &mut Vec<u8>, raw: &RawValue, outside: Option<&RawValue>) -> Option<()> {
+    let text = Members::parse(raw.get().as_bytes())?;
+    if !text.only(&["body", "preview_url"]) {
+        return None;
+    }
+    let body = text.get("body")?;
+    if string(body)?.chars().count() > TEXT_BODY_MAX_CHARS {
+        return None;
+    }
+    let inside = text.get("preview_url").filter(|raw| !is_null(raw));
+    let outside = outside.filter(|raw| !is_null(raw));
+    if let Some(outside) = outside {
+        if !matches!(outside.get(), "true" | "false") {
+            return None;
+        }
+    }
+    out.extend_from_slice(b"{\"body\":");
+    out.extend_from_slice(body.get().as_bytes());
+    match (inside, outside, text.get("preview_url")) {
+        (Some(inside), _, _) => member(out, "preview_url", inside),
+        (None, Some(outside), _) => member(out, "preview_url", outside),
+        // An explicit `null` inside stays, as the general path keeps it.
+        (None, None, Some(null)) => member(out, "preview_url", null),
+        (None, None, None) => {}
+    }
+    out.push(b'}');
+    Some(())
+}
+
+/// A media object by `id` or `link` (strings), with `caption` and `filename`; Cloud refuses a
+/// caption on audio and stickers, so it is left out there.
+fn media_object(out: &mut Vec<u8>, kind: &str, raw: &RawValue) -> Option<()> {
+    let media = Members::parse(raw.get().as_bytes())?;
+    if !media.only(&["id", "link", "caption", "filename"]) {
+        return None;
+    }
+    // Each given `id`/`link` is a string (null: the general path decides).
+    for key in ["id", "link"] {
+        if let Some(value) = media.get(key) {
+            string(value)?;
+        }
+    }
+    if media.get("id").is_none() && media.get("link").is_none() {
+        return None;
+    }
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in &media.0 {
+        if key == "caption" && (kind == "audio" || kind == "sticker") {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(())
+}
+
+/// Cloud's ordinary send answer (`messaging_product`, `contacts`, `messages` of bare ids) as
+/// On-Premise's (sent with 201), and the first message id for the log line; None for any other
+/// shape, which the general path reads.
+pub fn cloud_to_onprem_send_response(answer: &[u8], meta: &Meta) -> Option<(Vec<u8>, String)> {
+    let members = Members::parse(answer)?;
+    if !members.only(&["messaging_product", "contacts", "messages"]) {
+        return None;
+    }
+    let messages = members.get("messages")?;
+    let ids: Vec<Members> = serde_json::from_str::<Vec<&RawValue>>(messages.get())
+        .ok()?
+        .into_iter()
+        .map(|m| Members::parse(m.get().as_bytes()))
+        .collect::<Option<_>>()?;
+    if !ids.iter().all(|m| m.only(&["id"])) {
+        return None;
+    }
+    let first = ids.first().and_then(|m| m.get("id")).and_then(string)?;
+    let mut out = Vec::with_capacity(answer.len() + 64);
+    out.push(b'{');
+    if let Some(contacts) = members.get("contacts") {
+        out.extend_from_slice(b"\"contacts\":");
+        out.extend_from_slice(contacts.get().as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"messages\":");
+    out.extend_from_slice(messages.get().as_bytes());
+    out.extend_from_slice(br#","meta":{"api_status":"stable","version":"#);
+    serde_json::to_writer(&mut out, &meta.version).ok()?;
+    out.extend_from_slice(b"}}");
+    Some((out, first.into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn fast(body: &Value) -> Option<Value> {
+        onprem_to_cloud_send(body.to_string().as_bytes())
+            .map(|out| serde_json::from_slice(&out).unwrap())
+    }
+
+    #[test]
+    fn a_text_send_is_written_straight_into_cloud_shape() {
+        let got = fast(&json!({"to": "49", "type": "text", "preview_url": true, "ttl": 5,
+            "text": {"body": "hi \u{e9}"}}))
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "49",
+                "type": "text", "text": {"body": "hi \u{e9}", "preview_url": true}})
+        );
+    }
+
+    #[test]
+    fn media_by_id_keeps_its_fields_but_no_caption_on_audio() {
+        let got = fast(&json!({"to": "49", "type": "audio", "audio": {"id": "7", "caption": "x"}}))
+            .unwrap();
+        assert_eq!(got["audio"], json!({"id": "7"}));
+        let got = fast(&json!({"to": "49", "type": "image", "image": {"link": "https://a/b", "caption": "c"}}))
+            .unwrap();
+        assert_eq!(got["image"], json!({"link": "https://a/b", "caption": "c"}));
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_the_general_path() {
+        let long = "x".repeat(TEXT_BODY_MAX_CHARS + 1);
+        for body in [
+            json!({"to": "49", "type": "hsm", "hsm": {}}),
+            json!({"to": "49", "text": {"body": long}}),
+            json!({"to": 49, "text": {"body": "x"}}),
+            json!({"to": "49", "text": {"body": "x", "extra": 1}}),
+            json!({"to": "49", "text": {"body": "x"}, "unknown": 1}),
+            json!({"to": "49", "preview_url": "yes", "text": {"body": "x"}}),
+            json!({"to": "49", "type": "image", "image": {"id": "1", "provider": {"name": "p"}}}),
+            json!({"to": "49", "type": "image", "image": {"caption": "no id"}}),
+            json!({"to": "49", "type": "image", "image": {"id": null, "link": "https://a"}}),
+            json!([1]),
+        ] {
+            assert!(fast(&body).is_none(), "{body}");
+        }
+        assert!(onprem_to_cloud_send(br#"{"to":"1","to":"2","text":{"body":"x"}}"#).is_none());
+        assert!(onprem_to_cloud_send(b"{not json").is_none());
+    }
+
+    #[test]
+    fn the_ordinary_answer_is_reshaped_with_its_message_id() {
+        let answer = br#"{"messaging_product":"whatsapp","contacts":[{"input":"1","wa_id":"1"}],"messages":[{"id":"wamid.A"}]}"#;
+        let (body, id) = cloud_to_onprem_send_response(answer, &Meta::new("v2.53.0")).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(id, "wamid.A");
+        assert_eq!(
+            body,
+            json!({"contacts": [{"input": "1", "wa_id": "1"}], "messages": [{"id": "wamid.A"}],
+                "meta": {"api_status": "stable", "version": "v2.53.0"}})
+        );
+        let with_status = br#"{"messages":[{"id":"wamid.A","message_status":"accepted"}]}"#;
+        assert!(cloud_to_onprem_send_response(with_status, &Meta::new("v")).is_none());
+        assert!(cloud_to_onprem_send_response(br#"{"error":{}}"#, &Meta::new("v")).is_none());
+    }
+}
