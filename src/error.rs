@@ -9,6 +9,9 @@ use std::time::Duration;
 use crate::translate::errors::OnPremError;
 use crate::translate::TranslateError;
 
+/// A transport error from whichever client made the connection.
+pub type TransportError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The pure core refused the request (bad JSON, missing field, unknown route, ...).
@@ -21,10 +24,10 @@ pub enum ProxyError {
     #[error("request body not received within {after:?}")]
     BodyTimeout { after: Duration },
     #[error("upstream unreachable: {0}")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] TransportError),
     /// The connection broke after the request was sent (reset, closed early).
     #[error("upstream exchange failed: {0}")]
-    UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    UpstreamFailed(#[source] TransportError),
     #[error("upstream did not answer within {after:?}")]
     UpstreamTimeout { after: Duration },
     #[error("upstream reply unreadable: {0}")]
@@ -66,7 +69,7 @@ pub enum MediaFetch {
     #[error("the media host answered HTTP {0}")]
     Status(u16),
     #[error("the media host could not be reached: {0}")]
-    Transport(#[source] hyper_util::client::legacy::Error),
+    Transport(#[source] TransportError),
     #[error("the media host did not answer in time")]
     Timeout,
     /// A literal address the link policy refuses (a resolved one fails as `Transport`).

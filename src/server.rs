@@ -2,7 +2,7 @@
 //! connections with an armed header-read timeout, and graceful shutdown (stop accepting, drain
 //! in-flight requests on every thread, bounded by the grace period).
 
-use crate::upstream::Lane;
+use crate::upstream::{Affinity, Lane, UpstreamCall};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -176,7 +176,15 @@ fn serve_connection(
         .half_close(true)
         .keep_alive(true);
     let state = state.clone();
-    let service = service_fn(move |request| handle(state.clone(), request, lane));
+    // This connection's own upstream connection, kept between its requests.
+    let affinity = Arc::new(Affinity::default());
+    let service = service_fn(move |request| {
+        handle(
+            state.clone(),
+            request,
+            UpstreamCall::affine(lane, affinity.clone()),
+        )
+    });
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
     tokio::spawn(async move {
         if let Err(error) = connection.await {

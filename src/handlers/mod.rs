@@ -35,7 +35,7 @@ use crate::routes::{route, Caller, Intake, Route};
 use crate::translate::errors::OnPremError;
 use crate::translate::fast;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, CloudAnswer, DryRun, Lane, UpstreamCall};
+use crate::upstream::{forwarded_request_headers, CloudAnswer, DryRun, UpstreamCall};
 
 /// Shared by the areas below: where a key's documents are filed.
 pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
@@ -85,10 +85,8 @@ pub(crate) struct RequestContext {
 }
 
 impl RequestContext {
-    fn new(lane: Lane) -> Self {
-        RequestContext {
-            upstream: UpstreamCall::new(lane),
-        }
+    fn new(upstream: UpstreamCall) -> Self {
+        RequestContext { upstream }
     }
 }
 
@@ -115,7 +113,7 @@ impl Drop for InFlight<'_> {
 pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
-    lane: Lane,
+    upstream: UpstreamCall,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
@@ -130,7 +128,7 @@ pub async fn handle(
     let route_name = route.name();
     let in_flight = InFlight::enter(&state.metrics.in_flight);
 
-    let context = RequestContext::new(lane);
+    let context = RequestContext::new(upstream);
     let reply = serve(
         &state,
         request,

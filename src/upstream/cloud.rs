@@ -83,11 +83,14 @@ impl Upstream {
             let request = request
                 .body(full(body.clone().unwrap_or_default()))
                 .map_err(ProxyError::Internal)?;
-            let response = self
-                .pool(call.lane)
-                .request(request)
-                .await
-                .map_err(client_error)?;
+            let response = match &call.affinity {
+                Some(affinity) => self.send_affine(affinity, request).await?,
+                None => self
+                    .pool(call.lane)
+                    .request(request)
+                    .await
+                    .map_err(client_error)?,
+            };
             let status = checked_status(response.status())?;
             call.answered(status);
             // 307/308 keep method and body; Cloud answers 308 when a path moved.

@@ -8,11 +8,13 @@
 //!
 //! This file holds what they share: the client type, answers, header hygiene.
 
+mod affine;
 mod cloud;
 mod dry_run;
 pub mod graph;
 mod outbound;
 
+pub use affine::Affinity;
 pub use dry_run::{DryRun, DryRunReport};
 
 use crate::accounts::Account;
@@ -77,6 +79,8 @@ pub struct Lane(pub usize);
 #[derive(Debug, Default)]
 pub struct UpstreamCall {
     lane: Lane,
+    /// The client connection's own upstream connection (none: the thread's pool is used).
+    affinity: Option<Arc<Affinity>>,
     status: std::sync::atomic::AtomicU16,
     /// Graph dialect: the account the client was identified as (its token goes along).
     account: std::sync::OnceLock<Arc<Account>>,
@@ -86,8 +90,17 @@ impl UpstreamCall {
     pub fn new(lane: Lane) -> Self {
         UpstreamCall {
             lane,
+            affinity: None,
             status: std::sync::atomic::AtomicU16::new(0),
             account: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A call made for a client connection that keeps its own upstream connection.
+    pub fn affine(lane: Lane, affinity: Arc<Affinity>) -> Self {
+        UpstreamCall {
+            affinity: Some(affinity),
+            ..UpstreamCall::new(lane)
         }
     }
 
@@ -122,6 +135,9 @@ pub struct Upstream {
     /// `--upstream dry-run`: the one place the mode lives. Nothing is sent; Cloud's answers
     /// are synthesized and what the proxy saw is reported.
     dry_run: Option<DryRun>,
+    /// What the affine connections are opened with (the pools' connector).
+    connector: HttpsConnector<HttpConnector>,
+    header_buffer: usize,
     root: UpstreamRoot,
     dialect: Dialect,
     /// Graph dialect: the hosts an access token may go to (the root's host is one).
@@ -171,6 +187,8 @@ impl Upstream {
             links,
             link_policy: config.link_fetch_block,
             dry_run: config.dry_run.then(DryRun::default),
+            connector: https,
+            header_buffer,
             root: config.upstream.clone(),
             dialect: config.dialect,
             token_hosts: config.token_hosts.clone(),
@@ -182,9 +200,9 @@ impl Upstream {
 
 fn client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
     if e.is_connect() {
-        ProxyError::UpstreamConnect(e)
+        ProxyError::UpstreamConnect(Box::new(e))
     } else {
-        ProxyError::UpstreamFailed(e)
+        ProxyError::UpstreamFailed(Box::new(e))
     }
 }
 
