@@ -36,10 +36,18 @@ fn answer() -> Vec<u8> {
 
 fn body(kind: &str) -> &'static str {
     match kind {
-        "hsm" => r#"{"to":"15551234567","type":"hsm","hsm":{"namespace":"c8ae5f90_307a_ca4c_b8f6_d1e2a2573574","element_name":"order_update","language":{"policy":"deterministic","code":"en"},"localizable_params":[{"default":"Ann"},{"default":"$10.50","currency":{"currency_code":"USD","amount_1000":10500}},{"default":"25 Nov 09:30","date_time":{"component":{"year":2026,"month":11,"day_of_month":25,"hour":9,"minute":30}}}]}}"#,
-        "template" => r#"{"to":"15551234567","type":"template","template":{"namespace":"ns","name":"shipping","language":{"policy":"deterministic","code":"en"},"components":[{"type":"body","parameters":[{"type":"text","text":"1234"}]},{"type":"button","sub_type":"url","index":0,"parameters":[{"type":"text","text":"t/1234"}]}]}}"#,
-        "image" => r#"{"to":"15551234567","type":"image","image":{"id":"1037543291543636","caption":"Your receipt"}}"#,
-        _ => r#"{"to":"15551234567","type":"text","preview_url":true,"text":{"body":"Your order #1234 has shipped: https://shop.example/t/1234"}}"#,
+        "hsm" => {
+            r#"{"to":"15551234567","type":"hsm","hsm":{"namespace":"c8ae5f90_307a_ca4c_b8f6_d1e2a2573574","element_name":"order_update","language":{"policy":"deterministic","code":"en"},"localizable_params":[{"default":"Ann"},{"default":"$10.50","currency":{"currency_code":"USD","amount_1000":10500}},{"default":"25 Nov 09:30","date_time":{"component":{"year":2026,"month":11,"day_of_month":25,"hour":9,"minute":30}}}]}}"#
+        }
+        "template" => {
+            r#"{"to":"15551234567","type":"template","template":{"namespace":"ns","name":"shipping","language":{"policy":"deterministic","code":"en"},"components":[{"type":"body","parameters":[{"type":"text","text":"1234"}]},{"type":"button","sub_type":"url","index":0,"parameters":[{"type":"text","text":"t/1234"}]}]}}"#
+        }
+        "image" => {
+            r#"{"to":"15551234567","type":"image","image":{"id":"1037543291543636","caption":"Your receipt"}}"#
+        }
+        _ => {
+            r#"{"to":"15551234567","type":"text","preview_url":true,"text":{"body":"Your order #1234 has shipped: https://shop.example/t/1234"}}"#
+        }
     }
 }
 

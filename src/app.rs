@@ -11,7 +11,7 @@ use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::relay::Relay;
 use crate::store::Store;
-use crate::upstream::Upstream;
+use crate::upstream::{DryRun, Upstream};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -23,6 +23,11 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set when shutdown starts: `/readyz` turns 503 so load balancers stop sending.
     pub shutting_down: AtomicBool,
+    /// Live mode with the console on (`--admin-token`): the migration-readiness counts the
+    /// console shows (in dry-run mode the dry run's own report serves).
+    live_readiness: Option<DryRun>,
+    /// The console's counter snapshots, for its "recent" columns.
+    pub console: crate::handlers::ConsoleHistory,
 }
 
 /// Why the proxy cannot start.
@@ -64,6 +69,7 @@ impl AppState {
                 .map_err(failed)?,
         );
         let upstream = Arc::new(Upstream::new(&config));
+        let (config_has_console, dry_run) = (config.admin_token.is_some(), config.dry_run);
         let store = Store::new(db);
         Ok(AppState {
             config,
@@ -73,6 +79,14 @@ impl AppState {
             relay,
             metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
+            live_readiness: (config_has_console && !dry_run).then(DryRun::default),
+            console: crate::handlers::ConsoleHistory::default(),
         })
+    }
+
+    /// Where routes used, refusals and dropped fields are counted: the dry run's report, or
+    /// in live mode the console's; none when neither runs.
+    pub fn readiness(&self) -> Option<&DryRun> {
+        self.upstream.dry_run().or(self.live_readiness.as_ref())
     }
 }

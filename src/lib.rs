@@ -36,6 +36,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod handlers;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub in_flight: Gauge,
+    /// 1 when `/readyz` would answer 200 (set at scrape time).
+    pub ready: Gauge,
     pub upstream_seconds: Histogram,
     pub delivery_seconds: Histogram,
     outbox: Family<OutboxLabels, Gauge>,
@@ -74,6 +76,12 @@ impl Metrics {
             in_flight.clone(),
         );
         // 1 ms .. ~16 s
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the proxy is ready (not shutting down, outbox writable, upstream reachable), else 0",
+            ready.clone(),
+        );
         let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "upstream_seconds",
@@ -116,6 +124,7 @@ impl Metrics {
             requests,
             errors,
             in_flight,
+            ready,
             upstream_seconds,
             delivery_seconds,
             outbox,

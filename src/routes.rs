@@ -56,6 +56,14 @@ pub enum Route {
     AdminReplay { dead_id: String },
     /// `GET /admin/dry-run/report`.
     AdminDryRunReport,
+    /// `GET /admin`: the operator's console page (HTML).
+    Console,
+    /// `GET /admin/console.css`.
+    ConsoleCss,
+    /// `POST /admin/login`: the console's sign-in form.
+    ConsoleLogin,
+    /// `POST /admin/console/replay`: a dead letter replayed from the console.
+    ConsoleReplay,
     /// `GET /metrics`: Prometheus text.
     Metrics,
     /// `GET /healthz`: the process is alive.
@@ -108,6 +116,10 @@ impl Route {
             Route::AdminReplay { .. } => "admin_replay",
             Route::Metrics => "metrics",
             Route::AdminDryRunReport => "admin_dry_run_report",
+            Route::Console => "console",
+            Route::ConsoleCss => "console_css",
+            Route::ConsoleLogin => "console_login",
+            Route::ConsoleReplay => "console_replay",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Contacts => "contacts",
@@ -152,6 +164,10 @@ impl Route {
         match self {
             Route::Login | Route::Logout => Caller::Anyone,
             Route::Healthz | Route::Readyz | Route::Metrics => Caller::Anyone,
+            // The console signs its own visitors in (it answers with a sign-in page).
+            Route::Console | Route::ConsoleCss | Route::ConsoleLogin | Route::ConsoleReplay => {
+                Caller::Anyone
+            }
             Route::InboundWebhook { .. } | Route::WebhookVerification => Caller::Cloud,
             Route::AdminStats
             | Route::AdminDead
@@ -195,10 +211,14 @@ impl Route {
             | Route::AdminDead
             | Route::AdminReplay { .. }
             | Route::AdminDryRunReport
+            | Route::Console
+            | Route::ConsoleCss
             | Route::WebhookVerification
             | Route::DownloadMedia { .. }
             | Route::PhotoGet { link: false } => Intake::Nothing,
             Route::SendMessage
+            | Route::ConsoleLogin
+            | Route::ConsoleReplay
             | Route::MarkRead { .. }
             | Route::DeleteMedia { .. }
             | Route::MediaProviders { .. }
@@ -292,6 +312,10 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         ("GET", ["admin", "webhooks", "stats"]) => Route::AdminStats,
         ("GET", ["admin", "webhooks", "dead"]) => Route::AdminDead,
         ("GET", ["admin", "dry-run", "report"]) => Route::AdminDryRunReport,
+        ("GET", ["admin"]) => Route::Console,
+        ("GET", ["admin", "console.css"]) => Route::ConsoleCss,
+        ("POST", ["admin", "login"]) => Route::ConsoleLogin,
+        ("POST", ["admin", "console", "replay"]) => Route::ConsoleReplay,
         ("POST", ["admin", "webhooks", "dead", id, "replay"]) => Route::AdminReplay {
             dead_id: (*id).to_owned(),
         },

@@ -22,6 +22,23 @@ pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
+/// The hex HMAC-SHA256 of `message` under `key`: the console's cookies and form tokens.
+pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
+    use hmac::Mac as _;
+    match hmac::Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+        // HMAC takes keys of any length; this cannot happen.
+        Err(_) => String::new(),
+    }
+}
+
 /// Whether `header` (`X-Hub-Signature-256: sha256=<hex>`) is the HMAC-SHA256 of `body` under
 /// `secret`, compared in constant time: how Meta signs every webhook of an app.
 pub fn signed_with(secret: &[u8], body: &[u8], header: &str) -> bool {

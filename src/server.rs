@@ -43,6 +43,17 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         settings: crate::relay::DeliverySettings::from_config(&state.config),
         clock: state.relay.clock().clone(),
     }));
+    // The console's "recent" columns need counter snapshots also while nobody looks.
+    let console = state.config.admin_token.is_some().then(|| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                crate::handlers::snapshot_console(&state).await;
+            }
+        })
+    });
     let upkeep = tokio::spawn(crate::relay::maintain_forever(
         state.relay.clone(),
         crate::relay::Retention::from_config(&state.config),
@@ -68,6 +79,9 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     // database their claims go back at once instead of when the lease ends.
     delivery.abort();
     upkeep.abort();
+    if let Some(console) = console {
+        console.abort();
+    }
     // Stopped before its claims go back: no post of ours may still be on its way then.
     let _ = delivery.await;
     let _ = upkeep.await;

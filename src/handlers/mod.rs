@@ -2,6 +2,7 @@
 //! Every outcome, success or failure, leaves here as an On-Premise-shaped response carrying an
 //! `X-Request-Id`, and is logged once (without header values or queries: they carry secrets).
 
+mod console;
 mod intake;
 mod media;
 mod probes;
@@ -36,6 +37,7 @@ use crate::translate::errors::OnPremError;
 use crate::translate::fast;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
 use crate::upstream::{forwarded_request_headers, CloudAnswer, DryRun, UpstreamCall};
+pub use console::{snapshot_console, ConsoleHistory};
 
 /// Shared by the areas below: where a key's documents are filed.
 pub(super) const APPLICATION_SETTINGS: &str = "application_settings";
@@ -82,11 +84,16 @@ const REQUEST_ID: &str = "x-request-id";
 pub(crate) struct RequestContext {
     /// The serving thread's upstream pool, and the status upstream answered.
     upstream: UpstreamCall,
+    /// What the request is known by in logs and reports.
+    request_id: String,
 }
 
 impl RequestContext {
-    fn new(upstream: UpstreamCall) -> Self {
-        RequestContext { upstream }
+    fn new(upstream: UpstreamCall, request_id: String) -> Self {
+        RequestContext {
+            upstream,
+            request_id,
+        }
     }
 }
 
@@ -128,7 +135,7 @@ pub async fn handle(
     let route_name = route.name();
     let in_flight = InFlight::enter(&state.metrics.in_flight);
 
-    let context = RequestContext::new(upstream);
+    let context = RequestContext::new(upstream, request_id.clone());
     let reply = serve(
         &state,
         request,
@@ -173,8 +180,8 @@ pub async fn handle(
                 .errors
                 .get_or_create(&ErrorLabels { code: onprem.code })
                 .inc();
-            if let Some(dry_run) = state.upstream.dry_run() {
-                dry_run.record(|report| {
+            if let Some(readiness) = state.readiness() {
+                readiness.record(|report| {
                     *report
                         .refused
                         .entry(format!("{route_name}: {}", onprem.details))
@@ -186,8 +193,8 @@ pub async fn handle(
     };
     drop(in_flight);
     let status = response.status().as_u16();
-    if let Some(dry_run) = state.upstream.dry_run() {
-        dry_run.record(|report| {
+    if let Some(readiness) = state.readiness() {
+        readiness.record(|report| {
             *report
                 .requests
                 .entry(format!("{route_name} {status}"))
@@ -285,6 +292,10 @@ async fn serve(
             webhooks::admin(state, &route, parts.uri.query()).await
         }
         Route::AdminDryRunReport => Ok(dry_run_report(state)),
+        Route::Console => console::page(state, &parts.headers, parts.uri.query()).await,
+        Route::ConsoleCss => console::css(state),
+        Route::ConsoleLogin => console::login(state, &body),
+        Route::ConsoleReplay => console::replay(state, &parts.headers, &body).await,
         Route::Healthz => Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),
         Route::WebhookVerification => webhooks::verification(state, parts.uri.query()),
         Route::Metrics => Ok(metrics(state).await),
@@ -406,8 +417,8 @@ async fn translate_and_forward(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Reply, ProxyError> {
-    // The common sends take the hot path (dry-run reports need the general one).
-    if matches!(route, Route::SendMessage) && state.upstream.dry_run().is_none() {
+    // The common sends take the hot path (readiness reports need the general one).
+    if matches!(route, Route::SendMessage) && state.readiness().is_none() {
         if let Some(cloud) = fast::onprem_to_cloud_send(body) {
             let answer = timed_exchange(
                 state,
@@ -439,15 +450,17 @@ async fn translate_and_forward(
         Translated::Local { status, body } => return Ok(Reply::Json(status, body)),
         Translated::Upstream(cloud) => cloud,
     };
-    if let Some(dry_run) = state.upstream.dry_run() {
+    if let Some(readiness) = state.readiness() {
         if let (Ok(onprem), Some(cloud_body)) = (crate::translate::parse_body(body), &cloud.body) {
             let dropped = crate::translate::dryrun::dropped_fields(&onprem, cloud_body);
-            dry_run.record(|report| {
+            readiness.record(|report| {
                 for field in dropped {
-                    *report
-                        .dropped_fields
-                        .entry(format!("{}: {field}", route.name()))
-                        .or_default() += 1;
+                    let field = format!("{}: {field}", route.name());
+                    report
+                        .dropped_examples
+                        .entry(field.clone())
+                        .or_insert_with(|| context.request_id.clone());
+                    *report.dropped_fields.entry(field).or_default() += 1;
                 }
             });
         }

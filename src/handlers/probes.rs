@@ -11,6 +11,8 @@ use super::{AppState, Reply};
 use crate::body::full;
 
 pub(super) async fn metrics(state: &AppState) -> Reply {
+    let (ready, _) = readiness(state).await;
+    state.metrics.ready.set(i64::from(ready));
     let stats = match state.relay.db.stats(crate::clock::now_ms()).await {
         Ok(stats) => Some(stats),
         Err(error) => {
@@ -33,6 +35,12 @@ pub(super) async fn metrics(state: &AppState) -> Reply {
 /// Ready means: not shutting down, the outbox takes writes, and upstream accepts a TCP
 /// connection within the connect timeout.
 pub(super) async fn readyz(state: &AppState) -> Reply {
+    let (ready, body) = readiness(state).await;
+    Reply::Json(if ready { 200 } else { 503 }, body)
+}
+
+/// Whether the proxy is ready, and the checks that say so (for `/readyz` and the `ready` gauge).
+async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let shutting_down = state.shutting_down.load(Ordering::SeqCst);
     let outbox_ok = state.relay.db.writable().await.is_ok();
     let upstream_ok = state.upstream.reachable(state.config.connect_timeout).await;
@@ -41,5 +49,5 @@ pub(super) async fn readyz(state: &AppState) -> Reply {
         "status": if ready { "ready" } else { "not ready" },
         "checks": {"shutting_down": shutting_down, "outbox_writable": outbox_ok, "upstream_reachable": upstream_ok},
     });
-    Reply::Json(if ready { 200 } else { 503 }, body)
+    (ready, body)
 }

@@ -57,6 +57,9 @@ struct ChannelState {
     queued: VecDeque<Pending>,
     in_flight: usize,
     breaker: Breaker,
+    /// Deliveries the receiver took, since start (for the console's rate).
+    delivered: u64,
+    last_error: Option<String>,
 }
 
 /// The per-channel queues, counts and breakers of one replica's delivery loop.
@@ -77,6 +80,9 @@ pub struct ChannelView {
     /// `closed`, `open` or `half-open`.
     pub circuit: &'static str,
     pub failures_in_a_row: u32,
+    pub delivered: u64,
+    /// Why the last failed delivery failed.
+    pub last_error: Option<String>,
 }
 
 impl Channels {
@@ -102,6 +108,8 @@ impl Channels {
                 queued: VecDeque::new(),
                 in_flight: 0,
                 breaker: Breaker::Closed { failures: 0 },
+                delivered: 0,
+                last_error: None,
             })
     }
 
@@ -154,6 +162,15 @@ impl Channels {
             }
         }
         None
+    }
+
+    /// What became of a delivery of `channel`, for operators: taken, or why not.
+    pub fn note(&mut self, channel: &str, error: Option<&str>) {
+        let state = self.state(channel);
+        match error {
+            None => state.delivered += 1,
+            Some(error) => state.last_error = Some(error.to_owned()),
+        }
     }
 
     /// A delivery of `channel` ended; `delivered` says whether the receiver took it.
@@ -280,6 +297,8 @@ impl Channels {
                     in_flight: state.in_flight,
                     circuit,
                     failures_in_a_row: failures,
+                    delivered: state.delivered,
+                    last_error: state.last_error.clone(),
                 }
             })
             .collect();

@@ -217,6 +217,11 @@ pub async fn deliver_forever(delivery: Delivery) {
                         started.remove(&task);
                         let delivered = matches!(outcome, Outcome::Delivered { .. });
                         state.channels.finished(&channel, delivered, clock.now_ms());
+                        let error = match &outcome {
+                            Outcome::Retry { error, .. } | Outcome::Dead { error, .. } => Some(error.as_str()),
+                            Outcome::Delivered { .. } => None,
+                        };
+                        state.channels.note(&channel, error);
                         if let Outcome::Retry { next_attempt_at, .. } = outcome {
                             state.retries.push(Reverse(next_attempt_at));
                             if state.retries.len() > 1_024 {

@@ -128,7 +128,11 @@ pub fn onprem_to_cloud_request(
         | Route::Healthz
         | Route::Readyz
         | Route::Metrics
-        | Route::AdminDryRunReport => Err(OnPremError::new(
+        | Route::AdminDryRunReport
+        | Route::Console
+        | Route::ConsoleCss
+        | Route::ConsoleLogin
+        | Route::ConsoleReplay => Err(OnPremError::new(
             501,
             1000,
             "answered by the running proxy from its own state; nothing is sent upstream",

@@ -62,7 +62,10 @@ impl Upstream {
         let target = request.uri().clone();
         if let Some(authority) = target.authority() {
             if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
-                request.headers_mut().entry(http::header::HOST).or_insert(host);
+                request
+                    .headers_mut()
+                    .entry(http::header::HOST)
+                    .or_insert(host);
             }
         }
         if let Some(path) = target.path_and_query() {

@@ -34,6 +34,8 @@ pub struct DryRunReport {
     pub requests: std::collections::BTreeMap<String, u64>,
     pub refused: std::collections::BTreeMap<String, u64>,
     pub dropped_fields: std::collections::BTreeMap<String, u64>,
+    /// One request id per dropped field, to look the request up in the log.
+    pub dropped_examples: std::collections::BTreeMap<String, String>,
 }
 
 impl DryRun {

@@ -281,7 +281,11 @@ mod fast_path {
         let sends = fixture_sends();
         let taken = sends.iter().filter(|body| agree(body)).count();
         // The fast path is not dead code: the common sends among the fixtures take it.
-        assert!(taken >= 10, "only {taken} of {} fixture sends took the fast path", sends.len());
+        assert!(
+            taken >= 10,
+            "only {taken} of {} fixture sends took the fast path",
+            sends.len()
+        );
     }
 
     #[test]
@@ -294,7 +298,9 @@ mod fast_path {
         }
     }
 
-    fn maybe<T: std::fmt::Debug>(value: impl Strategy<Value = T>) -> impl Strategy<Value = Option<T>> {
+    fn maybe<T: std::fmt::Debug>(
+        value: impl Strategy<Value = T>,
+    ) -> impl Strategy<Value = Option<T>> {
         prop::option::weighted(0.6, value)
     }
 
@@ -346,8 +352,12 @@ mod fast_path {
                 }
                 Value::Object(m)
             });
-        let text = (sometimes(0.9, string_ish()), sometimes(0.3, scalar()), sometimes(0.1, scalar())).prop_map(
-            |(body, preview, extra)| {
+        let text = (
+            sometimes(0.9, string_ish()),
+            sometimes(0.3, scalar()),
+            sometimes(0.1, scalar()),
+        )
+            .prop_map(|(body, preview, extra)| {
                 let mut t = Map::new();
                 if let Some(b) = body {
                     t.insert("body".into(), b);
@@ -359,53 +369,66 @@ mod fast_path {
                     t.insert("extra".into(), e);
                 }
                 Value::Object(t)
-            },
-        );
+            });
         let to = prop_oneof![8 => "[0-9+]{1,15}".prop_map(Value::from), 1 => string_ish()];
         (
             sometimes(0.9, kind),
             sometimes(0.95, to),
             sometimes(0.3, scalar()),
-            sometimes(0.5, prop_oneof![3 => any::<bool>().prop_map(Value::from), 1 => scalar()]),
+            sometimes(
+                0.5,
+                prop_oneof![3 => any::<bool>().prop_map(Value::from), 1 => scalar()],
+            ),
             sometimes(0.9, text),
             sometimes(0.9, media),
-            sometimes(0.3, prop::sample::select(vec!["ttl", "render_mentions", "context", "biz_opaque_callback_data", "unknown"])),
+            sometimes(
+                0.3,
+                prop::sample::select(vec![
+                    "ttl",
+                    "render_mentions",
+                    "context",
+                    "biz_opaque_callback_data",
+                    "unknown",
+                ]),
+            ),
             scalar(),
         )
-            .prop_map(|(kind, to, recipient_type, preview_url, text, media, extra, extra_value)| {
-                let mut m = Map::new();
-                if let Some(kind) = kind {
-                    m.insert("type".into(), Value::from(kind));
-                }
-                let kind = kind.unwrap_or("text");
-                if let Some(to) = to {
-                    m.insert("to".into(), to);
-                }
-                if let Some(r) = recipient_type {
-                    m.insert("recipient_type".into(), r);
-                }
-                if let Some(p) = preview_url {
-                    m.insert("preview_url".into(), p);
-                }
-                if let Some(t) = text.filter(|_| kind == "text" || fastrand_like(&m)) {
-                    m.insert("text".into(), t);
-                }
-                if kind != "text" {
-                    if let Some(md) = media {
-                        m.insert(kind.into(), md);
+            .prop_map(
+                |(kind, to, recipient_type, preview_url, text, media, extra, extra_value)| {
+                    let mut m = Map::new();
+                    if let Some(kind) = kind {
+                        m.insert("type".into(), Value::from(kind));
                     }
-                }
-                if let Some(e) = extra {
-                    m.insert(e.into(), extra_value);
-                }
-                Value::Object(m)
-            })
+                    let kind = kind.unwrap_or("text");
+                    if let Some(to) = to {
+                        m.insert("to".into(), to);
+                    }
+                    if let Some(r) = recipient_type {
+                        m.insert("recipient_type".into(), r);
+                    }
+                    if let Some(p) = preview_url {
+                        m.insert("preview_url".into(), p);
+                    }
+                    if let Some(t) = text.filter(|_| kind == "text" || fastrand_like(&m)) {
+                        m.insert("text".into(), t);
+                    }
+                    if kind != "text" {
+                        if let Some(md) = media {
+                            m.insert(kind.into(), md);
+                        }
+                    }
+                    if let Some(e) = extra {
+                        m.insert(e.into(), extra_value);
+                    }
+                    Value::Object(m)
+                },
+            )
     }
 
     /// Whether a non-text send also carries a `text` object (a deterministic coin from the
     /// send's size, so generated cases replay).
     fn fastrand_like(m: &Map<String, Value>) -> bool {
-        Value::Object(m.clone()).to_string().len() % 5 == 0
+        Value::Object(m.clone()).to_string().len().is_multiple_of(5)
     }
 
     #[test]
@@ -420,7 +443,10 @@ mod fast_path {
             })
             .count();
         // Otherwise the comparison below would mostly compare nothing.
-        assert!(taken >= 500, "only {taken} of 2,000 generated sends took the fast path");
+        assert!(
+            taken >= 500,
+            "only {taken} of 2,000 generated sends took the fast path"
+        );
     }
 
     proptest! {
