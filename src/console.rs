@@ -110,7 +110,8 @@ pub fn sign_in(message: Option<&str>) -> String {
     page.push_str(
         "<form method=\"post\" action=\"/admin/login\"><label>Admin token \
          <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required></label> \
-         <button type=\"submit\">Sign in</button></form></main></body></html>",
+         <button type=\"submit\">Sign in</button></form>\
+         <p>Or open <a href=\"/admin\">/admin</a> and give the token as the password of the browser's own prompt.</p></main></body></html>",
     );
     page
 }

@@ -60,7 +60,7 @@ pub enum Route {
     Console,
     /// `GET /admin/console.css`.
     ConsoleCss,
-    /// `POST /admin/login`: the console's sign-in form.
+    /// `GET /admin/login`: the console's sign-in form; `POST`: signing in with it.
     ConsoleLogin,
     /// `POST /admin/console/replay`: a dead letter replayed from the console.
     ConsoleReplay,
@@ -314,7 +314,7 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         ("GET", ["admin", "dry-run", "report"]) => Route::AdminDryRunReport,
         ("GET", ["admin"]) => Route::Console,
         ("GET", ["admin", "console.css"]) => Route::ConsoleCss,
-        ("POST", ["admin", "login"]) => Route::ConsoleLogin,
+        ("GET" | "POST", ["admin", "login"]) => Route::ConsoleLogin,
         ("POST", ["admin", "console", "replay"]) => Route::ConsoleReplay,
         ("POST", ["admin", "webhooks", "dead", id, "replay"]) => Route::AdminReplay {
             dead_id: (*id).to_owned(),

@@ -198,6 +198,13 @@ pub(super) fn css(state: &AppState) -> Result<Reply, ProxyError> {
     Ok(Reply::Stream(response))
 }
 
+/// `GET /admin/login`: the sign-in form alone, without the Basic challenge (which makes a
+/// browser prompt instead).
+pub(super) fn login_form(state: &AppState) -> Result<Reply, ProxyError> {
+    state.config.admin_token.as_ref().ok_or_else(not_found)?;
+    Ok(Reply::Stream(html(StatusCode::OK, console::sign_in(None))))
+}
+
 /// `POST /admin/login` (form: `token`): sets the console cookie.
 pub(super) fn login(state: &AppState, body: &[u8]) -> Result<Reply, ProxyError> {
     let token = state.config.admin_token.as_deref().ok_or_else(not_found)?;
@@ -362,7 +369,17 @@ pub(super) async fn page(
                 reason: d.reason,
                 attempts: d.attempts,
                 died_at: time::OffsetDateTime::from_unix_timestamp(d.died_at / 1000)
-                    .map(|t| t.to_string())
+                    .map(|t| {
+                        format!(
+                            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                            t.year(),
+                            u8::from(t.month()),
+                            t.day(),
+                            t.hour(),
+                            t.minute(),
+                            t.second()
+                        )
+                    })
                     .unwrap_or_default(),
                 payload: serde_json::to_string_pretty(&d.payload).unwrap_or_default(),
             })

@@ -294,6 +294,7 @@ async fn serve(
         Route::AdminDryRunReport => Ok(dry_run_report(state)),
         Route::Console => console::page(state, &parts.headers, parts.uri.query()).await,
         Route::ConsoleCss => console::css(state),
+        Route::ConsoleLogin if method == "GET" => console::login_form(state),
         Route::ConsoleLogin => console::login(state, &body),
         Route::ConsoleReplay => console::replay(state, &parts.headers, &body).await,
         Route::Healthz => Ok(Reply::Json(200, serde_json::json!({"status": "alive"}))),

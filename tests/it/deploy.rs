@@ -576,3 +576,135 @@ fn readme_carries_both_files_verbatim() {
         );
     }
 }
+
+/// Every metric the Grafana dashboard queries is one the proxy exports: a proxy that has
+/// served a send, refused a request and relayed a webhook is scraped, and each `waba_proxy_*`
+/// name in the dashboard's queries must be among the series it shows.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_proxy_exports() {
+    use crate::support::mock_upstream::MockUpstream;
+    use crate::support::proxy::{send, send_text, spawn_proxy_with};
+    use crate::webhooks::{legacy_receiver, post_event, receiver_ok, text_event, SECRET};
+
+    let upstream = MockUpstream::start().await;
+    let receiver = legacy_receiver([], receiver_ok()).await;
+    let hook = format!("{}/hook", receiver.url());
+    let proxy = spawn_proxy_with(&upstream.url(), |c| {
+        c.legacy_webhook_url = Some(hook);
+        c.webhook_secret = Some(SECRET.into());
+    })
+    .await;
+    assert_eq!(send_text(&proxy).await.status, 201);
+    assert_eq!(
+        send(&proxy, "GET", "/v1/nothing-here", &[], "")
+            .await
+            .status,
+        404
+    );
+    let event = text_event("49", "wamid.DASH", "hi");
+    assert_eq!(
+        post_event(&proxy, "default", Some(SECRET), &event).await,
+        200
+    );
+    receiver.wait_for_requests(1).await;
+    // The delivery loop publishes its channels about once a second.
+    let mut exported = BTreeSet::new();
+    for _ in 0..50 {
+        let metrics = send(&proxy, "GET", "/metrics", &[], "").await;
+        let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+        exported = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
+            .collect();
+        if exported.contains("waba_proxy_webhook_channel_in_flight") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/waba-onprem-proxy.json")).unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("waba_proxy_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name);
+            }
+        }
+    }
+    // The panels the issue names, by what they query.
+    for needed in [
+        "waba_proxy_requests_total",
+        "waba_proxy_errors_total",
+        "waba_proxy_upstream_seconds_bucket",
+        "waba_proxy_in_flight_requests",
+        "waba_proxy_webhook_outbox",
+        "waba_proxy_webhook_outbox_oldest_pending_seconds",
+        "waba_proxy_webhook_delivery_seconds_bucket",
+    ] {
+        assert!(
+            queried.contains(needed),
+            "the dashboard has no panel on {needed}"
+        );
+    }
+    let missing: Vec<&String> = queried.iter().filter(|q| !exported.contains(*q)).collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}\nexported: {exported:?}"
+    );
+}
+
+/// `promtool` (Debian's `prometheus` package; `.ci/run` installs it) checks the alert rules
+/// and runs their unit tests on synthetic series. Without it the test says SKIPPED, unless
+/// `WABA_PROXY_TEST_TOOLS_REQUIRED=1` (as in CI).
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = repo().join("deploy/prometheus");
+    let run = |args: &[&str]| {
+        std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+    };
+    let check = match run(&["check", "rules", "alerts.yaml"]) {
+        Ok(output) => output,
+        Err(error) => {
+            assert!(
+                std::env::var("WABA_PROXY_TEST_TOOLS_REQUIRED").as_deref() != Ok("1"),
+                "promtool is required but unavailable: {error}"
+            );
+            eprintln!("SKIPPED (no promtool): {error}");
+            return;
+        }
+    };
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let tested = run(&["test", "rules", "alerts.test.yaml"]).unwrap();
+    assert!(
+        tested.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    // Each rule says why it exists.
+    let rules = load("deploy/prometheus/alerts.yaml");
+    for rule in list(&rules[0]["groups"][0]["rules"], "rules") {
+        let name = text(&rule["alert"], "alert");
+        assert!(
+            text(&rule["annotations"]["reasoning"], "reasoning").len() > 80,
+            "{name} has no reasoning"
+        );
+    }
+}

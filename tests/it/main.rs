@@ -7,6 +7,7 @@
 #[macro_use]
 mod support;
 
+mod console;
 mod crash;
 mod database;
 mod deploy;
