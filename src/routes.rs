@@ -248,7 +248,17 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    // On the stack: no route has more than 6 segments, and a path of more than 16 is no route.
+    let mut held = [""; 16];
+    let mut count = 0;
+    for segment in path.split('/').skip(1) {
+        if count == held.len() {
+            return Route::NotFound;
+        }
+        held[count] = segment;
+        count += 1;
+    }
+    let segments = &held[..count];
     if segments
         .iter()
         .any(|s| percent_decode_str(s).decode_utf8().is_err())
@@ -262,7 +272,7 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
     {
         return Route::NotFound;
     }
-    match (method, segments.as_slice()) {
+    match (method, segments) {
         ("POST", ["v1", "messages"]) => Route::SendMessage,
         ("PUT", ["v1", "messages", id]) => match decode_segment(id) {
             id if is_message_id(&id) => Route::MarkRead {

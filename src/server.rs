@@ -2,7 +2,7 @@
 //! connections with an armed header-read timeout, and graceful shutdown (stop accepting, drain
 //! in-flight requests on every thread, bounded by the grace period).
 
-use crate::upstream::{Affinity, Lane, UpstreamCall};
+use crate::upstream::{Lane, UpstreamCall};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -191,7 +191,7 @@ fn serve_connection(
         .keep_alive(true);
     let state = state.clone();
     // This connection's own upstream connection, kept between its requests.
-    let affinity = Arc::new(Affinity::default());
+    let affinity = Arc::new(state.upstream.affinity(lane));
     let service = service_fn(move |request| {
         handle(
             state.clone(),

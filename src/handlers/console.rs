@@ -210,7 +210,11 @@ pub(super) fn login(state: &AppState, body: &[u8]) -> Result<Reply, ProxyError> 
     let token = state.config.admin_token.as_deref().ok_or_else(not_found)?;
     let given = form(body, "token").unwrap_or_default();
     if !same_secret(given.as_bytes(), token.as_bytes()) {
-        return Ok(sign_in(Some("That is not the admin token.")));
+        // The form again, without the Basic challenge (a prompt would cover the form).
+        return Ok(Reply::Stream(html(
+            StatusCode::UNAUTHORIZED,
+            console::sign_in(Some("That is not the admin token.")),
+        )));
     }
     let issued = now_ms().to_string();
     let signature = hmac_hex(token.as_bytes(), format!("console:{issued}").as_bytes());

@@ -36,7 +36,7 @@ use crate::routes::{route, Caller, Intake, Route};
 use crate::translate::errors::OnPremError;
 use crate::translate::fast;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
-use crate::upstream::{forwarded_request_headers, CloudAnswer, DryRun, UpstreamCall};
+use crate::upstream::{count, forwarded_request_headers, CloudAnswer, DryRun, UpstreamCall};
 pub use console::{snapshot_console, ConsoleHistory};
 
 /// Shared by the areas below: where a key's documents are filed.
@@ -125,26 +125,17 @@ pub async fn handle(
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let route = route(method.as_str(), &path_and_query);
+    // A `Uri` clone shares its bytes: path and query are borrowed from it, not copied.
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let route = route(method.as_str(), path_and_query);
     let route_name = route.name();
     let in_flight = InFlight::enter(&state.metrics.in_flight);
 
-    let context = RequestContext::new(upstream, request_id.clone());
-    let reply = serve(
-        &state,
-        request,
-        &request_id,
-        route,
-        &path_and_query,
-        &context,
-    )
-    .await;
+    let context = RequestContext::new(upstream, request_id);
+    let request_id = context.request_id.as_str();
+    let reply = serve(&state, request, request_id, route, path_and_query, &context).await;
     let upstream_status = context.upstream.status();
     // What a send became, in its log line: a trace of every message that reached Cloud, also
     // when its client is no longer there to hear the answer.
@@ -182,10 +173,10 @@ pub async fn handle(
                 .inc();
             if let Some(readiness) = state.readiness() {
                 readiness.record(|report| {
-                    *report
-                        .refused
-                        .entry(format!("{route_name}: {}", onprem.details))
-                        .or_default() += 1;
+                    count(
+                        &mut report.refused,
+                        format!("{route_name}: {}", onprem.details),
+                    );
                 });
             }
             json_response(onprem.status, &onprem.to_body(&state.config.meta))
@@ -195,10 +186,7 @@ pub async fn handle(
     let status = response.status().as_u16();
     if let Some(readiness) = state.readiness() {
         readiness.record(|report| {
-            *report
-                .requests
-                .entry(format!("{route_name} {status}"))
-                .or_default() += 1;
+            count(&mut report.requests, format!("{route_name} {status}"));
         });
     }
     state
@@ -209,7 +197,7 @@ pub async fn handle(
             status,
         })
         .inc();
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
+    if let Ok(id) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID, id);
     }
     info!(
@@ -418,8 +406,10 @@ async fn translate_and_forward(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Reply, ProxyError> {
-    // The common sends take the hot path (readiness reports need the general one).
-    if matches!(route, Route::SendMessage) && state.readiness().is_none() {
+    // The common sends take the hot path. It drops no On-Premise field (sends with `ttl` or
+    // `render_mentions` take the general path), so readiness counts need nothing from it; the
+    // dry run's report wants the general path's view of every send.
+    if matches!(route, Route::SendMessage) && state.upstream.dry_run().is_none() {
         if let Some(cloud) = fast::onprem_to_cloud_send(body) {
             let answer = timed_exchange(
                 state,
@@ -456,12 +446,14 @@ async fn translate_and_forward(
             let dropped = crate::translate::dryrun::dropped_fields(&onprem, cloud_body);
             readiness.record(|report| {
                 for field in dropped {
-                    let field = format!("{}: {field}", route.name());
+                    let field = count(
+                        &mut report.dropped_fields,
+                        format!("{}: {field}", route.name()),
+                    );
                     report
                         .dropped_examples
-                        .entry(field.clone())
+                        .entry(field)
                         .or_insert_with(|| context.request_id.clone());
-                    *report.dropped_fields.entry(field).or_default() += 1;
                 }
             });
         }

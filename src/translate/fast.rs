@@ -41,6 +41,9 @@ impl<'de> serde::Deserialize<'de> for Text<'de> {
     }
 }
 
+/// The most members an object this path takes may have (a send has at most 7 known fields).
+const MAX_MEMBERS: usize = 8;
+
 /// A JSON object's members in order, as raw JSON: nothing is parsed below the top level.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
@@ -55,6 +58,13 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Members<'de>, M::Error> {
                 let mut members = Vec::with_capacity(8);
                 while let Some((Text(key), value)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
+                    // No object this path takes has more members: a larger one is given up
+                    // at once (checking many keys for repeats would cost time a client chose).
+                    if members.len() == MAX_MEMBERS {
+                        return Err(serde::de::Error::custom(
+                            "more members than the fast path takes",
+                        ));
+                    }
                     members.push((key, value));
                 }
                 Ok(Members(members))
@@ -91,6 +101,26 @@ fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
         return None;
     }
     serde_json::from_str::<Text>(raw.get()).ok().map(|t| t.0)
+}
+
+/// A value copied through as the client wrote it: a string (checked in full: a raw copy would
+/// carry a lone surrogate escape that the general path refuses), `true`, `false` or `null`.
+/// Anything else (numbers, objects, arrays) is left to the general path.
+fn plain(raw: &RawValue) -> Option<&RawValue> {
+    match raw.get() {
+        "true" | "false" | "null" => Some(raw),
+        _ => string(raw).map(|_| raw),
+    }
+}
+
+/// An object of plain values (`context`, a contact), each key once.
+fn plain_object(raw: &RawValue) -> Option<&RawValue> {
+    let members = Members::parse(raw.get().as_bytes())?;
+    members
+        .0
+        .iter()
+        .all(|(_, value)| plain(value).is_some())
+        .then_some(raw)
 }
 
 fn is_null(raw: &RawValue) -> bool {
@@ -140,12 +170,16 @@ pub fn onprem_to_cloud_send(body: &[u8]) -> Option<Vec<u8>> {
     match message.get("recipient_type") {
         None => out.extend_from_slice(br#","recipient_type":"individual""#),
         Some(raw) if is_null(raw) => out.extend_from_slice(br#","recipient_type":"individual""#),
-        Some(raw) => member(&mut out, "recipient_type", raw),
-    }
-    for pass in ["context", "biz_opaque_callback_data"] {
-        if let Some(raw) = message.get(pass) {
-            member(&mut out, pass, raw);
+        Some(raw) => {
+            string(raw)?;
+            member(&mut out, "recipient_type", raw);
         }
+    }
+    if let Some(raw) = message.get("context") {
+        member(&mut out, "context", plain_object(raw)?);
+    }
+    if let Some(raw) = message.get("biz_opaque_callback_data") {
+        member(&mut out, "biz_opaque_callback_data", plain(raw)?);
     }
     match media {
         None => {
@@ -183,6 +217,9 @@ fn text(out: &mut Vec<u8>, raw: &RawValue, outside: Option<&RawValue>) -> Option
     if string(body)?.chars().count() > TEXT_BODY_MAX_CHARS {
         return None;
     }
+    if let Some(inside) = text.get("preview_url") {
+        plain(inside)?;
+    }
     let inside = text.get("preview_url").filter(|raw| !is_null(raw));
     let outside = outside.filter(|raw| !is_null(raw));
     if let Some(outside) = outside {
@@ -214,6 +251,12 @@ fn media_object(out: &mut Vec<u8>, kind: &str, raw: &RawValue) -> Option<()> {
     for key in ["id", "link"] {
         if let Some(value) = media.get(key) {
             string(value)?;
+        }
+    }
+    // `caption` and `filename` are plain values.
+    for key in ["caption", "filename"] {
+        if let Some(value) = media.get(key) {
+            plain(value)?;
         }
     }
     if media.get("id").is_none() && media.get("link").is_none() {
@@ -256,9 +299,23 @@ pub fn cloud_to_onprem_send_response(answer: &[u8], meta: &Meta) -> Option<(Vec<
         return None;
     }
     let first = ids.first().and_then(|m| m.get("id")).and_then(string)?;
+    // Every id checked in full, as the general path reads them.
+    for id in &ids {
+        id.get("id").and_then(string)?;
+    }
+    let contacts = match members.get("contacts") {
+        Some(contacts) => Some(
+            serde_json::from_str::<Vec<&RawValue>>(contacts.get())
+                .ok()?
+                .into_iter()
+                .all(|c| plain_object(c).is_some())
+                .then_some(contacts)?,
+        ),
+        None => None,
+    };
     let mut out = Vec::with_capacity(answer.len() + 64);
     out.push(b'{');
-    if let Some(contacts) = members.get("contacts") {
+    if let Some(contacts) = contacts {
         out.extend_from_slice(b"\"contacts\":");
         out.extend_from_slice(contacts.get().as_bytes());
         out.push(b',');
@@ -324,6 +381,31 @@ mod tests {
         }
         assert!(onprem_to_cloud_send(br#"{"to":"1","to":"2","text":{"body":"x"}}"#).is_none());
         assert!(onprem_to_cloud_send(b"{not json").is_none());
+        // Written by hand: bytes `Value::to_string` never makes.
+        for body in [
+            // A lone surrogate in any value copied through (the general path refuses the body).
+            r#"{"to":"1","text":{"body":"x"},"context":{"message_id":"\ud800"}}"#,
+            r#"{"to":"1","recipient_type":"\udc00","text":{"body":"x"}}"#,
+            r#"{"to":"1","biz_opaque_callback_data":"\ud800","text":{"body":"x"}}"#,
+            r#"{"to":"1","type":"image","image":{"id":"1","caption":"\ud800"}}"#,
+            r#"{"to":"\ud800","text":{"body":"x"}}"#,
+            // A repeated key inside a nested object.
+            r#"{"to":"1","text":{"body":"x","body":"y"}}"#,
+            r#"{"to":"1","text":{"body":"x"},"context":{"message_id":"a","message_id":"b"}}"#,
+            r#"{"to":"1","type":"image","image":{"id":"1","id":"2"}}"#,
+            // Values the fast path does not copy through.
+            r#"{"to":"1","text":{"body":"x"},"context":{"message_id":{"deep":1}}}"#,
+            r#"{"to":"1","text":{"body":"x","preview_url":{"x":1}}}"#,
+        ] {
+            assert!(onprem_to_cloud_send(body.as_bytes()).is_none(), "{body}");
+        }
+        // Many members are given up at once, not compared pairwise (a client could stall a
+        // serving thread for seconds with 80,000 keys otherwise).
+        let many: String = (0..80_000).map(|i| format!("\"k{i}\":0,")).collect();
+        let body = format!("{{{many}\"to\":\"1\"}}");
+        let started = std::time::Instant::now();
+        assert!(onprem_to_cloud_send(body.as_bytes()).is_none());
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
     }
 
     #[test]
@@ -340,5 +422,15 @@ mod tests {
         let with_status = br#"{"messages":[{"id":"wamid.A","message_status":"accepted"}]}"#;
         assert!(cloud_to_onprem_send_response(with_status, &Meta::new("v")).is_none());
         assert!(cloud_to_onprem_send_response(br#"{"error":{}}"#, &Meta::new("v")).is_none());
+        for answer in [
+            r#"{"contacts":[{"input":"\ud800","wa_id":"1"}],"messages":[{"id":"a"}]}"#,
+            r#"{"messages":[{"id":"a"},{"id":"\udc00"}]}"#,
+            r#"{"contacts":[{"wa_id":"1","wa_id":"2"}],"messages":[{"id":"a"}]}"#,
+        ] {
+            assert!(
+                cloud_to_onprem_send_response(answer.as_bytes(), &Meta::new("v")).is_none(),
+                "{answer}"
+            );
+        }
     }
 }

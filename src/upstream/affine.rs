@@ -3,13 +3,14 @@
 //! connector cloned and boxed futures per request).
 //!
 //! An On-Premise client sends one request at a time per connection (HTTP/1.1 without
-//! pipelining), so one upstream connection per client connection is enough, and it is opened
-//! on that client's serving thread. A client connection that arrives while its upstream
-//! connection is busy, or whose upstream connection has closed, opens another; a request that
-//! a closed connection never sent is sent once more on a fresh one (one that was sent is never
-//! repeated: a send must not go out twice).
+//! pipelining), so one upstream connection per client connection is enough. When a client
+//! connection closes, its upstream connection goes back to its serving thread's idle list, and
+//! a new client connection takes one from there before opening another: clients that open a
+//! connection per request (common with PHP and curl) do not pay a TCP and TLS handshake to
+//! Cloud per send. A request that a closed connection never sent is sent once more on a fresh
+//! one (one that was sent is never repeated: a send must not go out twice).
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -20,25 +21,67 @@ use super::Upstream;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
+/// Upstream connections idle on one serving thread, between client connections.
+pub type IdleList = Arc<Mutex<Vec<http1::SendRequest<ProxyBody>>>>;
+
+/// Idle upstream connections kept per serving thread at most.
+const MAX_IDLE: usize = 256;
+
 /// One client connection's upstream connection, when it has one that is idle.
-#[derive(Default)]
 pub struct Affinity {
     idle: Mutex<Option<http1::SendRequest<ProxyBody>>>,
+    /// Where it goes when the client connection closes, and where one comes from first.
+    thread: IdleList,
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        let kept = self
+            .idle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(sender) = kept.filter(|s| !s.is_closed()) {
+            let mut list = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            if list.len() < MAX_IDLE {
+                list.push(sender);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Affinity {
+    // (Nothing to show: connections.)
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Affinity")
     }
 }
 
 impl Affinity {
+    /// A client connection's own, drawing on its serving thread's idle connections.
+    pub fn new(thread: IdleList) -> Affinity {
+        Affinity {
+            idle: Mutex::new(None),
+            thread,
+        }
+    }
+
     fn take(&self) -> Option<http1::SendRequest<ProxyBody>> {
-        self.idle
+        let own = self
+            .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
-            .filter(|sender| !sender.is_closed())
+            .filter(|sender| !sender.is_closed());
+        own.or_else(|| {
+            let mut list = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some(sender) = list.pop() {
+                if !sender.is_closed() {
+                    return Some(sender);
+                }
+            }
+            None
+        })
     }
 
     fn keep(&self, sender: http1::SendRequest<ProxyBody>) {
@@ -96,7 +139,12 @@ impl Upstream {
                 Err(mut failed) => match failed.take_message() {
                     // Never written: a kept connection that had closed. Once more, fresh.
                     Some(unsent) if !fresh => request = unsent,
-                    _ => return Err(ProxyError::UpstreamFailed(Box::new(failed.into_error()))),
+                    // Never written on a fresh connection either: upstream is not taking
+                    // requests (a retry by the client is safe).
+                    Some(_) => {
+                        return Err(ProxyError::UpstreamConnect(Box::new(failed.into_error())))
+                    }
+                    None => return Err(ProxyError::UpstreamFailed(Box::new(failed.into_error()))),
                 },
             }
         }

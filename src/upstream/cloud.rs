@@ -71,7 +71,8 @@ impl Upstream {
         loop {
             let mut request = Request::builder().method(method.clone()).uri(uri.clone());
             if let Some(h) = request.headers_mut() {
-                h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+                // One copy of the whole map (its table included), not an insert per header.
+                *h = headers.clone();
                 h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
                 if body.is_some() && !h.contains_key(header::CONTENT_TYPE) {
                     h.insert(

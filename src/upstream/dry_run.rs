@@ -38,6 +38,30 @@ pub struct DryRunReport {
     pub dropped_examples: std::collections::BTreeMap<String, String>,
 }
 
+/// Distinct keys one table of the report keeps; past it, new keys are counted together under
+/// `(other)`. Refusal reasons quote what clients sent: without a bound, a client could grow
+/// the report (kept for the process's life in live mode) by a line per request.
+const MAX_KEYS: usize = 500;
+/// Longest key kept, in characters.
+const MAX_KEY_CHARS: usize = 200;
+
+/// Counts `key` once in `table`, within the bounds above; returns the key it was counted under.
+pub fn count(table: &mut std::collections::BTreeMap<String, u64>, key: String) -> String {
+    let mut key = key;
+    if key.chars().count() > MAX_KEY_CHARS {
+        key = key
+            .chars()
+            .take(MAX_KEY_CHARS)
+            .chain(std::iter::once('…'))
+            .collect();
+    }
+    if !table.contains_key(&key) && table.len() >= MAX_KEYS {
+        key = "(other)".to_owned();
+    }
+    *table.entry(key.clone()).or_default() += 1;
+    key
+}
+
 impl DryRun {
     /// Changes the report (a poisoned lock only means a panic elsewhere: the counts stand).
     pub fn record(&self, change: impl FnOnce(&mut DryRunReport)) {
@@ -88,5 +112,25 @@ impl Upstream {
     /// The dry-run mode's state, when the proxy runs in it.
     pub fn dry_run(&self) -> Option<&DryRun> {
         self.dry_run.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_tables_stay_bounded_whatever_clients_send() {
+        let mut table = std::collections::BTreeMap::new();
+        for i in 0..2 * MAX_KEYS {
+            count(
+                &mut table,
+                format!("not_found: no such endpoint: GET /v1/x{i}"),
+            );
+        }
+        assert_eq!(table.len(), MAX_KEYS + 1);
+        assert_eq!(table["(other)"], MAX_KEYS as u64);
+        let long = count(&mut std::collections::BTreeMap::new(), "y".repeat(10_000));
+        assert_eq!(long.chars().count(), MAX_KEY_CHARS + 1);
     }
 }

@@ -14,8 +14,8 @@ mod dry_run;
 pub mod graph;
 mod outbound;
 
-pub use affine::Affinity;
-pub use dry_run::{DryRun, DryRunReport};
+pub use affine::{Affinity, IdleList};
+pub use dry_run::{count, DryRun, DryRunReport};
 
 use crate::accounts::Account;
 use crate::link_guard::{GuardedResolver, LinkPolicy};
@@ -135,6 +135,8 @@ pub struct Upstream {
     /// `--upstream dry-run`: the one place the mode lives. Nothing is sent; Cloud's answers
     /// are synthesized and what the proxy saw is reported.
     dry_run: Option<DryRun>,
+    /// Per serving thread: upstream connections idle between client connections.
+    idle: Vec<IdleList>,
     /// What the affine connections are opened with (the pools' connector).
     connector: HttpsConnector<HttpConnector>,
     header_buffer: usize,
@@ -187,6 +189,9 @@ impl Upstream {
             links,
             link_policy: config.link_fetch_block,
             dry_run: config.dry_run.then(DryRun::default),
+            idle: (0..config.serving_threads.max(1))
+                .map(|_| IdleList::default())
+                .collect(),
             connector: https,
             header_buffer,
             root: config.upstream.clone(),
@@ -195,6 +200,13 @@ impl Upstream {
             timeout: config.upstream_timeout,
             max_body_bytes: config.max_upstream_body_bytes,
         }
+    }
+}
+
+impl Upstream {
+    /// A new client connection's link upstream, on serving thread `lane`.
+    pub fn affinity(&self, lane: Lane) -> Affinity {
+        Affinity::new(self.idle[lane.0 % self.idle.len()].clone())
     }
 }
 

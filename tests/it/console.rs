@@ -162,13 +162,153 @@ async fn the_console_asks_for_the_token_and_sends_its_security_headers() {
 }
 
 #[tokio::test]
+async fn forged_or_other_sessions_neither_open_the_page_nor_replay() {
+    let (_upstream, receiver, proxy) = console_with_a_dead_letter().await;
+    // A replayed letter is then delivered, not dead again at once.
+    receiver.set_default(receiver_ok());
+    // Every console answer carries the anti-framing headers, refusals included.
+    let anonymous = send(&proxy, "GET", "/admin", &[], "").await;
+    let css = send(&proxy, "GET", "/admin/console.css", &[], "").await;
+    let refused = send(
+        &proxy,
+        "POST",
+        "/admin/console/replay",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "id=1&csrf=x",
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    for answer in [&anonymous, &css, &refused] {
+        assert_eq!(answer.headers["x-frame-options"], "DENY");
+        assert_eq!(answer.headers["referrer-policy"], "no-referrer");
+        assert!(answer.headers.contains_key("content-security-policy"));
+    }
+    let sign_in = |token: String| {
+        let proxy = &proxy;
+        async move {
+            let signed = send(
+                proxy,
+                "POST",
+                "/admin/login",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &format!("token={token}"),
+            )
+            .await;
+            (
+                signed.status,
+                signed
+                    .headers
+                    .get("set-cookie")
+                    .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned()),
+            )
+        }
+    };
+    // A wrong token: the form again (401, no cookie, no Basic prompt over it).
+    let (status, cookie) = sign_in("wrong".into()).await;
+    assert_eq!((status, cookie), (401, None));
+    // Cookies that are not the proxy's: a forged signature, an old issue time re-signed by
+    // nobody, garbage.
+    let (_, Some(real)) = sign_in(TOKEN.into()).await else {
+        panic!("no cookie")
+    };
+    let (issued, signature) = real
+        .trim_start_matches("waba_console=")
+        .split_once('.')
+        .unwrap();
+    for forged in [
+        format!("waba_console={issued}.{}", "0".repeat(64)),
+        format!("waba_console=1.{signature}"),
+        format!(
+            "waba_console={}.{signature}",
+            issued.parse::<i64>().unwrap() - 13 * 3600 * 1000
+        ),
+        "waba_console=garbage".to_owned(),
+    ] {
+        let page = send(&proxy, "GET", "/admin", &[("cookie", &forged)], "").await;
+        assert_eq!(page.status, 401, "{forged}");
+    }
+    // The form token is bound to its sign-in: another session's does not replay.
+    let page = send(&proxy, "GET", "/admin", &[("cookie", &real)], "").await;
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, Some(other)) = sign_in(TOKEN.into()).await else {
+        panic!("no cookie")
+    };
+    assert_ne!(other, real);
+    let id = html
+        .split("name=\"id\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let replay = |cookie: String, csrf: String| {
+        let proxy = &proxy;
+        let id = id.clone();
+        async move {
+            send(
+                proxy,
+                "POST",
+                "/admin/console/replay",
+                &[
+                    ("cookie", &cookie),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                &format!("id={id}&csrf={csrf}"),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(replay(other.clone(), csrf.clone()).await, 403);
+    let dead = send(
+        &proxy,
+        "GET",
+        "/admin/webhooks/dead",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(
+        dead.json()["dead"].as_array().unwrap().len(),
+        1,
+        "still dead"
+    );
+    // Its own session's token does.
+    assert_eq!(replay(real, csrf).await, 303);
+    let dead = send(
+        &proxy,
+        "GET",
+        "/admin/webhooks/dead",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await;
+    assert!(
+        dead.json()["dead"].as_array().unwrap().is_empty(),
+        "replayed"
+    );
+}
+
+#[tokio::test]
 async fn without_an_admin_token_there_is_no_console() {
     let upstream = MockUpstream::start().await;
     let proxy = spawn_proxy_with(&upstream.url(), |_| {}).await;
     for (method, path) in [
         ("GET", "/admin"),
         ("GET", "/admin/console.css"),
+        ("GET", "/admin/login"),
         ("POST", "/admin/login"),
+        ("POST", "/admin/console/replay"),
     ] {
         assert_eq!(
             send(&proxy, method, path, &[], "").await.status,

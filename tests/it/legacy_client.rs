@@ -96,6 +96,7 @@ async fn call(base: &str, method: &str, path: &str, body: Value) -> (u16, Value)
 }
 
 const WEBHOOK_SECRET: &str = "webhook-secret-5f2e";
+const ADMIN_TOKEN: &str = "console-token-in-the-scan-77";
 
 /// Logs in as the key map's user and sends one text with the bearer token; returns the token.
 async fn login_and_send(base: &str) -> String {
@@ -189,6 +190,7 @@ async fn legacy_client_session_through_the_binary() {
             ("WABA_PROXY_KEY_MAP", map.to_str().unwrap()),
             ("WABA_PROXY_LEGACY_WEBHOOK_URL", &hook),
             ("WABA_PROXY_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("WABA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN),
         ],
     )
     .await;
@@ -324,6 +326,34 @@ async fn legacy_client_session_through_the_binary() {
         json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid})
     );
 
+    // The operator's console after the session (read now; scanned with the logs below).
+    let console_html = {
+        use base64::Engine as _;
+        use http_body_util::{BodyExt, Full};
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("op:{ADMIN_TOKEN}"));
+        let request = http::Request::get(format!("{}/admin", proxy.base))
+            .header("authorization", format!("Basic {basic}"))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        Some(
+            String::from_utf8(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap(),
+        )
+    };
+
     // SIGTERM: a clean, prompt exit.
     let pid = proxy.child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
@@ -340,6 +370,26 @@ async fn legacy_client_session_through_the_binary() {
 
     let logs = proxy.stderr.lock().unwrap().clone();
     assert!(logs.contains("request"), "no request log lines:\n{logs}");
+    // The console page, after the same session, shows no secret either.
+    let page = console_html.expect("the console page was read before shutdown");
+    assert!(
+        page.contains("send_message 201"),
+        "not the console after the session:\n{page}"
+    );
+    for secret in [
+        KEY,
+        token.as_str(),
+        WEBHOOK_SECRET,
+        "wrong-secret-value",
+        "admin-password-9",
+        ADMIN_TOKEN,
+        "hash=ATs",
+    ] {
+        assert!(
+            !page.contains(secret),
+            "a secret reached the console page: {secret}"
+        );
+    }
     // A send's line says what upstream answered and which message Cloud made of it: the
     // trace of every message that reached Cloud.
     assert!(

@@ -442,9 +442,10 @@ mod fast_path {
                 agree(body.to_string().as_bytes())
             })
             .count();
-        // Otherwise the comparison below would mostly compare nothing.
+        // Otherwise the comparison below would mostly compare nothing (about a fifth take it: the
+        // generator makes every field odd often, and the fast path declines anything odd).
         assert!(
-            taken >= 500,
+            taken >= 300,
             "only {taken} of 2,000 generated sends took the fast path"
         );
     }

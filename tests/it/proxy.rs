@@ -1351,3 +1351,76 @@ async fn a_dry_run_proxy_is_ready_without_any_upstream() {
     assert_eq!(ready.status, 503, "{:?}", ready.body);
     assert_eq!(ready.json()["checks"]["upstream_reachable"], false);
 }
+
+#[tokio::test]
+async fn clients_that_connect_per_request_reuse_one_upstream_connection() {
+    // Each `send_text` opens a client connection of its own, as PHP and curl clients do.
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| c.serving_threads = 1).await;
+    for _ in 0..3 {
+        assert_eq!(send_text(&proxy).await.status, 201);
+    }
+    assert_eq!(mock.requests().len(), 3);
+    assert_eq!(
+        mock.connections_accepted(),
+        1,
+        "an upstream connection idle after its client left serves the next client"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_upstream_closed_is_replaced_and_the_send_goes_out_once() {
+    // Upstream answers and closes the connection: the next send finds it closed, and goes out
+    // on a fresh one, exactly once.
+    let closing = Behaviour::Respond {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("connection".into(), "close".into()),
+        ],
+        body: Bytes::from_static(
+            br#"{"messaging_product":"whatsapp","contacts":[{"input":"1","wa_id":"1"}],"messages":[{"id":"wamid.CLOSED"}]}"#,
+        ),
+    };
+    let (mock, proxy) = proxy_with_mock_tuned([closing], |c| c.serving_threads = 1).await;
+    assert_eq!(send_text(&proxy).await.status, 201);
+    // Give the closing connection's task a moment to see the close, as in real use.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = send_text(&proxy).await;
+    assert_eq!(second.status, 201, "{:?}", second.body);
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "each send reached upstream exactly once"
+    );
+    assert_eq!(mock.connections_accepted(), 2);
+}
+
+#[tokio::test]
+async fn common_sends_take_the_hot_path_and_others_the_general_one() {
+    // The hot path writes the Cloud body in its own field order (the general path's map
+    // sorts its keys): what upstream received shows which path a send took.
+    let (mock, proxy) = proxy_with_mock().await;
+    assert_eq!(send_text(&proxy).await.status, 201);
+    let hsm = r#"{"to":"1","type":"hsm","hsm":{"namespace":"n","element_name":"e","language":{"policy":"deterministic","code":"en"}}}"#;
+    assert_eq!(
+        send_json(&proxy, "POST", "/v1/messages", hsm).await.status,
+        201
+    );
+    let bodies: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    assert!(
+        bodies[0].starts_with(r#"{"messaging_product":"whatsapp","to":"1""#),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[1].starts_with(
+            r#"{"messaging_product":"whatsapp","recipient_type":"individual","template":"#
+        ),
+        "{}",
+        bodies[1]
+    );
+}
