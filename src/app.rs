@@ -27,7 +27,7 @@ pub struct AppState {
     /// console shows (in dry-run mode the dry run's own report serves).
     live_readiness: Option<DryRun>,
     /// The console's counter snapshots, for its "recent" columns.
-    pub console: crate::handlers::ConsoleHistory,
+    pub console: crate::metrics::History,
 }
 
 /// Why the proxy cannot start.
@@ -80,7 +80,7 @@ impl AppState {
             metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
             live_readiness: (config_has_console && !dry_run).then(DryRun::default),
-            console: crate::handlers::ConsoleHistory::default(),
+            console: crate::metrics::History::default(),
         })
     }
 

@@ -1,6 +1,10 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text): requests by route and status, errors by
 //! On-Premise code, upstream latency, in-flight requests, and the webhook outbox.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -167,5 +171,45 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// What the console's "recent" columns cover.
+pub const RECENT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Counter values over time, for the console's "recent" columns: one snapshot per half
+/// minute (and per page view), the last few minutes kept.
+#[derive(Default)]
+pub struct History {
+    snapshots: Mutex<VecDeque<(Instant, HashMap<String, f64>)>>,
+}
+
+impl History {
+    /// Takes a snapshot of `now` unless one was taken in the last 10 s; returns the one the
+    /// recent figures are measured from (the newest at least `RECENT` old, else the oldest)
+    /// and its age.
+    pub fn baseline(
+        &self,
+        now: HashMap<String, f64>,
+    ) -> (HashMap<String, f64>, std::time::Duration) {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let at = Instant::now();
+        if snapshots
+            .back()
+            .is_none_or(|(taken, _)| taken.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            snapshots.push_back((at, now));
+        }
+        // Keep one snapshot older than the window, so the window is always covered.
+        while snapshots.len() > 1 && snapshots[1].0.elapsed() >= RECENT {
+            snapshots.pop_front();
+        }
+        snapshots
+            .front()
+            .map(|(taken, values)| (values.clone(), taken.elapsed()))
+            .unwrap_or_default()
     }
 }

@@ -6,9 +6,8 @@
 //! cookie (an HMAC of its issue time under the token, so every replica accepts it and nothing
 //! is stored). A replay is a POST carrying a form token derived the same way.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -25,44 +24,9 @@ use crate::secret::{hmac_hex, same_secret};
 const COOKIE: &str = "waba_console";
 /// How long a console sign-in lasts.
 const SESSION: Duration = Duration::from_secs(12 * 3600);
-/// What the "recent" columns cover.
-const RECENT: Duration = Duration::from_secs(5 * 60);
+use crate::metrics::RECENT;
 /// Dead letters per console page.
 const DEAD_PER_PAGE: usize = 20;
-
-/// Counter values over time, for the console's "recent" columns: one snapshot per half
-/// minute (and per page view), the last few minutes kept.
-#[derive(Default)]
-pub struct ConsoleHistory {
-    snapshots: Mutex<VecDeque<(Instant, HashMap<String, f64>)>>,
-}
-
-impl ConsoleHistory {
-    /// Takes a snapshot of `now` unless one was taken in the last 10 s; returns the one the
-    /// recent figures are measured from (the newest at least `RECENT` old, else the oldest)
-    /// and its age.
-    fn baseline(&self, now: HashMap<String, f64>) -> (HashMap<String, f64>, Duration) {
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let at = Instant::now();
-        if snapshots
-            .back()
-            .is_none_or(|(taken, _)| taken.elapsed() >= Duration::from_secs(10))
-        {
-            snapshots.push_back((at, now));
-        }
-        // Keep one snapshot older than the window, so the window is always covered.
-        while snapshots.len() > 1 && snapshots[1].0.elapsed() >= RECENT {
-            snapshots.pop_front();
-        }
-        snapshots
-            .front()
-            .map(|(taken, values)| (values.clone(), taken.elapsed()))
-            .unwrap_or_default()
-    }
-}
 
 /// Takes a snapshot for the console (the server calls it every half minute).
 pub async fn snapshot_console(state: &AppState) {

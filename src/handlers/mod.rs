@@ -37,7 +37,7 @@ use crate::translate::errors::OnPremError;
 use crate::translate::fast;
 use crate::translate::request::{cloud_to_onprem_response, onprem_to_cloud_request, Translated};
 use crate::upstream::{count, forwarded_request_headers, CloudAnswer, DryRun, UpstreamCall};
-pub use console::{snapshot_console, ConsoleHistory};
+pub use console::snapshot_console;
 
 /// Shared by the areas below: where a key's documents are filed.
 pub(super) const APPLICATION_SETTINGS: &str = "application_settings";

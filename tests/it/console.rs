@@ -58,21 +58,26 @@ async fn console_with_a_dead_letter() -> (MockUpstream, MockUpstream, TestProxy)
     // Refused until the retry period ends: then it is a dead letter.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let dead = send(
-            &proxy,
-            "GET",
-            "/admin/webhooks/dead",
-            &[("authorization", &format!("Bearer {TOKEN}"))],
-            "",
-        )
-        .await;
-        if !dead.json()["dead"].as_array().unwrap().is_empty() {
+        if !dead_letters(&proxy).await.is_empty() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no dead letter");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (upstream, receiver, proxy)
+}
+
+/// The dead letters, as the admin API lists them.
+async fn dead_letters(proxy: &TestProxy) -> Vec<serde_json::Value> {
+    let listed = send(
+        proxy,
+        "GET",
+        "/admin/webhooks/dead",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await;
+    listed.json()["dead"].as_array().unwrap().clone()
 }
 
 #[tokio::test]
@@ -150,15 +155,7 @@ async fn the_console_asks_for_the_token_and_sends_its_security_headers() {
     )
     .await;
     assert_eq!(forged.status, 403);
-    let dead = send(
-        &proxy,
-        "GET",
-        "/admin/webhooks/dead",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        "",
-    )
-    .await;
-    assert_eq!(dead.json()["dead"].as_array().unwrap().len(), 1);
+    assert_eq!(dead_letters(&proxy).await.len(), 1);
 }
 
 #[tokio::test]
@@ -270,33 +267,12 @@ async fn forged_or_other_sessions_neither_open_the_page_nor_replay() {
         }
     };
     assert_eq!(replay(other.clone(), csrf.clone()).await, 403);
-    let dead = send(
-        &proxy,
-        "GET",
-        "/admin/webhooks/dead",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        "",
-    )
-    .await;
-    assert_eq!(
-        dead.json()["dead"].as_array().unwrap().len(),
-        1,
-        "still dead"
-    );
+    let dead = dead_letters(&proxy).await;
+    assert_eq!(dead.len(), 1, "still dead");
     // Its own session's token does.
     assert_eq!(replay(real, csrf).await, 303);
-    let dead = send(
-        &proxy,
-        "GET",
-        "/admin/webhooks/dead",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        "",
-    )
-    .await;
-    assert!(
-        dead.json()["dead"].as_array().unwrap().is_empty(),
-        "replayed"
-    );
+    let dead = dead_letters(&proxy).await;
+    assert!(dead.is_empty(), "replayed");
 }
 
 #[tokio::test]

@@ -34,12 +34,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use http::header::{
-    HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
-};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -49,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::mock_upstream::{cloud_keys_check, is_mime, parse_multipart, sha256_hex, Recorded};
+use super::mock_upstream::{cloud_keys_check, is_mime, read_request, sha256_hex, Recorded};
 
 /// How long [`MockGraph::wait_for_requests`] waits before panicking.
 const WAIT_FOR_REQUESTS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -586,49 +584,6 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, se
 }
 
 type Answer = Response<Full<Bytes>>;
-
-/// Reads the whole request (what arrived, if the client stops early) and
-/// records its parts; the second value says why a multipart/form-data body
-/// did not parse.
-async fn read_request(req: Request<Incoming>) -> (Recorded, Option<String>) {
-    let (parts, mut body) = req.into_parts();
-    let mut received = BytesMut::new();
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Ok(data) = frame.into_data() {
-            received.extend_from_slice(&data);
-        }
-    }
-    let body = received.freeze();
-    let chunked = parts.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-        })
-    });
-    let declared_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    let multipart = parse_multipart(&parts.headers, &body).await;
-    let multipart_error = match &multipart {
-        Some(Err(e)) => Some(e.clone()),
-        _ => None,
-    };
-    let recorded = Recorded {
-        method: parts.method.as_str().to_owned(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-        headers: parts.headers,
-        body,
-        multipart: multipart.map(Result::unwrap_or_default),
-        chunked,
-        declared_length,
-    };
-    (recorded, multipart_error)
-}
 
 fn json_response(status: StatusCode, body: &Value) -> Answer {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));

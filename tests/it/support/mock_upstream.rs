@@ -750,44 +750,7 @@ async fn handle(
     flushes: Arc<FlushWatch>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, CloseConnection> {
-    let (parts, mut body) = req.into_parts();
-    // Keep what arrived even if the client stops early (hyper reports an
-    // incomplete body), so a short upload is recorded and answered.
-    let mut received = BytesMut::new();
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Ok(data) = frame.into_data() {
-            received.extend_from_slice(&data);
-        }
-    }
-    let body = received.freeze();
-    let chunked = parts.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-        })
-    });
-    let declared_length = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    let multipart = parse_multipart(&parts.headers, &body).await;
-    let multipart_error = match &multipart {
-        Some(Err(e)) => Some(e.clone()),
-        _ => None,
-    };
-    let recorded = Recorded {
-        method: parts.method.as_str().to_owned(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-        headers: parts.headers,
-        body,
-        multipart: multipart.map(Result::unwrap_or_default),
-        chunked,
-        declared_length,
-    };
+    let (recorded, multipart_error) = read_request(req).await;
 
     // Picking the behaviour and recording happen under one lock, so the
     // n-th recorded request is the one that consumed the n-th queued behaviour.
@@ -1271,4 +1234,47 @@ fn not_found() -> Response<MockBody> {
             }
         }),
     )
+}
+
+/// Reads the whole request (what arrived, if the client stops early) and
+/// records its parts; the second value says why a multipart/form-data body
+/// did not parse.
+pub async fn read_request(req: Request<Incoming>) -> (Recorded, Option<String>) {
+    let (parts, mut body) = req.into_parts();
+    let mut received = BytesMut::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    let body = received.freeze();
+    let chunked = parts.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    let declared_length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let multipart = parse_multipart(&parts.headers, &body).await;
+    let multipart_error = match &multipart {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let recorded = Recorded {
+        method: parts.method.as_str().to_owned(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+        headers: parts.headers,
+        body,
+        multipart: multipart.map(Result::unwrap_or_default),
+        chunked,
+        declared_length,
+    };
+    (recorded, multipart_error)
 }
