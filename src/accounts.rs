@@ -166,6 +166,11 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn load(path: &Path) -> Result<Accounts, AccountsError> {
+        Accounts::load_defaulting(path, DEFAULT_GRAPH_VERSION)
+    }
+
+    /// As [`Accounts::load`], accounts naming no `graph_version` taking `version`.
+    pub fn load_defaulting(path: &Path, version: &str) -> Result<Accounts, AccountsError> {
         let bytes = std::fs::read(path).map_err(|source| AccountsError::Read {
             path: path.to_owned(),
             source,
@@ -181,7 +186,13 @@ impl Accounts {
             line: e.line(),
             column: e.column(),
         })?;
-        Accounts::from_entries(file.accounts, |name| std::env::var(name).ok()).map_err(
+        let mut entries = file.accounts;
+        for entry in &mut entries {
+            entry
+                .graph_version
+                .get_or_insert_with(|| version.to_owned());
+        }
+        Accounts::from_entries(entries, |name| std::env::var(name).ok()).map_err(
             |(account, reason)| AccountsError::Invalid {
                 path: path.to_owned(),
                 account,

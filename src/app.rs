@@ -61,7 +61,11 @@ impl AppState {
             .map_err(failed)?;
         let auth = match config.dialect {
             Dialect::WabaV2 => Auth::new(config.key_map.clone(), db.clone())?,
-            Dialect::Graph => Auth::with_accounts(config.accounts.clone(), db.clone())?,
+            Dialect::Graph => Auth::with_accounts(
+                config.accounts.clone(),
+                config.graph_version.clone(),
+                db.clone(),
+            )?,
         };
         let relay = Arc::new(
             Relay::open(&config, db.clone(), crate::clock::Clock::system())

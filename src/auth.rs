@@ -111,6 +111,8 @@ pub struct Auth {
     /// Graph dialect: `--accounts` (then `path` is that file, and the key map stays empty).
     accounts: Option<RwLock<Arc<Accounts>>>,
     accounts_path: Option<PathBuf>,
+    /// The Graph version of accounts that name none.
+    graph_version: String,
     db: Database,
 }
 
@@ -126,15 +128,21 @@ impl Auth {
             map: RwLock::new(Arc::new(map)),
             accounts: None,
             accounts_path: None,
+            graph_version: crate::accounts::DEFAULT_GRAPH_VERSION.to_owned(),
             db,
         })
     }
 
     /// Graph dialect: every client is identified as one account of `path` (none: no client
     /// is, and each request is answered 401).
-    pub fn with_accounts(path: Option<PathBuf>, db: Database) -> Result<Auth, KeyMapError> {
+    /// Accounts naming no `graph_version` take `graph_version`.
+    pub fn with_accounts(
+        path: Option<PathBuf>,
+        graph_version: String,
+        db: Database,
+    ) -> Result<Auth, KeyMapError> {
         let accounts = match &path {
-            Some(path) => Accounts::load(path)?,
+            Some(path) => Accounts::load_defaulting(path, &graph_version)?,
             None => Accounts::default(),
         };
         Ok(Auth {
@@ -142,6 +150,7 @@ impl Auth {
             map: RwLock::new(Arc::new(KeyMap::default())),
             accounts: Some(RwLock::new(Arc::new(accounts))),
             accounts_path: path,
+            graph_version,
             db,
         })
     }
@@ -153,7 +162,7 @@ impl Auth {
             *self.map.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         }
         if let (Some(path), Some(accounts)) = (&self.accounts_path, &self.accounts) {
-            let fresh = Accounts::load(path)?;
+            let fresh = Accounts::load_defaulting(path, &self.graph_version)?;
             *accounts.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         }
         Ok(())

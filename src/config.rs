@@ -264,8 +264,11 @@ pub struct Config {
     pub dry_run: bool,
     pub dialect: Dialect,
     pub accounts: Option<PathBuf>,
-    /// Hosts (lowercase, without port) an access token may be sent to.
+    /// Hosts (lowercase, without port) an access token may be sent to: the upstream's and
+    /// those of `--token-hosts`.
     pub token_hosts: Vec<String>,
+    /// The Graph version of accounts that name none (the root's, when it names one).
+    pub graph_version: String,
     pub meta: Meta,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
@@ -457,31 +460,29 @@ impl ServeArgs {
                 Dialect::WabaV2
             },
         );
-        let token_hosts: Vec<String> = self
+        let mut token_hosts: Vec<String> = self
             .token_hosts
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
+        let mut upstream = upstream;
+        let mut graph_version = crate::accounts::DEFAULT_GRAPH_VERSION.to_owned();
         if dialect == Dialect::Graph {
             let graph = |reason: String| ConfigError::Graph { reason };
+            // The root the operator named is Graph (or the BSP mirroring it): its host is on
+            // the allowlist by that choice; --token-hosts adds the media CDN.
             let host = upstream.authority.host().to_ascii_lowercase();
             if !dry_run && !token_hosts.contains(&host) {
-                return Err(graph(format!(
-                    "the upstream host {host} is not in --token-hosts, the only hosts access tokens are sent to"
-                )));
+                token_hosts.push(host);
             }
-            // The version is each account's; a root that carries one would double it.
-            if upstream
-                .base_path
-                .rsplit('/')
-                .next()
-                .is_some_and(crate::accounts::is_graph_version)
-            {
-                return Err(graph(format!(
-                    "give --upstream without the version ({}); each account names its graph_version",
-                    upstream.base_path
-                )));
+            // A root given with a version (`https://graph.facebook.com/v23.0`, as Meta writes
+            // it): the version moves to the accounts that name none, the root keeps the rest.
+            if let Some((rest, version)) = upstream.base_path.rsplit_once('/') {
+                if crate::accounts::is_graph_version(version) {
+                    graph_version = version.to_owned();
+                    upstream.base_path = rest.to_owned();
+                }
             }
             if self.accounts.is_none() {
                 return Err(graph(
@@ -503,6 +504,7 @@ impl ServeArgs {
             dialect,
             accounts: self.accounts.clone(),
             token_hosts,
+            graph_version,
             meta: Meta::new(self.onprem_version.clone()),
             connect_timeout: positive(self.connect_timeout_ms, "connect-timeout-ms")?,
             upstream_timeout: positive(self.upstream_timeout_ms, "upstream-timeout-ms")?,
@@ -618,35 +620,14 @@ mod tests {
             Dialect::WabaV2,
             "360dialog stays the default"
         );
-        // Without accounts no client could be identified; a versioned root would double the
-        // version; a host outside --token-hosts would receive tokens; the key map is waba-v2's.
-        for refused in [
-            graph(&[]),
-            serve(&[
-                "x",
-                "--upstream",
-                "https://graph.facebook.com/v23.0",
-                "--accounts",
-                "a",
-            ])
-            .validate(),
-            serve(&[
-                "x",
-                "--upstream",
-                "https://bsp.example",
-                "--upstream-dialect",
-                "graph",
-                "--accounts",
-                "a",
-            ])
-            .validate(),
-            graph(&["--accounts", "a", "--key-map", "k"]),
-        ] {
+        // Without accounts no client could be identified; the key map is waba-v2's.
+        for refused in [graph(&[]), graph(&["--accounts", "a", "--key-map", "k"])] {
             assert!(
                 matches!(refused, Err(ConfigError::Graph { .. })),
                 "{refused:?}"
             );
         }
+        // A BSP mirroring Graph: its own host carries tokens by the operator's choice.
         let mirrored = serve(&[
             "x",
             "--upstream",
@@ -655,12 +636,33 @@ mod tests {
             "graph",
             "--accounts",
             "a",
-            "--token-hosts",
-            "bsp.example,lookaside.fbsbx.com",
         ])
         .validate()
         .unwrap();
         assert_eq!(mirrored.dialect, Dialect::Graph);
+        assert_eq!(
+            mirrored.token_hosts,
+            ["graph.facebook.com", "lookaside.fbsbx.com", "bsp.example"]
+        );
+        // A root with Meta's version: the version becomes the accounts' default.
+        let versioned = serve(&[
+            "x",
+            "--upstream",
+            "https://graph.facebook.com/v21.0",
+            "--accounts",
+            "a",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(versioned.graph_version, "v21.0");
+        assert_eq!(
+            versioned
+                .upstream
+                .join("/v21.0/1/messages")
+                .unwrap()
+                .to_string(),
+            "https://graph.facebook.com/v21.0/1/messages"
+        );
     }
 
     #[test]

@@ -314,7 +314,11 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         ("POST", ["cloud-webhooks", channel]) => Route::InboundWebhook {
             channel: decode_segment(channel).into_owned(),
         },
-        ("GET", ["cloud-webhooks", _]) => Route::WebhookVerification,
+        ("GET", ["cloud-webhooks", _] | ["cloud-webhooks"]) => Route::WebhookVerification,
+        // A Meta app's callback may be given without a last segment.
+        ("POST", ["cloud-webhooks"]) => Route::InboundWebhook {
+            channel: String::new(),
+        },
         ("GET" | "POST", ["v1", "configs", "webhook"]) => Route::WebhookConfig,
         ("GET", ["metrics"]) => Route::Metrics,
         ("GET", ["healthz"]) => Route::Healthz,

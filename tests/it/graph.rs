@@ -774,3 +774,70 @@ async fn dry_run_in_the_graph_dialect_answers_without_sending() {
     assert_eq!(answer.status, 201, "{:?}", answer.body);
     assert!(graph.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_versioned_root_and_a_webhook_url_without_a_segment_work_too() {
+    // `--upstream http://host/v23.0`, as Meta writes the base: the version is the accounts'
+    // default, the calls go to the same paths; the app's callback may end at /cloud-webhooks.
+    let graph = MockGraph::start(vec![graph_account(PHONE, TOKEN)]).await;
+    let accounts = accounts_file();
+    let root = format!("{}/v23.0", graph.url());
+    let args = [
+        "x",
+        "--upstream",
+        &root,
+        "--upstream-dialect",
+        "graph",
+        "--accounts",
+        accounts.to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let Ok(waba_onprem_proxy::config::Cli {
+        command: waba_onprem_proxy::config::Command::Serve(serve),
+    }) = waba_onprem_proxy::config::Cli::parse_with_default(args)
+    else {
+        panic!("serve arguments")
+    };
+    let validated = serve.validate().unwrap();
+    let proxy = spawn_proxy_with(&graph.url(), |c| {
+        *c = Config {
+            data_dir: c.data_dir.clone(),
+            ..validated
+        };
+    })
+    .await;
+    let sent = send_json(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(sent.status, 201, "{:?}", sent.body);
+    assert_eq!(
+        graph.requests()[0].path(),
+        format!("/v23.0/{PHONE}/messages")
+    );
+    let verified = send(
+        &proxy,
+        "GET",
+        &format!(
+            "/cloud-webhooks?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=77"
+        ),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!((verified.status, &verified.body[..]), (200, &b"77"[..]));
+    let body = json!({"object": "whatsapp_business_account", "entry": []}).to_string();
+    let signature = signature(body.as_bytes(), APP_SECRET);
+    let posted = send(
+        &proxy,
+        "POST",
+        "/cloud-webhooks",
+        &[("x-hub-signature-256", &signature)],
+        &body,
+    )
+    .await;
+    assert_eq!(posted.status, 200, "{:?}", posted.body);
+}
