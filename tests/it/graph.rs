@@ -238,6 +238,19 @@ async fn client_session(proxy: &TestProxy, cloud: Cloud<'_>) {
     .await;
     assert_eq!(changed.status, 200, "{:?}", changed.body);
 
+    // Answered by the proxy itself, in either dialect.
+    let contacts = send_json(
+        proxy,
+        "POST",
+        "/v1/contacts",
+        r#"{"blocking":"wait","contacts":["+4915112345678"],"force_check":true}"#,
+    )
+    .await;
+    assert_eq!(contacts.status, 200, "{:?}", contacts.body);
+    assert_eq!(contacts.json()["contacts"][0]["wa_id"], "4915112345678");
+    let health = send_json(proxy, "GET", "/v1/health", "").await;
+    assert_eq!(health.status, 200, "{:?}", health.body);
+
     let receiver = legacy_receiver([], receiver_ok()).await;
     cloud.accepts_the_registration();
     let settings = send_json(
