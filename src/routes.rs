@@ -248,17 +248,24 @@ pub fn route(method: &str, path_and_query: &str) -> Route {
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    // On the stack: no route has more than 6 segments, and a path of more than 16 is no route.
+    // On the stack for the paths clients send (no route has more than 6 segments); a longer
+    // one is collected on the heap and matched all the same.
     let mut held = [""; 16];
     let mut count = 0;
+    let mut long = Vec::new();
     for segment in path.split('/').skip(1) {
         if count == held.len() {
-            return Route::NotFound;
+            long = path.split('/').skip(1).collect();
+            break;
         }
         held[count] = segment;
         count += 1;
     }
-    let segments = &held[..count];
+    let segments: &[&str] = if long.is_empty() {
+        &held[..count]
+    } else {
+        &long
+    };
     if segments
         .iter()
         .any(|s| percent_decode_str(s).decode_utf8().is_err())

@@ -406,11 +406,13 @@ async fn translate_and_forward(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Reply, ProxyError> {
-    // The common sends take the hot path. It drops no On-Premise field (sends with `ttl` or
-    // `render_mentions` take the general path), so readiness counts need nothing from it; the
-    // dry run's report wants the general path's view of every send.
+    // The common sends take the hot path, which says what it left behind for the console's
+    // readiness report (the dry run's report takes the general path's view of every send).
     if matches!(route, Route::SendMessage) && state.upstream.dry_run().is_none() {
-        if let Some(cloud) = fast::onprem_to_cloud_send(body) {
+        if let Some((cloud, dropped)) = fast::onprem_to_cloud_send_reporting(body) {
+            if let Some(readiness) = state.readiness() {
+                record_dropped(readiness, route, context, dropped.fields());
+            }
             let answer = timed_exchange(
                 state,
                 context,
@@ -444,18 +446,7 @@ async fn translate_and_forward(
     if let Some(readiness) = state.readiness() {
         if let (Ok(onprem), Some(cloud_body)) = (crate::translate::parse_body(body), &cloud.body) {
             let dropped = crate::translate::dryrun::dropped_fields(&onprem, cloud_body);
-            readiness.record(|report| {
-                for field in dropped {
-                    let field = count(
-                        &mut report.dropped_fields,
-                        format!("{}: {field}", route.name()),
-                    );
-                    report
-                        .dropped_examples
-                        .entry(field)
-                        .or_insert_with(|| context.request_id.clone());
-                }
-            });
+            record_dropped(readiness, route, context, dropped);
         }
     }
     // serde_json's writer straight into bytes (`to_string` goes through `Display`: about 2 %
@@ -481,6 +472,31 @@ async fn translate_and_forward(
         }
     }
     translate_answer(route, &answer, state)
+}
+
+/// Counts the On-Premise fields a request's translation left behind, with its id as the
+/// example.
+fn record_dropped(
+    readiness: &DryRun,
+    route: &Route,
+    context: &RequestContext,
+    fields: Vec<String>,
+) {
+    if fields.is_empty() {
+        return;
+    }
+    readiness.record(|report| {
+        for field in fields {
+            let field = count(
+                &mut report.dropped_fields,
+                format!("{}: {field}", route.name()),
+            );
+            report
+                .dropped_examples
+                .entry(field)
+                .or_insert_with(|| context.request_id.clone());
+        }
+    });
 }
 
 /// An upstream exchange, its time observed in the upstream latency histogram.

@@ -40,6 +40,14 @@ pub(super) async fn inbound(
     if state.upstream.dialect() == Dialect::Graph {
         return inbound_from_app(state, channel, headers, raw).await;
     }
+    // A channel is always named here (only a Meta app's callback may end at /cloud-webhooks).
+    if channel.is_empty() {
+        return Err(rejected(
+            404,
+            1006,
+            "no such endpoint: POST /cloud-webhooks (a channel name follows it)".to_owned(),
+        ));
+    }
     let secret = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
     match state.relay.ingest(channel, secret, raw).await {
         Ok(()) => Ok(Reply::Json(200, json!({}))),

@@ -140,9 +140,37 @@ const SEND_FIELDS: [&str; 7] = [
     "text",
 ];
 
+/// What a send on this path left behind, named as the readiness report names it
+/// (`translate::dryrun::dropped_fields` of the general path gives the same).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// A top-level `preview_url`, moved into `text`.
+    pub preview_url_moved: bool,
+    /// The media type whose `caption` Cloud refuses (audio, sticker), left out.
+    pub caption_of: Option<&'static str>,
+}
+
+impl Dropped {
+    pub fn fields(&self) -> Vec<String> {
+        let mut fields = Vec::new();
+        if self.preview_url_moved {
+            fields.push("preview_url (rewritten as text.preview_url)".to_owned());
+        }
+        if let Some(kind) = self.caption_of {
+            fields.push(format!("{kind}.caption"));
+        }
+        fields
+    }
+}
+
 /// An On-Premise text send, or a media send by id or link, as a Cloud `POST /messages` body;
 /// None for anything else.
 pub fn onprem_to_cloud_send(body: &[u8]) -> Option<Vec<u8>> {
+    onprem_to_cloud_send_reporting(body).map(|(cloud, _)| cloud)
+}
+
+/// As [`onprem_to_cloud_send`], with what the send left behind.
+pub fn onprem_to_cloud_send_reporting(body: &[u8]) -> Option<(Vec<u8>, Dropped)> {
     let message = Members::parse(body)?;
     let to = message.get("to")?;
     string(to)?;
@@ -181,10 +209,12 @@ pub fn onprem_to_cloud_send(body: &[u8]) -> Option<Vec<u8>> {
     if let Some(raw) = message.get("biz_opaque_callback_data") {
         member(&mut out, "biz_opaque_callback_data", plain(raw)?);
     }
+    let mut dropped = Dropped::default();
     match media {
         None => {
             out.extend_from_slice(br#","type":"text","text":"#);
             text(&mut out, message.get("text")?, message.get("preview_url"))?;
+            dropped.preview_url_moved = message.get("preview_url").is_some();
         }
         Some(media) => {
             out.extend_from_slice(br#","type":""#);
@@ -192,11 +222,13 @@ pub fn onprem_to_cloud_send(body: &[u8]) -> Option<Vec<u8>> {
             out.extend_from_slice(br#"",""#);
             out.extend_from_slice(media.as_bytes());
             out.extend_from_slice(br#"":"#);
-            media_object(&mut out, media, message.get(media)?)?;
+            if media_object(&mut out, media, message.get(media)?)? {
+                dropped.caption_of = Some(media);
+            }
         }
     }
     out.push(b'}');
-    Some(out)
+    Some((out, dropped))
 }
 
 fn member(out: &mut Vec<u8>, key: &str, raw: &RawValue) {
@@ -241,8 +273,8 @@ fn text(out: &mut Vec<u8>, raw: &RawValue, outside: Option<&RawValue>) -> Option
 }
 
 /// A media object by `id` or `link` (strings), with `caption` and `filename`; Cloud refuses a
-/// caption on audio and stickers, so it is left out there.
-fn media_object(out: &mut Vec<u8>, kind: &str, raw: &RawValue) -> Option<()> {
+/// caption on audio and stickers, so it is left out there (then: `Some(true)`).
+fn media_object(out: &mut Vec<u8>, kind: &str, raw: &RawValue) -> Option<bool> {
     let media = Members::parse(raw.get().as_bytes())?;
     if !media.only(&["id", "link", "caption", "filename"]) {
         return None;
@@ -264,8 +296,10 @@ fn media_object(out: &mut Vec<u8>, kind: &str, raw: &RawValue) -> Option<()> {
     }
     out.push(b'{');
     let mut first = true;
+    let mut left_out = false;
     for (key, value) in &media.0 {
         if key == "caption" && (kind == "audio" || kind == "sticker") {
+            left_out = true;
             continue;
         }
         if !first {
@@ -278,7 +312,7 @@ fn media_object(out: &mut Vec<u8>, kind: &str, raw: &RawValue) -> Option<()> {
         out.extend_from_slice(value.get().as_bytes());
     }
     out.push(b'}');
-    Some(())
+    Some(left_out)
 }
 
 /// Cloud's ordinary send answer (`messaging_product`, `contacts`, `messages` of bare ids) as
@@ -288,6 +322,9 @@ pub fn cloud_to_onprem_send_response(answer: &[u8], meta: &Meta) -> Option<(Vec<
     let members = Members::parse(answer)?;
     if !members.only(&["messaging_product", "contacts", "messages"]) {
         return None;
+    }
+    if let Some(product) = members.get("messaging_product") {
+        plain(product)?;
     }
     let messages = members.get("messages")?;
     let ids: Vec<Members> = serde_json::from_str::<Vec<&RawValue>>(messages.get())
@@ -426,6 +463,7 @@ mod tests {
             r#"{"contacts":[{"input":"\ud800","wa_id":"1"}],"messages":[{"id":"a"}]}"#,
             r#"{"messages":[{"id":"a"},{"id":"\udc00"}]}"#,
             r#"{"contacts":[{"wa_id":"1","wa_id":"2"}],"messages":[{"id":"a"}]}"#,
+            r#"{"messaging_product":"\ud800","messages":[{"id":"a"}]}"#,
         ] {
             assert!(
                 cloud_to_onprem_send_response(answer.as_bytes(), &Meta::new("v")).is_none(),

@@ -11,6 +11,7 @@
 //! one (one that was sent is never repeated: a send must not go out twice).
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -21,11 +22,16 @@ use super::Upstream;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
-/// Upstream connections idle on one serving thread, between client connections.
-pub type IdleList = Arc<Mutex<Vec<http1::SendRequest<ProxyBody>>>>;
+/// Upstream connections idle on one serving thread, between client connections, with when
+/// each went idle.
+pub type IdleList = Arc<Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>>;
 
 /// Idle upstream connections kept per serving thread at most.
 const MAX_IDLE: usize = 256;
+/// How long a connection may sit in the idle list: past it, a NAT or load balancer may have
+/// dropped it silently, and a send written into it would be lost without a retry (as hyper's
+/// own pool, which keeps idle connections 90 s).
+const IDLE_FOR: Duration = Duration::from_secs(60);
 
 /// One client connection's upstream connection, when it has one that is idle.
 pub struct Affinity {
@@ -43,8 +49,9 @@ impl Drop for Affinity {
             .take();
         if let Some(sender) = kept.filter(|s| !s.is_closed()) {
             let mut list = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            list.retain(|(since, s)| !s.is_closed() && since.elapsed() < IDLE_FOR);
             if list.len() < MAX_IDLE {
-                list.push(sender);
+                list.push((Instant::now(), sender));
             }
         }
     }
@@ -75,8 +82,8 @@ impl Affinity {
             .filter(|sender| !sender.is_closed());
         own.or_else(|| {
             let mut list = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
-            while let Some(sender) = list.pop() {
-                if !sender.is_closed() {
+            while let Some((since, sender)) = list.pop() {
+                if !sender.is_closed() && since.elapsed() < IDLE_FOR {
                     return Some(sender);
                 }
             }

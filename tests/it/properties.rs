@@ -240,16 +240,25 @@ mod fast_path {
         onprem_to_cloud_send(parse_body(body).ok()?).ok()
     }
 
-    /// Checks one body; returns whether the fast path took it.
+    /// Checks one body; returns whether the fast path took it. Both paths must give the same
+    /// Cloud body and report the same On-Premise fields left behind.
     fn agree(body: &[u8]) -> bool {
-        let Some(fast) = fast::onprem_to_cloud_send(body) else {
+        let Some((fast, dropped)) = fast::onprem_to_cloud_send_reporting(body) else {
             return false;
         };
         let fast: Value = serde_json::from_slice(&fast).expect("the fast path writes JSON");
+        let general = general(body);
         assert_eq!(
             Some(&fast),
-            general(body).as_ref(),
+            general.as_ref(),
             "paths disagree on {}",
+            String::from_utf8_lossy(body)
+        );
+        let onprem = parse_body(body).unwrap();
+        assert_eq!(
+            dropped.fields(),
+            waba_onprem_proxy::translate::dryrun::dropped_fields(&onprem, &fast),
+            "the paths report different dropped fields for {}",
             String::from_utf8_lossy(body)
         );
         true

@@ -1424,3 +1424,16 @@ async fn common_sends_take_the_hot_path_and_others_the_general_one() {
         bodies[1]
     );
 }
+
+#[tokio::test]
+async fn a_send_lost_on_a_kept_connection_is_not_sent_again() {
+    // The first send keeps its connection; upstream reads the second and closes without an
+    // answer. It may have reached Cloud: 502, and not sent a second time.
+    let (mock, proxy) = proxy_with_mock_tuned([], |c| c.serving_threads = 1).await;
+    assert_eq!(send_text(&proxy).await.status, 201);
+    mock.push(Behaviour::CloseWithoutAnswer);
+    let lost = send_text(&proxy).await;
+    assert_eq!((lost.status, lost.onprem_error_code()), (502, 1000));
+    assert_eq!(mock.requests().len(), 2, "the lost send went out once");
+    assert_eq!(mock.connections_accepted(), 1);
+}
