@@ -195,23 +195,24 @@ impl Auth {
             (Some(key), _) => accounts.by_api_key(key).ok_or(Unauthenticated::NoAccount)?,
             (None, Some(token)) => match accounts.by_api_key(token) {
                 Some(account) => account,
-                None => {
-                    let user = self
-                        .db
-                        .session_user(&key_hash(token), epoch_ms(SystemTime::now()))
-                        .await
-                        .map_err(Unauthenticated::Storage)?
-                        .ok_or(Unauthenticated::UnknownToken)?;
-                    accounts
-                        .by_user(&user)
-                        .ok_or(Unauthenticated::UnknownToken)?
-                }
+                None => accounts
+                    .by_user(&self.session_user(token).await?)
+                    .ok_or(Unauthenticated::UnknownToken)?,
             },
             (None, None) => return Err(Unauthenticated::NoAccount),
         };
         headers.remove(API_KEY_HEADER);
         headers.remove(header::AUTHORIZATION);
         Ok(account)
+    }
+
+    /// The user a login token belongs to, while its session lasts.
+    async fn session_user(&self, token: &str) -> Result<String, Unauthenticated> {
+        self.db
+            .session_user(&key_hash(token), epoch_ms(SystemTime::now()))
+            .await
+            .map_err(Unauthenticated::Storage)?
+            .ok_or(Unauthenticated::UnknownToken)
     }
 
     /// Rewrites the upstream headers in place: a mapped `D360-API-KEY` is replaced; without
@@ -238,12 +239,7 @@ impl Auth {
         let Some(token) = bearer(headers) else {
             return Ok(None);
         };
-        let user = self
-            .db
-            .session_user(&key_hash(token), epoch_ms(SystemTime::now()))
-            .await
-            .map_err(Unauthenticated::Storage)?
-            .ok_or(Unauthenticated::UnknownToken)?;
+        let user = self.session_user(token).await?;
         let api_key = map
             .users
             .get(&user)
@@ -310,7 +306,8 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+/// The user and password of `Authorization: Basic <base64 user:password>`.
+pub fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

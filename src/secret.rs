@@ -6,10 +6,11 @@ use sha2::{Digest, Sha256};
 
 /// The hex SHA-256 of an API key (or login token): how the database knows it.
 pub fn key_hash(api_key: &str) -> String {
-    Sha256::digest(api_key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(api_key.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compares two secrets in time independent of where they differ.
@@ -28,11 +29,7 @@ pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
     match hmac::Hmac::<Sha256>::new_from_slice(key) {
         Ok(mut mac) => {
             mac.update(message);
-            mac.finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            hex(&mac.finalize().into_bytes())
         }
         // HMAC takes keys of any length; this cannot happen.
         Err(_) => String::new(),
@@ -77,6 +74,7 @@ mod tests {
         let body = b"The quick brown fox jumps over the lazy dog";
         let good = "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
         assert!(signed_with(b"key", body, good));
+        assert_eq!(format!("sha256={}", hmac_hex(b"key", body)), good);
         assert!(signed_with(
             b"key",
             body,

@@ -50,7 +50,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             let mut every = tokio::time::interval(Duration::from_secs(30));
             loop {
                 every.tick().await;
-                crate::handlers::snapshot_console(&state).await;
+                crate::handlers::snapshot_console(&state);
             }
         })
     });

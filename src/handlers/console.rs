@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -19,6 +18,7 @@ use crate::clock::now_ms;
 use crate::console::{self, Count, View};
 use crate::error::ProxyError;
 use crate::handlers::AppState;
+use crate::relay::ChannelView;
 use crate::secret::{hmac_hex, same_secret};
 
 const COOKIE: &str = "waba_console";
@@ -29,13 +29,10 @@ use crate::metrics::RECENT;
 const DEAD_PER_PAGE: usize = 20;
 
 /// Takes a snapshot for the console (the server calls it every half minute).
-pub async fn snapshot_console(state: &AppState) {
-    let text = state.metrics.render(None, &state.relay.channel_views());
-    let mut now = counters(&text);
-    for view in state.relay.channel_views() {
-        now.insert(format!("delivered {}", view.channel), view.delivered as f64);
-    }
-    state.console.baseline(now);
+pub fn snapshot_console(state: &AppState) {
+    let channels = state.relay.channel_views();
+    let text = state.metrics.render(None, &channels);
+    state.console.baseline(counters(&text, &channels));
 }
 
 /// A signed-in browser (or operator tool) and the form token its replays carry.
@@ -55,7 +52,7 @@ fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
             });
         }
     }
-    if let Some(password) = basic_password(headers) {
+    if let Some((_, password)) = crate::auth::basic(headers) {
         if same_secret(password.as_bytes(), token.as_bytes()) {
             return Some(Session {
                 csrf: csrf("basic"),
@@ -69,19 +66,6 @@ fn session(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     let fresh = now_ms().saturating_sub(issued_ms) < SESSION.as_millis() as i64;
     (fresh && same_secret(signature.as_bytes(), expected.as_bytes()))
         .then(|| Session { csrf: csrf(issued) })
-}
-
-fn basic_password(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    decoded.split_once(':').map(|(_, p)| p.to_owned())
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -253,10 +237,7 @@ pub(super) async fn page(
         .map_err(ProxyError::Storage)?;
     let channels = state.relay.channel_views();
     let text = state.metrics.render(Some(&stats), &channels);
-    let mut now = counters(&text);
-    for view in &channels {
-        now.insert(format!("delivered {}", view.channel), view.delivered as f64);
-    }
+    let now = counters(&text, &channels);
     let (baseline, window) = state.console.baseline(now.clone());
     let recent = |key: &str| {
         now.get(key).copied().unwrap_or(0.0) - baseline.get(key).copied().unwrap_or(0.0)
@@ -322,7 +303,7 @@ pub(super) async fn page(
                 in_flight: c.in_flight,
                 circuit: c.circuit.to_owned(),
                 failures_in_a_row: c.failures_in_a_row,
-                per_minute: recent(&format!("delivered {}", c.channel)) / minutes,
+                per_minute: recent(&delivered_key(&c.channel)) / minutes,
                 last_error: c.last_error.clone(),
             })
             .collect(),
@@ -358,10 +339,18 @@ pub(super) async fn page(
     Ok(Reply::Stream(html(StatusCode::OK, console::render(&view))))
 }
 
-/// The counters the console shows, from the metrics text: `requests <route> <status>` and
-/// `errors <code>`, with their values.
-fn counters(text: &str) -> HashMap<String, f64> {
-    let mut counters = HashMap::new();
+/// The key of a channel's delivered count among the [`counters`].
+fn delivered_key(channel: &str) -> String {
+    format!("delivered {channel}")
+}
+
+/// The counters the console shows: from the metrics text `requests <route> <status>` and
+/// `errors <code>`, and each channel's deliveries, with their values.
+fn counters(text: &str, channels: &[ChannelView]) -> HashMap<String, f64> {
+    let mut counters: HashMap<String, f64> = channels
+        .iter()
+        .map(|view| (delivered_key(&view.channel), view.delivered as f64))
+        .collect();
     for line in text.lines() {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -431,7 +420,7 @@ mod tests {
                     waba_proxy_upstream_seconds_bucket{le=\"0.001\"} 1\n\
                     waba_proxy_upstream_seconds_bucket{le=\"0.002\"} 4\n\
                     waba_proxy_upstream_seconds_bucket{le=\"+Inf\"} 4\n";
-        let c = counters(text);
+        let c = counters(text, &[]);
         assert_eq!(c["requests send_message 201"], 3.0);
         assert_eq!(c["errors 1005"], 2.0);
         assert_eq!(latency(text), [(0.001, 1), (0.002, 3), (f64::INFINITY, 0)]);

@@ -62,15 +62,7 @@ pub(super) async fn inbound(
             "missing or wrong X-Webhook-Secret".to_owned(),
         )),
         // Not stored: a 5xx makes Cloud send it again; the cause is for the operator.
-        Err(Refused::Storage(cause)) => {
-            let cause = cause.to_string().escape_debug().to_string();
-            tracing::warn!(error = %cause, %channel, "inbound webhook not stored");
-            Err(rejected(
-                503,
-                1011,
-                "the event could not be stored; send it again".to_owned(),
-            ))
-        }
+        Err(Refused::Storage(cause)) => Err(storage_refused(cause)),
     }
 }
 
@@ -167,6 +159,7 @@ async fn inbound_from_app(
         match state.relay.ingest_signed(&target, Bytes::from(text)).await {
             Ok(()) => {}
             Err(Refused::Storage(cause)) => return Err(storage_refused(cause)),
+            // The channel went away since it was looked up: not stored, so Meta sends it again.
             Err(_) => {
                 return Err(rejected(
                     503,

@@ -146,10 +146,23 @@ impl Upstream {
         }
         let (path, headers) = self.addressed(call, &method, path_and_query, &headers)?;
         let uri = self.root.join(&path).map_err(ProxyError::Internal)?;
+        self.send_streamed(call, method, uri, headers.into_owned(), body)
+            .await
+    }
+
+    /// One request on the serving thread's pool, answered as soon as its head arrives.
+    async fn send_streamed(
+        &self,
+        call: &UpstreamCall,
+        method: Method,
+        uri: Uri,
+        mut headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(h) = request.headers_mut() {
-            *h = headers.into_owned();
-            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            *h = headers;
         }
         let request = request.body(body).map_err(ProxyError::Internal)?;
         let response = self
@@ -250,28 +263,16 @@ impl Upstream {
         &self,
         call: &UpstreamCall,
         uri: Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
     ) -> Result<http::Response<Incoming>, ProxyError> {
         if self.dry_run.is_some() {
             return Err(ProxyError::NotInDryRun("a media transfer"));
         }
         let account = call.account().ok_or_else(no_account)?;
-        let mut request = Request::builder().method(Method::GET).uri(uri);
-        if let Some(h) = request.headers_mut() {
-            *h = headers;
-            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-            if let Some(authorization) = account.authorization("Bearer") {
-                h.insert(header::AUTHORIZATION, authorization);
-            }
-        }
-        let request = request.body(empty()).map_err(ProxyError::Internal)?;
-        let response = self
-            .pool(call.lane)
-            .request(request)
+        let authorization = account.authorization("Bearer").ok_or_else(no_account)?;
+        headers.insert(header::AUTHORIZATION, authorization);
+        self.send_streamed(call, Method::GET, uri, headers, empty())
             .await
-            .map_err(client_error)?;
-        call.answered(checked_status(response.status())?);
-        Ok(response)
     }
 
     /// Reads a whole (JSON) answer, bounded in size and gzip-decoded.

@@ -100,6 +100,18 @@ async fn the_console_asks_for_the_token_and_sends_its_security_headers() {
     .await;
     assert_eq!(wrong.status, 401);
 
+    // A send on the hot path that leaves an On-Premise field behind: the readiness report
+    // names it, with the request id to look it up.
+    let moved = send(
+        &proxy,
+        "POST",
+        "/v1/messages",
+        &[("D360-API-KEY", "k"), ("x-request-id", "moved-preview-1")],
+        r#"{"to":"1","type":"text","preview_url":true,"text":{"body":"x"}}"#,
+    )
+    .await;
+    assert_eq!(moved.status, 201);
+
     let basic = crate::support::proxy::basic_auth("operator", TOKEN);
     let page = send(&proxy, "GET", "/admin", &[("authorization", &basic)], "").await;
     assert_eq!(page.status, 200);
@@ -120,6 +132,8 @@ async fn the_console_asks_for_the_token_and_sends_its_security_headers() {
     );
     assert!(html.contains("&lt;script&gt;document.title="));
     assert!(html.contains("send_message 201"));
+    assert!(html.contains("send_message: preview_url (rewritten as text.preview_url)"));
+    assert!(html.contains("moved-preview-1"));
     assert!(!html.contains(TOKEN) && !html.contains(SECRET));
 
     // The sign-in form sets an HttpOnly, SameSite=Strict cookie that then opens the page.

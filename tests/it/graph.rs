@@ -121,24 +121,7 @@ impl Cloud<'_> {
     async fn post_webhook(&self, proxy: &TestProxy, event: &Value) -> u16 {
         match self {
             Cloud::WabaV2(upstream) => {
-                let registration = upstream
-                    .requests()
-                    .into_iter()
-                    .find(|r| r.path() == "/v1/configs/webhook")
-                    .expect("the proxy registered its inbound URL")
-                    .json();
-                let channel = registration["url"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                let secret = registration["headers"]["X-Webhook-Secret"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned();
-                crate::webhooks::post_event(proxy, &channel, Some(&secret), event).await
+                crate::webhooks::post_registered(proxy, upstream, event).await
             }
             Cloud::Graph => {
                 signed_post(proxy, &event.to_string(), APP_SECRET)
@@ -149,16 +132,9 @@ impl Cloud<'_> {
     }
 }
 
-fn signature(body: &[u8], secret: &str) -> String {
-    use hmac::Mac as _;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+/// `X-Hub-Signature-256` of `body` as Meta's app with `secret` signs it.
+pub(crate) fn signature(body: &[u8], secret: &str) -> String {
+    let hex = waba_onprem_proxy::secret::hmac_hex(secret.as_bytes(), body);
     format!("sha256={hex}")
 }
 

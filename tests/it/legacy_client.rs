@@ -425,8 +425,14 @@ async fn legacy_client_session_through_the_binary() {
 }
 
 async fn translate(method: &str, path: &str, stdin: &str) -> (Value, i32) {
+    translate_with(&[method, path], stdin).await
+}
+
+/// `translate` with these arguments (method, path, then any flags).
+async fn translate_with(args: &[&str], stdin: &str) -> (Value, i32) {
     let mut child = Command::new(BIN)
-        .args(["translate", method, path])
+        .arg("translate")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -475,6 +481,40 @@ async fn translate_command_prints_the_upstream_request() {
     assert_eq!(
         (code, out["path"].clone(), out["body"].clone()),
         (0, json!("/v1/configs/templates?limit=2"), Value::Null)
+    );
+
+    // The Graph dialect's path, with placeholder ids; a path Graph has no counterpart for is
+    // an On-Premise error.
+    let text = r#"{"to":"1","type":"text","text":{"body":"x"}}"#;
+    let (out, code) = translate_with(
+        &[
+            "POST",
+            "/v1/messages",
+            "--upstream-dialect",
+            "graph",
+            "--graph-version",
+            "v21.0",
+        ],
+        text,
+    )
+    .await;
+    assert_eq!(
+        (code, out["path"].clone()),
+        (0, json!("/v21.0/{phone-number-id}/messages"))
+    );
+    let (out, code) = translate_with(
+        &[
+            "DELETE",
+            "/v1/configs/templates/abc",
+            "--upstream-dialect",
+            "graph",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (code, out["path"].clone()),
+        (0, json!("/v23.0/{waba-id}/message_templates?name=abc"))
     );
 }
 
@@ -694,18 +734,7 @@ async fn graph_session_through_the_binary_logs_no_secret_and_takes_new_tokens_on
         "metadata": {"display_phone_number": "1", "phone_number_id": PHONE},
         "statuses": [{"id": "wamid.X", "status": "sent", "timestamp": "1", "recipient_id": "4915"}]}}]}]})
     .to_string();
-    let signature = {
-        use hmac::Mac as _;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-        mac.update(event.as_bytes());
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256={hex}")
-    };
+    let signature = crate::graph::signature(event.as_bytes(), APP_SECRET);
     let signed = http::Request::post(format!("{base}/cloud-webhooks/meta"))
         .header("x-hub-signature-256", signature)
         .body(Full::new(bytes::Bytes::from(event)))

@@ -445,9 +445,14 @@ async fn sent_status_off_in_application_settings_drops_sent_statuses(db: Backend
     assert_eq!(got[0].json()["statuses"][0]["status"], "delivered");
 }
 
-/// The channel name and secret the proxy registered upstream (its first request).
+/// The channel name and secret the proxy registered upstream (its first registration).
 pub(crate) fn registered_channel(upstream: &MockUpstream) -> (String, String) {
-    let registration = upstream.requests()[0].json();
+    let registration = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.path() == "/v1/configs/webhook")
+        .expect("the proxy registered its inbound URL")
+        .json();
     let channel = registration["url"]
         .as_str()
         .unwrap()
@@ -463,7 +468,11 @@ pub(crate) fn registered_channel(upstream: &MockUpstream) -> (String, String) {
 }
 
 /// Cloud posting `event` on the channel the proxy registered upstream, with its secret.
-async fn post_registered(proxy: &TestProxy, upstream: &MockUpstream, event: &Value) -> u16 {
+pub(crate) async fn post_registered(
+    proxy: &TestProxy,
+    upstream: &MockUpstream,
+    event: &Value,
+) -> u16 {
     let (channel, secret) = registered_channel(upstream);
     post_event(proxy, &channel, Some(&secret), event).await
 }

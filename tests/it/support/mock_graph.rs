@@ -47,7 +47,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::mock_upstream::{cloud_keys_check, is_mime, read_request, sha256_hex, Recorded};
+use super::mock_upstream::{
+    check_added_media, cloud_keys_check, is_mime, read_request, sha256_hex, Recorded,
+};
 
 /// How long [`MockGraph::wait_for_requests`] waits before panicking.
 const WAIT_FOR_REQUESTS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -433,16 +435,7 @@ impl MockGraph {
         if self.shared.account_of_phone(phone_number_id).is_none() {
             panic!("mock graph: add_media for unknown phone_number_id {phone_number_id:?}");
         }
-        let id_ok = !id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if !id_ok {
-            panic!("mock graph: invalid media id {id:?} in add_media");
-        }
-        if HeaderValue::from_str(mime).is_err() {
-            panic!("mock graph: invalid mime {mime:?} in add_media");
-        }
+        check_added_media("mock graph", id, mime);
         self.shared.lock().media.insert(
             id.to_owned(),
             StoredMedia {

@@ -463,16 +463,7 @@ impl MockUpstream {
     /// non-empty ASCII letters, digits, `_`, `-` or `.` (Cloud uses digits),
     /// `mime` a valid header value.
     pub fn add_media(&self, id: &str, mime: &str, bytes: Bytes) {
-        let id_ok = !id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if !id_ok {
-            panic!("mock upstream: invalid media id {id:?} in add_media");
-        }
-        if HeaderValue::from_str(mime).is_err() {
-            panic!("mock upstream: invalid mime {mime:?} in add_media");
-        }
+        check_added_media("mock upstream", id, mime);
         self.shared.lock().media.insert(
             id.to_owned(),
             Media {
@@ -1277,4 +1268,19 @@ pub async fn read_request(req: Request<Incoming>) -> (Recorded, Option<String>) 
         declared_length,
     };
     (recorded, multipart_error)
+}
+
+/// What `add_media` of either mock takes: a non-empty id of ASCII letters, digits, `_`, `-`
+/// or `.`, and a mime that is a valid header value (else the test is wrong: panic).
+pub fn check_added_media(mock: &str, id: &str, mime: &str) {
+    let id_ok = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !id_ok {
+        panic!("{mock}: invalid media id {id:?} in add_media");
+    }
+    if HeaderValue::from_str(mime).is_err() {
+        panic!("{mock}: invalid mime {mime:?} in add_media");
+    }
 }
