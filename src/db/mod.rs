@@ -19,6 +19,7 @@ mod error;
 mod model;
 mod schema;
 mod url;
+mod walk;
 
 pub use error::DbError;
 pub use model::{

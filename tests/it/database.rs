@@ -421,6 +421,40 @@ async fn concurrent_replicas_deliver_each_payload_once_and_in_order() {
     assert_eq!(db.stats(200).await.unwrap().pending, 0);
 }
 
+/// PostgreSQL finds heads one recipient at a time, in turns (a walk that goes on where the last
+/// claim stopped), not oldest first: a deep backlog behind a few recipients does not have to
+/// be read through to reach the others, and every recipient is served in its turn.
+#[tokio::test]
+async fn postgres_claims_serve_recipients_in_turn() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let db = Database::open(&url, None).await.unwrap();
+    crate::support::with_channels(&db, &["c", "default"]).await;
+    // Ids 1..6: a and b each have a second payload older than c's and d's first.
+    let batch = [("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2")];
+    ingest(
+        &db,
+        batch.iter().map(|(w, id)| payload(w, id)).collect(),
+        10,
+    )
+    .await;
+    ingest(&db, vec![payload("c", "c1"), payload("d", "d1")], 10).await;
+    // Leases long enough that nothing claimed here returns during the test.
+    assert_eq!(claimed_ids(&db, 20, 2, "r", 1_000).await, [1, 2]);
+    record(
+        &db,
+        vec![Outcome::Delivered { id: 1 }, Outcome::Delivered { id: 2 }],
+        30,
+    )
+    .await;
+    // a2 and b2 are heads now, and older: c and d still come first, it is their turn.
+    assert_eq!(claimed_ids(&db, 40, 2, "r", 1_000).await, [5, 6]);
+    // Then the walk comes round to a and b.
+    assert_eq!(claimed_ids(&db, 50, 2, "r", 1_000).await, [3, 4]);
+    assert_eq!(claimed_ids(&db, 60, 2, "r", 1_000).await, Vec::<i64>::new());
+}
+
 /// TLS to PostgreSQL, against a server that refuses unencrypted TCP: reached with
 /// `sslmode=require` (and the default `prefer`), verified when the CA is given, and a
 /// certificate from another CA is refused with a reason an operator can act on.
