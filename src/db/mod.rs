@@ -260,15 +260,6 @@ impl Database {
         }
     }
 
-    /// When the next deliverable payload becomes due: only the head of each recipient's queue
-    /// counts (a later event waits for its head, however old it is itself).
-    pub async fn next_due_at(&self) -> Result<Option<i64>, DbError> {
-        match self {
-            Database::Sqlite(db) => blocking(db, |db| db.next_due_at()).await,
-            Database::Postgres(db) => db.next_due_at().await,
-        }
-    }
-
     /// Records one round of delivery outcomes in one transaction (and ends their claims), as
     /// `replica`, which claimed them.
     pub async fn record(

@@ -574,22 +574,6 @@ impl Postgres {
         Ok(due)
     }
 
-    pub async fn next_due_at(&self) -> Result<Option<i64>, DbError> {
-        let row = self
-            .one(
-                "SELECT MIN(GREATEST(o.next_attempt_at, COALESCE(o.claimed_until, 0)))
-                 FROM webhook_outbox o
-                 WHERE o.delivered_at IS NULL AND o.dead_at IS NULL
-                   AND NOT EXISTS (
-                       SELECT 1 FROM webhook_outbox p
-                       WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
-                         AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)",
-                &[],
-            )
-            .await?;
-        Ok(row.try_get(0)?)
-    }
-
     /// One statement per kind of outcome, whatever the size of the round. A retry or a death
     /// is recorded only while `replica` still holds the claim: after its lease ran out another
     /// replica may be delivering the payload, and must not lose its claim (or see the payload

@@ -303,19 +303,6 @@ impl Sqlite {
         Ok(due)
     }
 
-    pub fn next_due_at(&self) -> rusqlite::Result<Option<i64>> {
-        self.lock().query_row(
-            "SELECT MIN(o.next_attempt_at) FROM webhook_outbox o
-             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL
-               AND NOT EXISTS (
-                   SELECT 1 FROM webhook_outbox p
-                   WHERE p.channel = o.channel AND p.ordering_key = o.ordering_key
-                     AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.id < o.id)",
-            [],
-            |row| row.get(0),
-        )
-    }
-
     pub fn record(&self, outcomes: &[Outcome], now_ms: i64) -> rusqlite::Result<()> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;

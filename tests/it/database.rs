@@ -86,7 +86,6 @@ async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
 on_both_backends!(
     resends_are_stored_once,
     a_recipient_waits_for_its_earlier_event_others_do_not,
-    the_next_due_time_ignores_events_waiting_behind_their_recipient,
     dead_payloads_unblock_their_recipient_and_can_be_replayed,
     a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned,
     unreadable_posts_are_kept_as_dead_letters,
@@ -125,14 +124,6 @@ async fn a_recipient_waits_for_its_earlier_event_others_do_not(backend: Backend)
     .await;
     assert_eq!(due_ids(&db, 30).await, [2]);
     assert_eq!(db.stats(30).await.unwrap().delivered, 2);
-}
-
-async fn the_next_due_time_ignores_events_waiting_behind_their_recipient(backend: Backend) {
-    let db = open(backend).await;
-    ingest(&db, vec![payload("1", "a"), payload("1", "b")], 10).await;
-    record(&db, vec![retry(1, 5_000)], 20).await;
-    // Event b (created at 10) is not deliverable before a: the loop must sleep until 5000.
-    assert_eq!(db.next_due_at().await.unwrap(), Some(5_000));
 }
 
 async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Backend) {
