@@ -221,6 +221,7 @@ impl Database {
     ) -> Result<Vec<Due>, DbError> {
         let filter = DueFilter {
             per_channel: limit,
+            total: Some(limit),
             ..DueFilter::default()
         };
         let mut due = self.claim_heads(now_ms, &filter, claim).await?;

@@ -114,6 +114,9 @@ pub struct DueFilter {
     pub except_channels: Vec<String>,
     /// Payloads the loop already holds (waiting, in flight, or delivered and not yet recorded).
     pub except_ids: Vec<i64>,
+    /// At most this many in all (the room in the loop's queue): claims beyond it would wait
+    /// in the queue while their lease runs.
+    pub total: Option<usize>,
 }
 
 /// Who takes a round of due payloads, and until when nobody else may.

@@ -39,6 +39,8 @@ const SESSION_SETTINGS: &str = "-c plan_cache_mode=force_custom_plan \
 /// Statements a claim's walk may take (each looks at a bounded number of recipients per
 /// channel): a claim stays short whatever the backlog, and the next one goes on from there.
 const WALK_STATEMENTS: usize = 4;
+/// Claim statements a claim may take: heads lost to another replica are made up for once.
+const CLAIM_ROUNDS: usize = 2;
 
 #[derive(Clone)]
 pub struct Postgres {
@@ -474,7 +476,7 @@ impl Postgres {
                          WHERE o.channel = c.name AND o.ordering_key >= c.from_key
                            AND o.delivered_at IS NULL AND o.dead_at IS NULL
                          ORDER BY o.ordering_key, o.id LIMIT 1) h
-                     WHERE c.until_key IS NULL OR h.ordering_key < c.until_key
+                     WHERE c.until_key IS NULL OR h.ordering_key <= c.until_key
                    UNION ALL
                      SELECT w.channel, w.until_key, h.ordering_key, h.id, h.eligible, w.step + 1
                      FROM walk w
@@ -486,54 +488,10 @@ impl Postgres {
                          WHERE o.channel = w.channel AND o.ordering_key > w.ordering_key
                            AND o.delivered_at IS NULL AND o.dead_at IS NULL
                          ORDER BY o.ordering_key, o.id LIMIT 1) h
-                     WHERE w.step < $4 AND (w.until_key IS NULL OR h.ordering_key < w.until_key))
+                     WHERE w.step < $4 AND (w.until_key IS NULL OR h.ordering_key <= w.until_key))
                  SELECT channel, ordering_key, id, eligible, step FROM walk",
             )
             .await?;
-        let mut picked: Vec<i64> = Vec::new();
-        // A channel's walk ends when its quota is met or it has come round to where it began;
-        // a few statements at most, so a claim stays short whatever the backlog.
-        for _ in 0..WALK_STATEMENTS {
-            let open: Vec<&ChannelWalk> = walks.iter().filter(|w| !w.done).collect();
-            if open.is_empty() {
-                break;
-            }
-            let channels: Vec<&str> = open.iter().map(|w| w.channel.as_str()).collect();
-            let from: Vec<&str> = open.iter().map(|w| w.from.as_str()).collect();
-            let until: Vec<Option<&str>> = open.iter().map(|w| w.until.as_deref()).collect();
-            let mut rows = client
-                .query(&walk, &[&channels, &from, &now_ms, &steps, &until])
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(Visited {
-                        channel: row.try_get(0)?,
-                        ordering_key: row.try_get(1)?,
-                        id: row.try_get(2)?,
-                        eligible: row.try_get(3)?,
-                        step: row.try_get(4)?,
-                    })
-                })
-                .collect::<Result<Vec<Visited>, tokio_postgres::Error>>()?;
-            rows.sort_by(|a, b| (&a.channel, a.step).cmp(&(&b.channel, b.step)));
-            for channel in walks.iter_mut().filter(|w| !w.done) {
-                let name = channel.channel.clone();
-                let visited = rows.iter().filter(|v| v.channel == name);
-                channel.take(
-                    visited,
-                    steps as usize,
-                    quota,
-                    &filter.except_ids,
-                    &mut picked,
-                );
-            }
-        }
-        for channel in &walks {
-            self.cursors.set(&channel.channel, channel.cursor());
-        }
-        if picked.is_empty() {
-            return Ok(Vec::new());
-        }
         let statement = client
             .prepare_cached(
                 // Pending is spelled `COALESCE(..) IS NULL` so that no partial index qualifies:
@@ -551,24 +509,83 @@ impl Postgres {
                  RETURNING w.id, w.channel, w.payload, w.attempts, w.created_at",
             )
             .await?;
-        let rows = client
-            .query(
-                &statement,
-                &[&picked, &now_ms, &claim.replica, &claim.until_ms],
-            )
-            .await?;
-        let mut due = rows
-            .iter()
-            .map(|row| {
-                Ok(Due {
+        // Channels take turns at being walked first: the budget may run out before the last.
+        if !walks.is_empty() {
+            let turn = self.cursors.next_turn() % walks.len();
+            walks.rotate_left(turn);
+        }
+        let mut budget = filter.total.unwrap_or(usize::MAX);
+        let mut due = Vec::new();
+        // Heads picked by the walk may be claimed by another replica before this claim locks
+        // them (it walks in a snapshot of its own): the walk then goes on for as many.
+        for _ in 0..CLAIM_ROUNDS {
+            for _ in 0..WALK_STATEMENTS {
+                let open: Vec<&ChannelWalk> = walks.iter().filter(|w| !w.done).collect();
+                if open.is_empty() {
+                    break;
+                }
+                let channels: Vec<&str> = open.iter().map(|w| w.channel.as_str()).collect();
+                let from: Vec<&str> = open.iter().map(|w| w.from.as_str()).collect();
+                let until: Vec<Option<&str>> = open.iter().map(|w| w.until.as_deref()).collect();
+                let mut rows = client
+                    .query(&walk, &[&channels, &from, &now_ms, &steps, &until])
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok(Visited {
+                            channel: row.try_get(0)?,
+                            ordering_key: row.try_get(1)?,
+                            id: row.try_get(2)?,
+                            eligible: row.try_get(3)?,
+                            step: row.try_get(4)?,
+                        })
+                    })
+                    .collect::<Result<Vec<Visited>, tokio_postgres::Error>>()?;
+                rows.sort_by(|a, b| (&a.channel, a.step).cmp(&(&b.channel, b.step)));
+                for channel in walks.iter_mut().filter(|w| !w.done) {
+                    if budget == 0 {
+                        channel.pause();
+                        continue;
+                    }
+                    let before = channel.taken();
+                    let name = channel.channel.clone();
+                    let visited = rows.iter().filter(|v| v.channel == name);
+                    let quota = quota.min(before.saturating_add(budget));
+                    channel.take(visited, steps as usize, quota, &filter.except_ids);
+                    budget -= channel.taken() - before;
+                }
+            }
+            let picked: Vec<i64> = walks.iter().flat_map(|w| w.picks().to_vec()).collect();
+            if picked.is_empty() {
+                break;
+            }
+            let rows = client
+                .query(
+                    &statement,
+                    &[&picked, &now_ms, &claim.replica, &claim.until_ms],
+                )
+                .await?;
+            let before = due.len();
+            for row in &rows {
+                due.push(Due {
                     id: row.try_get(0)?,
                     channel: row.try_get(1)?,
                     payload: row.try_get(2)?,
                     attempts: row.try_get(3)?,
                     created_at: row.try_get(4)?,
-                })
-            })
-            .collect::<Result<Vec<Due>, tokio_postgres::Error>>()?;
+                });
+            }
+            let claimed: std::collections::HashSet<i64> =
+                due[before..].iter().map(|d| d.id).collect();
+            let lost: usize = walks.iter_mut().map(|w| w.settle(&claimed)).sum();
+            if lost == 0 {
+                break;
+            }
+            budget = budget.saturating_add(lost);
+        }
+        for channel in &walks {
+            self.cursors.set(&channel.channel, channel.cursor());
+        }
         // RETURNING has no order of its own.
         due.sort_by_key(|d| d.id);
         Ok(due)
@@ -759,6 +776,13 @@ impl Postgres {
             row.try_get(2)?,
             row.try_get(3)?,
         );
+        // The recipient's lock, as ingest takes it: the new row's id and its commit must not
+        // interleave with an ingest of the same recipient (see `ingest_batch`).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 1))",
+            &[&format!("{channel}:{ordering_key}")],
+        )
+        .await?;
         // From the dead row itself: the outbox row may already be pruned.
         tx.execute(
             "INSERT INTO webhook_outbox (event_id, channel, ordering_key, dedupe_key, payload, created_at, next_attempt_at)

@@ -300,6 +300,7 @@ impl Sqlite {
             }
         }
         due.sort_by_key(|d| d.id);
+        due.truncate(filter.total.unwrap_or(usize::MAX));
         Ok(due)
     }
 

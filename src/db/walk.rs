@@ -6,13 +6,19 @@
 //! gets its turn however long the others' queues are.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Where each channel's next walk starts (this process's own; replicas keep their own).
+/// Where each channel's next walk starts (this process's own; replicas keep their own), and
+/// whose turn it is to be walked first (a claim's budget may run out before the last channel).
 #[derive(Clone, Default)]
-pub(super) struct Cursors(Arc<Mutex<HashMap<String, String>>>);
+pub(super) struct Cursors(Arc<Mutex<HashMap<String, String>>>, Arc<AtomicUsize>);
 
 impl Cursors {
+    pub(super) fn next_turn(&self) -> usize {
+        self.1.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(super) fn get(&self, channel: &str) -> Option<String> {
         let cursors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         cursors.get(channel).cloned()
@@ -47,19 +53,25 @@ pub(super) struct Visited {
 #[derive(Debug)]
 pub(super) struct ChannelWalk {
     pub channel: String,
-    /// The first key the next statement looks at (inclusive; a key already looked at in this
-    /// claim is passed over).
+    /// The first key the next statement looks at (inclusive; the key the walk stands on is
+    /// passed over).
     pub from: String,
-    /// Where the next statement stops (exclusive): after wrapping, the key the claim began at.
+    /// Where the next statement stops (inclusive): after wrapping, the key the claim began at,
+    /// which the first statement passed over (it had its turn in the last claim) and which now
+    /// has its turn last.
     pub until: Option<String>,
     began: Option<String>,
     wrapped: bool,
+    /// Heads taken and claimed, plus `picks`.
     taken: usize,
+    /// Heads taken and not yet claimed.
+    picks: Vec<i64>,
     last_taken: Option<String>,
+    /// The key the walk stands on: the next statement starts here and passes it over.
     last_visited: Option<String>,
-    /// `taken` once the quota is met (never, until then).
-    quota_met_at: usize,
-    /// Its quota is met, or it has come round to where it began.
+    quota_met: bool,
+    came_round: bool,
+    /// Its quota is met, it has come round to where it began, or the claim's budget is spent.
     pub done: bool,
 }
 
@@ -73,39 +85,47 @@ impl ChannelWalk {
             wrapped: cursor.is_none(),
             began: cursor.clone(),
             taken: 0,
+            picks: Vec::new(),
             last_taken: None,
-            // The cursor's recipient had its turn in the last claim: passed over this time.
             last_visited: cursor,
-            quota_met_at: usize::MAX,
+            quota_met: false,
+            came_round: false,
             done: false,
         }
     }
 
+    pub(super) fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Heads taken since the last [`ChannelWalk::settle`], to be claimed.
+    pub(super) fn picks(&self) -> &[i64] {
+        &self.picks
+    }
+
     /// Takes what one statement's walk of this channel saw (`visited`, in step order; the
     /// statement looks at `steps` recipients at most): eligible heads that the loop does not
-    /// already hold go to `picked` until `quota` of them are taken.
+    /// already hold, until `quota` are taken in this claim.
     pub(super) fn take<'a>(
         &mut self,
         visited: impl IntoIterator<Item = &'a Visited>,
         steps: usize,
         quota: usize,
         held: &[i64],
-        picked: &mut Vec<i64>,
     ) {
         let mut seen = 0;
         for head in visited {
             seen += 1;
-            // A statement starts at the key the last one ended on (or at the cursor).
             if self.last_visited.as_deref() == Some(head.ordering_key.as_str()) {
                 continue;
             }
             self.last_visited = Some(head.ordering_key.clone());
-            if head.eligible && !held.contains(&head.id) {
-                picked.push(head.id);
+            if head.eligible && !held.contains(&head.id) && !self.picks.contains(&head.id) {
+                self.picks.push(head.id);
                 self.taken += 1;
                 self.last_taken = Some(head.ordering_key.clone());
                 if self.taken >= quota {
-                    self.quota_met_at = quota;
+                    self.quota_met = true;
                     self.done = true;
                     return;
                 }
@@ -114,25 +134,49 @@ impl ChannelWalk {
         if seen < steps {
             // The end of the channel's recipients (or, after wrapping, where the claim began).
             if self.wrapped {
+                self.came_round = true;
                 self.done = true;
             } else {
                 self.wrapped = true;
                 self.from = String::new();
                 self.until = self.began.clone();
+                self.last_visited = None;
             }
         } else if let Some(last) = &self.last_visited {
             self.from = last.clone();
         }
     }
 
-    /// Where the channel's next claim starts (after this key): the last head taken when the
-    /// quota was met, the last recipient looked at when the claim ran out of statements, or
-    /// the start (`None`) when the walk came round.
+    /// Stops the walk where it stands (the claim's budget is spent); the next claim goes on
+    /// from here.
+    pub(super) fn pause(&mut self) {
+        self.done = true;
+    }
+
+    /// After the claim statement: picks that `claimed` lacks were taken by another replica
+    /// first. They no longer count, and a walk that stopped at its quota goes on for as many.
+    /// Returns how many were lost.
+    pub(super) fn settle(&mut self, claimed: &std::collections::HashSet<i64>) -> usize {
+        let before = self.picks.len();
+        self.picks.retain(|id| claimed.contains(id));
+        let lost = before - self.picks.len();
+        self.picks.clear();
+        self.taken -= lost;
+        if lost > 0 && self.quota_met {
+            self.quota_met = false;
+            self.done = self.came_round;
+        }
+        lost
+    }
+
+    /// Where the channel's next claim starts (after this key; it comes last in that claim's
+    /// walk): the last head taken when the quota was met, the last recipient looked at when
+    /// the claim stopped early, or the start (`None`) when the walk came round.
     pub(super) fn cursor(&self) -> Option<String> {
-        if self.taken >= self.quota_met_at {
+        if self.quota_met {
             return self.last_taken.clone();
         }
-        if self.done {
+        if self.came_round {
             return None;
         }
         self.last_visited.clone().or_else(|| self.began.clone())
@@ -161,50 +205,52 @@ mod tests {
     #[test]
     fn takes_eligible_heads_not_held_until_the_quota_and_resumes_after_the_last_taken() {
         let mut walk = ChannelWalk::new("c".into(), None);
-        let mut picked = Vec::new();
         let heads = seen(&[
             ("a", 1, true),
             ("b", 2, false),
             ("c", 3, true),
             ("d", 4, true),
         ]);
-        walk.take(&heads, 10, 2, &[3], &mut picked);
+        walk.take(&heads, 10, 2, &[3]);
         // b is not due (or claimed elsewhere), c is already held by this loop.
-        assert_eq!(picked, [1, 4]);
+        assert_eq!(walk.picks(), [1, 4]);
         assert!(walk.done);
         assert_eq!(walk.cursor().as_deref(), Some("d"));
     }
 
     #[test]
-    fn passes_over_the_cursors_recipient_and_wraps_round_to_it() {
+    fn the_cursors_recipient_comes_last_after_the_wrap() {
         let mut walk = ChannelWalk::new("c".into(), Some("b".into()));
         assert_eq!((walk.from.as_str(), walk.until.as_deref()), ("b", None));
-        let mut picked = Vec::new();
-        // The first statement starts at the cursor (inclusive) and reaches the end.
-        walk.take(
-            &seen(&[("b", 2, true), ("c", 3, true)]),
-            10,
-            5,
-            &[],
-            &mut picked,
-        );
-        assert_eq!(picked, [3]);
+        // The first statement starts at the cursor, passes it over, and reaches the end.
+        walk.take(&seen(&[("b", 2, true), ("c", 3, true)]), 10, 5, &[]);
+        assert_eq!(walk.picks(), [3]);
         assert!(!walk.done);
-        // It wraps: from the start up to (not including) where it began.
+        // It wraps: from the start up to and including where it began.
         assert_eq!((walk.from.as_str(), walk.until.as_deref()), ("", Some("b")));
-        walk.take(&seen(&[("a", 1, true)]), 10, 5, &[], &mut picked);
-        assert_eq!(picked, [3, 1]);
+        walk.take(&seen(&[("a", 1, true), ("b", 2, true)]), 10, 5, &[]);
+        assert_eq!(walk.picks(), [3, 1, 2]);
         assert!(walk.done);
         // Round once without meeting the quota: the next claim starts at the start.
         assert_eq!(walk.cursor(), None);
     }
 
     #[test]
+    fn a_lone_recipient_is_taken_claim_after_claim() {
+        // Quota 1: the last claim took x's head, so the cursor is x.
+        let mut walk = ChannelWalk::new("c".into(), Some("x".into()));
+        walk.take(&seen(&[("x", 2, true)]), 10, 1, &[]);
+        assert!(walk.picks().is_empty());
+        walk.take(&seen(&[("x", 2, true)]), 10, 1, &[]);
+        assert_eq!(walk.picks(), [2]);
+        assert_eq!(walk.cursor().as_deref(), Some("x"));
+    }
+
+    #[test]
     fn a_walk_from_the_start_that_reaches_the_end_does_not_wrap() {
         let mut walk = ChannelWalk::new("c".into(), None);
-        let mut picked = Vec::new();
-        walk.take(&seen(&[("a", 1, false)]), 10, 5, &[], &mut picked);
-        assert!(picked.is_empty());
+        walk.take(&seen(&[("a", 1, false)]), 10, 5, &[]);
+        assert!(walk.picks().is_empty());
         assert!(walk.done);
         assert_eq!(walk.cursor(), None);
     }
@@ -212,26 +258,43 @@ mod tests {
     #[test]
     fn a_full_statement_continues_from_its_last_recipient_without_taking_it_twice() {
         let mut walk = ChannelWalk::new("c".into(), None);
-        let mut picked = Vec::new();
-        walk.take(
-            &seen(&[("a", 1, true), ("b", 2, true)]),
-            2,
-            5,
-            &[],
-            &mut picked,
-        );
+        walk.take(&seen(&[("a", 1, true), ("b", 2, true)]), 2, 5, &[]);
         assert!(!walk.done);
         assert_eq!(walk.from, "b");
-        walk.take(
-            &seen(&[("b", 2, true), ("c", 3, true)]),
-            2,
-            5,
-            &[],
-            &mut picked,
-        );
-        assert_eq!(picked, [1, 2, 3]);
-        // Out of statements (the caller stops): the next claim goes on after c.
+        walk.take(&seen(&[("b", 2, true), ("c", 3, true)]), 2, 5, &[]);
+        assert_eq!(walk.picks(), [1, 2, 3]);
+        // Stopped early (out of statements): the next claim goes on after c.
         assert_eq!(walk.cursor().as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn heads_another_replica_claimed_first_are_made_up_for_by_walking_on() {
+        let mut walk = ChannelWalk::new("c".into(), None);
+        walk.take(
+            &seen(&[("a", 1, true), ("b", 2, true), ("c", 3, true)]),
+            3,
+            2,
+            &[],
+        );
+        assert!(walk.done);
+        // The claim got a; b went to another replica in between.
+        assert_eq!(walk.settle(&[1].into_iter().collect()), 1);
+        assert!(!walk.done);
+        assert_eq!(walk.taken(), 1);
+        walk.take(&seen(&[("c", 3, true)]), 3, 2, &[]);
+        assert_eq!(walk.picks(), [3]);
+        assert!(walk.done);
+        assert_eq!(walk.settle(&[3].into_iter().collect()), 0);
+        assert_eq!(walk.cursor().as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_paused_walk_resumes_where_it_stood() {
+        let mut walk = ChannelWalk::new("c".into(), None);
+        walk.take(&seen(&[("a", 1, false), ("b", 2, false)]), 2, 5, &[]);
+        walk.pause();
+        assert!(walk.done);
+        assert_eq!(walk.cursor().as_deref(), Some("b"));
     }
 
     #[test]
@@ -242,5 +305,6 @@ mod tests {
         cursors.set("d", None);
         assert_eq!(cursors.get("c").as_deref(), Some("k"));
         assert_eq!(cursors.get("d"), None);
+        assert_ne!(cursors.next_turn(), cursors.next_turn());
     }
 }

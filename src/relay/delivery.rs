@@ -157,6 +157,7 @@ pub async fn deliver_forever(delivery: Delivery) {
                 per_channel: settings.fairness.per_channel,
                 except_channels: state.channels.not_fetching(now),
                 except_ids: state.held.iter().copied().collect(),
+                total: Some(room),
             };
             let claim = Claim {
                 replica: relay.replica.clone(),

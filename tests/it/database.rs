@@ -86,6 +86,7 @@ async fn due_ids(db: &Database, now: i64) -> Vec<i64> {
 on_both_backends!(
     resends_are_stored_once,
     a_recipient_waits_for_its_earlier_event_others_do_not,
+    a_lone_busy_recipient_is_served_claim_after_claim,
     dead_payloads_unblock_their_recipient_and_can_be_replayed,
     a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned,
     unreadable_posts_are_kept_as_dead_letters,
@@ -124,6 +125,22 @@ async fn a_recipient_waits_for_its_earlier_event_others_do_not(backend: Backend)
     .await;
     assert_eq!(due_ids(&db, 30).await, [2]);
     assert_eq!(db.stats(30).await.unwrap().delivered, 2);
+}
+
+/// One recipient with a queue, one payload a claim: each claim takes the next one (a claim that
+/// came back empty would idle the delivery loop for up to a second).
+async fn a_lone_busy_recipient_is_served_claim_after_claim(backend: Backend) {
+    let db = open(backend).await;
+    let queue = ["x1", "x2", "x3"]
+        .iter()
+        .map(|id| payload("x", id))
+        .collect();
+    ingest(&db, queue, 10).await;
+    for (n, id) in [1, 2, 3].into_iter().enumerate() {
+        let now = 20 + n as i64;
+        assert_eq!(claimed_ids(&db, now, 1, "r", 1_000).await, [id]);
+        record(&db, vec![Outcome::Delivered { id }], now).await;
+    }
 }
 
 async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Backend) {
