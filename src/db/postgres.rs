@@ -460,36 +460,42 @@ impl Postgres {
             })
             .collect();
         let quota = filter.per_channel.max(1);
-        // Keys looked at per channel and statement: enough to pass over the recipients whose
-        // heads this replica already holds, bounded so one statement stays short.
-        let steps = (quota * 4 + filter.except_ids.len()).clamp(64, 4_096) as i32;
+        // Recipients looked at per channel and statement at most (it stops sooner once it has
+        // found what is wanted): bounded so one statement stays short.
+        let steps: i32 = 1_024;
         let walk = client
             .prepare_cached(
-                "WITH RECURSIVE walk (channel, until_key, ordering_key, id, eligible, step) AS (
-                     SELECT c.name, c.until_key, h.ordering_key, h.id, h.eligible, 1
+                // `found` counts eligible heads so the walk stops once it has as many as are
+                // wanted ($6), instead of always looking at $4 recipients.
+                "WITH RECURSIVE walk (channel, until_key, ordering_key, id, eligible, step, found) AS (
+                     SELECT c.name, c.until_key, h.ordering_key, h.id, h.eligible, 1, h.eligible::INT
                      FROM unnest($1::TEXT[], $2::TEXT[], $5::TEXT[]) AS c(name, from_key, until_key)
                      CROSS JOIN LATERAL (
                          SELECT o.ordering_key, o.id,
                                 o.next_attempt_at <= $3
-                                AND (o.claimed_until IS NULL OR o.claimed_until < $3) AS eligible
+                                AND (o.claimed_until IS NULL OR o.claimed_until < $3)
+                                AND NOT (o.id = ANY($7::BIGINT[])) AS eligible
                          FROM webhook_outbox o
                          WHERE o.channel = c.name AND o.ordering_key >= c.from_key
                            AND o.delivered_at IS NULL AND o.dead_at IS NULL
                          ORDER BY o.ordering_key, o.id LIMIT 1) h
                      WHERE c.until_key IS NULL OR h.ordering_key <= c.until_key
                    UNION ALL
-                     SELECT w.channel, w.until_key, h.ordering_key, h.id, h.eligible, w.step + 1
+                     SELECT w.channel, w.until_key, h.ordering_key, h.id, h.eligible, w.step + 1,
+                            w.found + h.eligible::INT
                      FROM walk w
                      CROSS JOIN LATERAL (
                          SELECT o.ordering_key, o.id,
                                 o.next_attempt_at <= $3
-                                AND (o.claimed_until IS NULL OR o.claimed_until < $3) AS eligible
+                                AND (o.claimed_until IS NULL OR o.claimed_until < $3)
+                                AND NOT (o.id = ANY($7::BIGINT[])) AS eligible
                          FROM webhook_outbox o
                          WHERE o.channel = w.channel AND o.ordering_key > w.ordering_key
                            AND o.delivered_at IS NULL AND o.dead_at IS NULL
                          ORDER BY o.ordering_key, o.id LIMIT 1) h
-                     WHERE w.step < $4 AND (w.until_key IS NULL OR h.ordering_key <= w.until_key))
-                 SELECT channel, ordering_key, id, eligible, step FROM walk",
+                     WHERE w.step < $4 AND w.found < $6
+                       AND (w.until_key IS NULL OR h.ordering_key <= w.until_key))
+                 SELECT channel, ordering_key, id, eligible, step, found FROM walk",
             )
             .await?;
         let statement = client
@@ -527,8 +533,28 @@ impl Postgres {
                 let channels: Vec<&str> = open.iter().map(|w| w.channel.as_str()).collect();
                 let from: Vec<&str> = open.iter().map(|w| w.from.as_str()).collect();
                 let until: Vec<Option<&str>> = open.iter().map(|w| w.until.as_deref()).collect();
+                // One more than the most any channel may still take: the walk's first
+                // recipient may be the one it stands on, which is passed over.
+                let wanted = open
+                    .iter()
+                    .map(|w| quota.saturating_sub(w.taken()).min(budget))
+                    .max()
+                    .unwrap_or(0)
+                    .saturating_add(1)
+                    .min(i32::MAX as usize) as i32;
                 let mut rows = client
-                    .query(&walk, &[&channels, &from, &now_ms, &steps, &until])
+                    .query(
+                        &walk,
+                        &[
+                            &channels,
+                            &from,
+                            &now_ms,
+                            &steps,
+                            &until,
+                            &wanted,
+                            &filter.except_ids,
+                        ],
+                    )
                     .await?
                     .iter()
                     .map(|row| {
@@ -538,6 +564,7 @@ impl Postgres {
                             id: row.try_get(2)?,
                             eligible: row.try_get(3)?,
                             step: row.try_get(4)?,
+                            found: row.try_get(5)?,
                         })
                     })
                     .collect::<Result<Vec<Visited>, tokio_postgres::Error>>()?;
@@ -549,9 +576,13 @@ impl Postgres {
                     }
                     let before = channel.taken();
                     let name = channel.channel.clone();
-                    let visited = rows.iter().filter(|v| v.channel == name);
+                    let visited: Vec<&Visited> =
+                        rows.iter().filter(|v| v.channel == name).collect();
+                    let stopped_early = visited
+                        .last()
+                        .is_some_and(|last| last.step >= steps || last.found >= wanted);
                     let quota = quota.min(before.saturating_add(budget));
-                    channel.take(visited, steps as usize, quota, &filter.except_ids);
+                    channel.take(visited, stopped_early, quota, &filter.except_ids);
                     budget -= channel.taken() - before;
                 }
             }

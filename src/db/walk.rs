@@ -47,6 +47,8 @@ pub(super) struct Visited {
     pub eligible: bool,
     /// 1 for the first recipient of this statement's walk, then 2, 3, …
     pub step: i32,
+    /// Eligible heads found by this statement's walk so far, this one included.
+    pub found: i32,
 }
 
 /// One channel's walk during one claim.
@@ -103,19 +105,18 @@ impl ChannelWalk {
         &self.picks
     }
 
-    /// Takes what one statement's walk of this channel saw (`visited`, in step order; the
-    /// statement looks at `steps` recipients at most): eligible heads that the loop does not
-    /// already hold, until `quota` are taken in this claim.
+    /// Takes what one statement's walk of this channel saw (`visited`, in step order):
+    /// eligible heads that the loop does not already hold, until `quota` are taken in this
+    /// claim. `stopped_early`: the statement stopped before the end of the channel's
+    /// recipients (it had looked at as many as it may, or found as many as were wanted).
     pub(super) fn take<'a>(
         &mut self,
         visited: impl IntoIterator<Item = &'a Visited>,
-        steps: usize,
+        stopped_early: bool,
         quota: usize,
         held: &[i64],
     ) {
-        let mut seen = 0;
         for head in visited {
-            seen += 1;
             if self.last_visited.as_deref() == Some(head.ordering_key.as_str()) {
                 continue;
             }
@@ -131,7 +132,7 @@ impl ChannelWalk {
                 }
             }
         }
-        if seen < steps {
+        if !stopped_early {
             // The end of the channel's recipients (or, after wrapping, where the claim began).
             if self.wrapped {
                 self.came_round = true;
@@ -198,6 +199,7 @@ mod tests {
                 id: *id,
                 eligible: *eligible,
                 step: step as i32 + 1,
+                found: 0,
             })
             .collect()
     }
@@ -211,7 +213,7 @@ mod tests {
             ("c", 3, true),
             ("d", 4, true),
         ]);
-        walk.take(&heads, 10, 2, &[3]);
+        walk.take(&heads, false, 2, &[3]);
         // b is not due (or claimed elsewhere), c is already held by this loop.
         assert_eq!(walk.picks(), [1, 4]);
         assert!(walk.done);
@@ -223,12 +225,12 @@ mod tests {
         let mut walk = ChannelWalk::new("c".into(), Some("b".into()));
         assert_eq!((walk.from.as_str(), walk.until.as_deref()), ("b", None));
         // The first statement starts at the cursor, passes it over, and reaches the end.
-        walk.take(&seen(&[("b", 2, true), ("c", 3, true)]), 10, 5, &[]);
+        walk.take(&seen(&[("b", 2, true), ("c", 3, true)]), false, 5, &[]);
         assert_eq!(walk.picks(), [3]);
         assert!(!walk.done);
         // It wraps: from the start up to and including where it began.
         assert_eq!((walk.from.as_str(), walk.until.as_deref()), ("", Some("b")));
-        walk.take(&seen(&[("a", 1, true), ("b", 2, true)]), 10, 5, &[]);
+        walk.take(&seen(&[("a", 1, true), ("b", 2, true)]), false, 5, &[]);
         assert_eq!(walk.picks(), [3, 1, 2]);
         assert!(walk.done);
         // Round once without meeting the quota: the next claim starts at the start.
@@ -239,9 +241,9 @@ mod tests {
     fn a_lone_recipient_is_taken_claim_after_claim() {
         // Quota 1: the last claim took x's head, so the cursor is x.
         let mut walk = ChannelWalk::new("c".into(), Some("x".into()));
-        walk.take(&seen(&[("x", 2, true)]), 10, 1, &[]);
+        walk.take(&seen(&[("x", 2, true)]), false, 1, &[]);
         assert!(walk.picks().is_empty());
-        walk.take(&seen(&[("x", 2, true)]), 10, 1, &[]);
+        walk.take(&seen(&[("x", 2, true)]), false, 1, &[]);
         assert_eq!(walk.picks(), [2]);
         assert_eq!(walk.cursor().as_deref(), Some("x"));
     }
@@ -249,7 +251,7 @@ mod tests {
     #[test]
     fn a_walk_from_the_start_that_reaches_the_end_does_not_wrap() {
         let mut walk = ChannelWalk::new("c".into(), None);
-        walk.take(&seen(&[("a", 1, false)]), 10, 5, &[]);
+        walk.take(&seen(&[("a", 1, false)]), false, 5, &[]);
         assert!(walk.picks().is_empty());
         assert!(walk.done);
         assert_eq!(walk.cursor(), None);
@@ -258,10 +260,10 @@ mod tests {
     #[test]
     fn a_full_statement_continues_from_its_last_recipient_without_taking_it_twice() {
         let mut walk = ChannelWalk::new("c".into(), None);
-        walk.take(&seen(&[("a", 1, true), ("b", 2, true)]), 2, 5, &[]);
+        walk.take(&seen(&[("a", 1, true), ("b", 2, true)]), true, 5, &[]);
         assert!(!walk.done);
         assert_eq!(walk.from, "b");
-        walk.take(&seen(&[("b", 2, true), ("c", 3, true)]), 2, 5, &[]);
+        walk.take(&seen(&[("b", 2, true), ("c", 3, true)]), true, 5, &[]);
         assert_eq!(walk.picks(), [1, 2, 3]);
         // Stopped early (out of statements): the next claim goes on after c.
         assert_eq!(walk.cursor().as_deref(), Some("c"));
@@ -272,7 +274,7 @@ mod tests {
         let mut walk = ChannelWalk::new("c".into(), None);
         walk.take(
             &seen(&[("a", 1, true), ("b", 2, true), ("c", 3, true)]),
-            3,
+            true,
             2,
             &[],
         );
@@ -281,7 +283,7 @@ mod tests {
         assert_eq!(walk.settle(&[1].into_iter().collect()), 1);
         assert!(!walk.done);
         assert_eq!(walk.taken(), 1);
-        walk.take(&seen(&[("c", 3, true)]), 3, 2, &[]);
+        walk.take(&seen(&[("c", 3, true)]), false, 2, &[]);
         assert_eq!(walk.picks(), [3]);
         assert!(walk.done);
         assert_eq!(walk.settle(&[3].into_iter().collect()), 0);
@@ -291,7 +293,7 @@ mod tests {
     #[test]
     fn a_paused_walk_resumes_where_it_stood() {
         let mut walk = ChannelWalk::new("c".into(), None);
-        walk.take(&seen(&[("a", 1, false), ("b", 2, false)]), 2, 5, &[]);
+        walk.take(&seen(&[("a", 1, false), ("b", 2, false)]), true, 5, &[]);
         walk.pause();
         assert!(walk.done);
         assert_eq!(walk.cursor().as_deref(), Some("b"));
