@@ -42,6 +42,43 @@ const WALK_STATEMENTS: usize = 4;
 /// Claim statements a claim may take: heads lost to another replica are made up for once.
 const CLAIM_ROUNDS: usize = 2;
 
+/// The claim's walk (a loose index scan): for each channel ($1) from its key ($2, inclusive)
+/// up to its last ($5, inclusive, or none), one probe of `webhook_outbox_pending_order` per
+/// recipient gives that recipient's head, and whether it may be taken now ($3: the time; $7:
+/// ids this replica holds). `found` counts those, so the walk stops once it has as many as are
+/// wanted ($6), or has looked at $4 recipients.
+static WALK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let head = |channel: &str, key: &str| {
+        format!(
+            "SELECT o.ordering_key, o.id,
+                    o.next_attempt_at <= $3
+                    AND (o.claimed_until IS NULL OR o.claimed_until < $3)
+                    AND NOT (o.id = ANY($7::BIGINT[])) AS eligible
+             FROM webhook_outbox o
+             WHERE o.channel = {channel} AND o.ordering_key {key}
+               AND o.delivered_at IS NULL AND o.dead_at IS NULL
+             ORDER BY o.ordering_key, o.id LIMIT 1"
+        )
+    };
+    format!(
+        "WITH RECURSIVE walk (channel, until_key, ordering_key, id, eligible, step, found) AS (
+             SELECT c.name, c.until_key, h.ordering_key, h.id, h.eligible, 1, h.eligible::INT
+             FROM unnest($1::TEXT[], $2::TEXT[], $5::TEXT[]) AS c(name, from_key, until_key)
+             CROSS JOIN LATERAL ({first}) h
+             WHERE c.until_key IS NULL OR h.ordering_key <= c.until_key
+           UNION ALL
+             SELECT w.channel, w.until_key, h.ordering_key, h.id, h.eligible, w.step + 1,
+                    w.found + h.eligible::INT
+             FROM walk w
+             CROSS JOIN LATERAL ({next}) h
+             WHERE w.step < $4 AND w.found < $6
+               AND (w.until_key IS NULL OR h.ordering_key <= w.until_key))
+         SELECT channel, ordering_key, id, eligible, step, found FROM walk",
+        first = head("c.name", ">= c.from_key"),
+        next = head("w.channel", "> w.ordering_key"),
+    )
+});
+
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
@@ -463,41 +500,7 @@ impl Postgres {
         // Recipients looked at per channel and statement at most (it stops sooner once it has
         // found what is wanted): bounded so one statement stays short.
         let steps: i32 = 1_024;
-        let walk = client
-            .prepare_cached(
-                // `found` counts eligible heads so the walk stops once it has as many as are
-                // wanted ($6), instead of always looking at $4 recipients.
-                "WITH RECURSIVE walk (channel, until_key, ordering_key, id, eligible, step, found) AS (
-                     SELECT c.name, c.until_key, h.ordering_key, h.id, h.eligible, 1, h.eligible::INT
-                     FROM unnest($1::TEXT[], $2::TEXT[], $5::TEXT[]) AS c(name, from_key, until_key)
-                     CROSS JOIN LATERAL (
-                         SELECT o.ordering_key, o.id,
-                                o.next_attempt_at <= $3
-                                AND (o.claimed_until IS NULL OR o.claimed_until < $3)
-                                AND NOT (o.id = ANY($7::BIGINT[])) AS eligible
-                         FROM webhook_outbox o
-                         WHERE o.channel = c.name AND o.ordering_key >= c.from_key
-                           AND o.delivered_at IS NULL AND o.dead_at IS NULL
-                         ORDER BY o.ordering_key, o.id LIMIT 1) h
-                     WHERE c.until_key IS NULL OR h.ordering_key <= c.until_key
-                   UNION ALL
-                     SELECT w.channel, w.until_key, h.ordering_key, h.id, h.eligible, w.step + 1,
-                            w.found + h.eligible::INT
-                     FROM walk w
-                     CROSS JOIN LATERAL (
-                         SELECT o.ordering_key, o.id,
-                                o.next_attempt_at <= $3
-                                AND (o.claimed_until IS NULL OR o.claimed_until < $3)
-                                AND NOT (o.id = ANY($7::BIGINT[])) AS eligible
-                         FROM webhook_outbox o
-                         WHERE o.channel = w.channel AND o.ordering_key > w.ordering_key
-                           AND o.delivered_at IS NULL AND o.dead_at IS NULL
-                         ORDER BY o.ordering_key, o.id LIMIT 1) h
-                     WHERE w.step < $4 AND w.found < $6
-                       AND (w.until_key IS NULL OR h.ordering_key <= w.until_key))
-                 SELECT channel, ordering_key, id, eligible, step, found FROM walk",
-            )
-            .await?;
+        let walk = client.prepare_cached(&WALK).await?;
         let statement = client
             .prepare_cached(
                 // Pending is spelled `COALESCE(..) IS NULL` so that no partial index qualifies:
