@@ -126,6 +126,8 @@ impl ChannelWalk {
                 self.taken += 1;
                 self.last_taken = Some(head.ordering_key.clone());
                 if self.taken >= quota {
+                    // Should a lost race reopen the walk, it goes on from here.
+                    self.from = head.ordering_key.clone();
                     self.quota_met = true;
                     self.done = true;
                     return;
@@ -179,6 +181,11 @@ impl ChannelWalk {
         }
         if self.came_round {
             return None;
+        }
+        // After the wrap, what lies before the old cursor is still to be looked at: from
+        // where the walk stands, or from the start if it has not looked at anything since.
+        if self.wrapped {
+            return self.last_visited.clone();
         }
         self.last_visited.clone().or_else(|| self.began.clone())
     }
@@ -288,6 +295,33 @@ mod tests {
         assert!(walk.done);
         assert_eq!(walk.settle(&[3].into_iter().collect()), 0);
         assert_eq!(walk.cursor().as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_walk_paused_right_after_its_wrap_starts_the_next_claim_at_the_start() {
+        let mut walk = ChannelWalk::new("c".into(), Some("m".into()));
+        // Nothing after m is due: the walk wraps, then the claim's budget runs out.
+        walk.take(&seen(&[("m", 1, false), ("x", 2, false)]), false, 5, &[]);
+        walk.pause();
+        // Not m again: the recipients before m would never be looked at.
+        assert_eq!(walk.cursor(), None);
+    }
+
+    #[test]
+    fn a_walk_reopened_after_a_lost_race_goes_on_after_its_last_pick() {
+        let mut walk = ChannelWalk::new("c".into(), Some("b".into()));
+        walk.take(
+            &seen(&[("b", 2, true), ("c", 3, true), ("d", 4, true)]),
+            true,
+            2,
+            &[],
+        );
+        assert_eq!(walk.picks(), [3, 4]);
+        assert_eq!(walk.settle(&[4].into_iter().collect()), 1);
+        // The next statement starts at d (passed over), not back at the cursor b.
+        assert_eq!(walk.from, "d");
+        walk.take(&seen(&[("d", 4, true), ("e", 5, true)]), true, 2, &[]);
+        assert_eq!(walk.picks(), [5]);
     }
 
     #[test]

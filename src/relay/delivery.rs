@@ -165,7 +165,7 @@ pub async fn deliver_forever(delivery: Delivery) {
             };
             match relay.db.claim_heads(now, &filter, &claim).await {
                 Ok(due) if !due.is_empty() => {
-                    state.more_due = due.len() >= filter.per_channel;
+                    state.more_due = due.len() >= filter.per_channel || due.len() >= room;
                     let lease_ends_ms = if lease.is_zero() {
                         i64::MAX
                     } else {
