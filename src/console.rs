@@ -132,6 +132,14 @@ fn head(title: &str, refresh: bool) -> String {
     page
 }
 
+/// A count per row: its label, since start, and over the recent window.
+fn count_rows(counts: &[Count]) -> Vec<Vec<String>> {
+    counts
+        .iter()
+        .map(|c| vec![escape(&c.label), number(c.total), number(c.recent)])
+        .collect()
+}
+
 fn table(page: &mut String, headers: &[&str], rows: &[Vec<String>], empty: &str) {
     if rows.is_empty() {
         let _ = write!(page, "<p class=\"none\">{}</p>", escape(empty));
@@ -200,27 +208,17 @@ pub fn render(view: &View) -> String {
 
     let _ = write!(page, "<section id=\"traffic\"><h2>Traffic</h2>");
     let recent = format!("{} ({})", "recent", view.recent);
-    let rows: Vec<Vec<String>> = view
-        .traffic
-        .iter()
-        .map(|c| vec![escape(&c.label), number(c.total), number(c.recent)])
-        .collect();
     table(
         &mut page,
         &["route · status", "since start", &recent],
-        &rows,
+        &count_rows(&view.traffic),
         "No requests yet.",
     );
     page.push_str("<h3>Errors by On-Premise code</h3>");
-    let rows: Vec<Vec<String>> = view
-        .errors
-        .iter()
-        .map(|c| vec![escape(&c.label), number(c.total), number(c.recent)])
-        .collect();
     table(
         &mut page,
         &["code", "since start", &recent],
-        &rows,
+        &count_rows(&view.errors),
         "No errors.",
     );
     page.push_str("</section>");

@@ -321,6 +321,18 @@ impl Drop for Driver {
     }
 }
 
+/// The text of the page's first element matching `css`.
+async fn text_of(client: &fantoccini::Client, css: &str) -> String {
+    let element = client.find(Locator::Css(css)).await.unwrap();
+    element.text().await.unwrap()
+}
+
+/// Clicks the page's first element matching `css`.
+async fn click(client: &fantoccini::Client, css: &str) {
+    let element = client.find(Locator::Css(css)).await.unwrap();
+    element.click().await.unwrap();
+}
+
 fn start_driver() -> Result<Driver, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -393,13 +405,7 @@ async fn an_operator_signs_in_sees_the_traffic_and_replays_a_hostile_dead_letter
         .send_keys(TOKEN)
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form button").await;
     client
         .wait()
         .for_element(Locator::Css("#traffic"))
@@ -407,24 +413,12 @@ async fn an_operator_signs_in_sees_the_traffic_and_replays_a_hostile_dead_letter
         .unwrap();
 
     // The session's traffic is there.
-    let traffic = client
-        .find(Locator::Css("#traffic"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let traffic = text_of(&client, "#traffic").await;
     assert!(traffic.contains("send_message 201"), "{traffic}");
     assert!(traffic.contains("not_found 404"), "{traffic}");
 
     // The hostile text shows as text, and none of it ran.
-    let dead = client
-        .find(Locator::Css("#dead pre"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dead = text_of(&client, "#dead pre").await;
     assert!(
         dead.contains("<script>document.title='pwned'</script>"),
         "{dead}"
@@ -457,25 +451,13 @@ async fn an_operator_signs_in_sees_the_traffic_and_replays_a_hostile_dead_letter
 
     // The receiver is back: a replay from the page delivers the letter and it leaves the list.
     receiver.set_default(receiver_ok());
-    client
-        .find(Locator::Css("#dead form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#dead form button").await;
     let delivered = receiver.wait_for_requests(1).await;
     assert!(delivered
         .iter()
         .any(|r| r.json()["messages"][0]["text"]["body"] == HOSTILE));
     client.goto(&format!("{base}/admin")).await.unwrap();
-    let dead = client
-        .find(Locator::Css("#dead"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dead = text_of(&client, "#dead").await;
     assert!(dead.contains("No dead letters."), "{dead}");
     client.close().await.unwrap();
 }

@@ -19,8 +19,8 @@ use waba_onprem_proxy::config::{Config, Dialect};
 use crate::support::mock_graph::{graph_error, GraphAccount, MockGraph};
 use crate::support::mock_upstream::{Behaviour, MockUpstream};
 use crate::support::proxy::{
-    basic_auth, password_sha256, send, send_bytes, send_json, spawn_proxy_with, Answer, TestProxy,
-    API_KEY,
+    basic_auth, password_sha256, send, send_bytes, send_json, send_text, spawn_proxy_with, Answer,
+    TestProxy, API_KEY, TEXT_MESSAGE,
 };
 use crate::webhooks::{admin, legacy_receiver, receiver_ok, text_event};
 
@@ -327,14 +327,7 @@ async fn a_request_that_maps_to_no_account_is_401_and_reaches_no_upstream() {
         vec![],
         vec![("authorization", "Bearer not-a-session")],
     ] {
-        let answer = send(
-            &proxy,
-            "POST",
-            "/v1/messages",
-            &headers,
-            r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-        )
-        .await;
+        let answer = send(&proxy, "POST", "/v1/messages", &headers, TEXT_MESSAGE).await;
         assert_eq!(
             (answer.status, answer.onprem_error_code()),
             (401, 1005),
@@ -352,7 +345,7 @@ async fn each_client_acts_for_its_own_number() {
         "POST",
         "/v1/messages",
         &[("D360-API-KEY", API_KEY_2)],
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+        TEXT_MESSAGE,
     )
     .await;
     assert_eq!(second.status, 201, "{:?}", second.body);
@@ -386,7 +379,7 @@ async fn a_login_user_acts_for_its_account_and_its_token_stays_with_the_proxy() 
         "POST",
         "/v1/messages",
         &[("authorization", &bearer)],
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
+        TEXT_MESSAGE,
     )
     .await;
     assert_eq!(sent.status, 201, "{:?}", sent.body);
@@ -417,13 +410,7 @@ async fn an_expired_access_token_is_401_1005() {
             "Error validating access token: Session has expired",
         ),
     );
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let answer = send_text(&proxy).await;
     assert_eq!((answer.status, answer.onprem_error_code()), (401, 1005));
 }
 
@@ -753,13 +740,7 @@ async fn meta_verifies_the_callback_url_with_the_verify_token() {
 async fn dry_run_in_the_graph_dialect_answers_without_sending() {
     let graph = MockGraph::start(vec![graph_account(PHONE, TOKEN)]).await;
     let proxy = graph_proxy(&graph, |c| c.dry_run = true).await;
-    let answer = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let answer = send_text(&proxy).await;
     assert_eq!(answer.status, 201, "{:?}", answer.body);
     assert!(graph.requests().is_empty());
 }
@@ -795,13 +776,7 @@ async fn a_versioned_root_and_a_webhook_url_without_a_segment_work_too() {
         };
     })
     .await;
-    let sent = send_json(
-        &proxy,
-        "POST",
-        "/v1/messages",
-        r#"{"to":"1","type":"text","text":{"body":"x"}}"#,
-    )
-    .await;
+    let sent = send_text(&proxy).await;
     assert_eq!(sent.status, 201, "{:?}", sent.body);
     assert_eq!(
         graph.requests()[0].path(),
