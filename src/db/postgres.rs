@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::walk::{ChannelWalk, Cursors, Visited};
+use super::walk::{take_seen, wanted, ChannelWalk, Cursors, Limits, Visited};
 use super::{
     dead_payload, headers_from_text, headers_to_text, migrations, Channel, Claim, DbError, Dead,
     DocumentChange, Due, DueFilter, Horizon, Inbound, Ingested, Outcome, Stats, UPSERT_CHANNEL,
@@ -536,16 +536,8 @@ impl Postgres {
                 let channels: Vec<&str> = open.iter().map(|w| w.channel.as_str()).collect();
                 let from: Vec<&str> = open.iter().map(|w| w.from.as_str()).collect();
                 let until: Vec<Option<&str>> = open.iter().map(|w| w.until.as_deref()).collect();
-                // One more than the most any channel may still take: the walk's first
-                // recipient may be the one it stands on, which is passed over.
-                let wanted = open
-                    .iter()
-                    .map(|w| quota.saturating_sub(w.taken()).min(budget))
-                    .max()
-                    .unwrap_or(0)
-                    .saturating_add(1)
-                    .min(i32::MAX as usize) as i32;
-                let mut rows = client
+                let wanted = wanted(&open, quota, budget);
+                let rows = client
                     .query(
                         &walk,
                         &[
@@ -571,23 +563,12 @@ impl Postgres {
                         })
                     })
                     .collect::<Result<Vec<Visited>, tokio_postgres::Error>>()?;
-                rows.sort_by(|a, b| (&a.channel, a.step).cmp(&(&b.channel, b.step)));
-                for channel in walks.iter_mut().filter(|w| !w.done) {
-                    if budget == 0 {
-                        channel.pause();
-                        continue;
-                    }
-                    let before = channel.taken();
-                    let name = channel.channel.clone();
-                    let visited: Vec<&Visited> =
-                        rows.iter().filter(|v| v.channel == name).collect();
-                    let stopped_early = visited
-                        .last()
-                        .is_some_and(|last| last.step >= steps || last.found >= wanted);
-                    let quota = quota.min(before.saturating_add(budget));
-                    channel.take(visited, stopped_early, quota, &filter.except_ids);
-                    budget -= channel.taken() - before;
-                }
+                let limits = Limits {
+                    steps,
+                    wanted,
+                    quota,
+                };
+                take_seen(&mut walks, rows, limits, &mut budget, &filter.except_ids);
             }
             let picked: Vec<i64> = walks.iter().flat_map(|w| w.picks().to_vec()).collect();
             if picked.is_empty() {

@@ -191,6 +191,55 @@ impl ChannelWalk {
     }
 }
 
+/// What bounds one statement's walk.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Recipients looked at per channel at most.
+    pub steps: i32,
+    /// Eligible heads found per channel at most (see [`wanted`]).
+    pub wanted: i32,
+    /// Heads one channel may take in one claim.
+    pub quota: usize,
+}
+
+/// How many eligible heads a statement should find per channel: one more than the most any
+/// open walk may still take (its first recipient may be the one it stands on, passed over).
+pub(super) fn wanted(open: &[&ChannelWalk], quota: usize, budget: usize) -> i32 {
+    open.iter()
+        .map(|w| quota.saturating_sub(w.taken()).min(budget))
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1)
+        .min(i32::MAX as usize) as i32
+}
+
+/// Hands one statement's rows to the walks still open, channel by channel in the walks'
+/// order, while the claim's `budget` (heads it may still take in all) lasts; walks left when
+/// it is spent stop where they stand.
+pub(super) fn take_seen(
+    walks: &mut [ChannelWalk],
+    mut rows: Vec<Visited>,
+    limits: Limits,
+    budget: &mut usize,
+    held: &[i64],
+) {
+    rows.sort_by(|a, b| (&a.channel, a.step).cmp(&(&b.channel, b.step)));
+    for walk in walks.iter_mut().filter(|w| !w.done) {
+        if *budget == 0 {
+            walk.pause();
+            continue;
+        }
+        let before = walk.taken();
+        let visited: Vec<&Visited> = rows.iter().filter(|v| v.channel == walk.channel).collect();
+        let stopped_early = visited
+            .last()
+            .is_some_and(|last| last.step >= limits.steps || last.found >= limits.wanted);
+        let quota = limits.quota.min(before.saturating_add(*budget));
+        walk.take(visited, stopped_early, quota, held);
+        *budget -= walk.taken() - before;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +380,44 @@ mod tests {
         walk.pause();
         assert!(walk.done);
         assert_eq!(walk.cursor().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn the_claims_budget_is_shared_by_channels_in_turn_and_the_rest_pause() {
+        let mut walks = vec![
+            ChannelWalk::new("c".into(), None),
+            ChannelWalk::new("d".into(), None),
+        ];
+        let row = |channel: &str, key: &str, id, step, found| Visited {
+            channel: channel.into(),
+            ordering_key: key.into(),
+            id,
+            eligible: true,
+            step,
+            found,
+        };
+        // Both channels have two due heads; the loop has room for three.
+        let rows = vec![
+            row("d", "a", 3, 1, 1),
+            row("c", "a", 1, 1, 1),
+            row("c", "b", 2, 2, 2),
+            row("d", "b", 4, 2, 2),
+        ];
+        let open: Vec<&ChannelWalk> = walks.iter().collect();
+        assert_eq!(wanted(&open, 5, 3), 4);
+        let limits = Limits {
+            steps: 10,
+            wanted: 4,
+            quota: 5,
+        };
+        let mut budget = 3;
+        take_seen(&mut walks, rows, limits, &mut budget, &[]);
+        assert_eq!(budget, 0);
+        assert_eq!(walks[0].picks(), [1, 2]);
+        assert_eq!(walks[1].picks(), [3]);
+        assert!(walks.iter().all(|w| w.done));
+        // d stopped at its budget: its next claim goes on after a, not from the start.
+        assert_eq!(walks[1].cursor().as_deref(), Some("a"));
     }
 
     #[test]
