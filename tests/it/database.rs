@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::support::Backend;
 use serde_json::{json, Value};
 use waba_onprem_proxy::db::{Claim, Database, DatabaseUrl, Outcome};
-use waba_onprem_proxy::db::{Ingested, NewPayload};
+use waba_onprem_proxy::db::{DueFilter, Ingested, NewPayload};
 
 async fn open(backend: Backend) -> Database {
     let url = backend.database().unwrap_or_else(|| {
@@ -87,6 +87,7 @@ on_both_backends!(
     resends_are_stored_once,
     a_recipient_waits_for_its_earlier_event_others_do_not,
     a_lone_busy_recipient_is_served_claim_after_claim,
+    a_fetch_takes_no_more_than_the_loop_has_room_for,
     dead_payloads_unblock_their_recipient_and_can_be_replayed,
     a_dead_payload_can_be_replayed_after_its_outbox_row_was_pruned,
     unreadable_posts_are_kept_as_dead_letters,
@@ -141,6 +142,35 @@ async fn a_lone_busy_recipient_is_served_claim_after_claim(backend: Backend) {
         assert_eq!(claimed_ids(&db, now, 1, "r", 1_000).await, [id]);
         record(&db, vec![Outcome::Delivered { id }], now).await;
     }
+}
+
+/// The delivery loop asks for at most the room in its queue, over all channels: payloads past
+/// it would wait in the queue while their claim's lease runs. They stay for the next fetch.
+async fn a_fetch_takes_no_more_than_the_loop_has_room_for(backend: Backend) {
+    let db = open(backend).await;
+    ingest(&db, vec![payload("1", "a"), payload("2", "b")], 10).await;
+    db.ingest("default", "{}".into(), vec![payload("3", "c")], 0, 10)
+        .await
+        .unwrap();
+    let filter = DueFilter {
+        per_channel: 5,
+        total: Some(2),
+        ..DueFilter::default()
+    };
+    let first = db
+        .claim_heads(20, &filter, &claim("r", 1_000))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // The next fetch, leaving out what the loop now holds, takes the one left.
+    let held = DueFilter {
+        except_ids: first.iter().map(|d| d.id).collect(),
+        ..filter
+    };
+    let rest = db.claim_heads(20, &held, &claim("r", 1_000)).await.unwrap();
+    let mut ids: Vec<i64> = first.iter().chain(&rest).map(|d| d.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3]);
 }
 
 async fn dead_payloads_unblock_their_recipient_and_can_be_replayed(backend: Backend) {
